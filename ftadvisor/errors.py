@@ -1,0 +1,46 @@
+"""User-facing errors.
+
+Every mistake a user can make (an unknown model, a negative batch size, a
+malformed config.json) raises :class:`FtAdvisorError`, which names the field
+and, where there is a closed set, the valid choices. The CLI prints it as one
+line and exits non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FtAdvisorError(ValueError):
+    """A problem with the user's input, worded for the user."""
+
+    def __init__(self, field: str, message: str, choices: Iterable[str] | None = None):
+        self.field = field
+        self.choices = list(choices) if choices is not None else None
+        text = f"{field}: {message}"
+        if self.choices:
+            text += f" (valid: {', '.join(self.choices)})"
+        super().__init__(text)
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """The candidates that look most like ``name`` (for 'did you mean')."""
+    cands = list(candidates)
+    low = name.lower()
+    hits = difflib.get_close_matches(low, cands, n=n, cutoff=0.5)
+    # Substring matches help with short forms such as "llama" or "4090".
+    for c in cands:
+        if low and low in c and c not in hits:
+            hits.append(c)
+    return hits[:n]
+
+
+def unknown(field: str, name: str, candidates: Iterable[str]) -> FtAdvisorError:
+    cands = sorted(set(candidates))
+    near = closest(name, cands)
+    if near:
+        msg = f"unknown value {name!r}; closest: {', '.join(near)}"
+    else:
+        msg = f"unknown value {name!r}; {len(cands)} known, list them with `ftadvisor profiles list`"
+    return FtAdvisorError(field, msg)

@@ -1,0 +1,851 @@
+"""The per-GPU memory model: pure functions, each citing where its formula comes from.
+
+Evaluation happens in two stages:
+
+1. :func:`build_layout` looks at everything *categorical* in a plan (technique,
+   precision, sharding, optimizer, attention kernel, checkpointing, LoRA
+   targets ...) and the model's architecture, and decides which parameters are
+   trained, adapted, frozen or quantized, and which tensors each decoder layer
+   keeps for backward. The result is a small frozen :class:`Layout`.
+2. :func:`evaluate` turns a layout plus the *numeric* knobs (micro-batch,
+   sequence length, LoRA rank, accumulation, GPU count ...) into byte counts.
+   Its arithmetic works on Python numbers and on numpy arrays alike, which is
+   how :func:`ftadvisor.estimate_grid` evaluates tens of thousands of plans at
+   once.
+
+Conventions: ``c`` is the compute dtype's size in bytes (2 for bf16/fp16, 4 for
+fp32); ``h`` hidden size; ``I`` MLP width; ``a``/``kv`` query/key-value heads;
+``d`` head dim; ``V`` vocabulary; ``T`` tokens per micro-batch on one GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftadvisor import _num
+from ftadvisor.errors import FtAdvisorError
+from ftadvisor.schema import ArchSpec, HardwareProfile, LinearSpec, TrainingPlan
+from ftadvisor.techniques import Technique
+
+GIB = 2**30
+MIB = 2**20
+
+# --- storage sizes --------------------------------------------------------------------------
+
+# NF4 (QLoRA paper, Dettmers et al. 2023, section 3 "Double Quantization"): 4 bits per
+# weight plus one fp32 absmax per block of 64 (0.5 bit/param); with double quantization
+# the absmax values are themselves quantized to 8 bit with one fp32 constant per 256
+# blocks: 8/64 + 32/(64*256) = 0.127 bit/param. bitsandbytes Params4bit uses these block
+# sizes (bitsandbytes/functional.py quantize_4bit, blocksize=64; nested blocksize=256).
+NF4_BYTES = 0.5 + 32 / 64 / 8
+NF4_DQ_BYTES = 0.5 + (8 / 64 + 32 / (64 * 256)) / 8
+
+
+def int8_bytes_per_param(in_features: int) -> float:
+    """LLM.int8 (Dettmers et al. 2022; bitsandbytes Linear8bitLt): 1 byte per weight plus one
+    fp32 scale per output row (SCB), i.e. 4/in_features bytes per weight."""
+    return 1 + 4 / in_features
+
+
+# Optimizer state bytes per trainable parameter.
+# - adamw: two moments in the parameter's dtype (torch/optim/adamw.py: exp_avg, exp_avg_sq
+#   are zeros_like(param)) -> 2 * param bytes.
+# - 8-bit AdamW (Dettmers et al. 2021, "8-bit Optimizers via Block-wise Quantization";
+#   bitsandbytes/optim/optimizer.py): two uint8 states plus one fp32 absmax per block of
+#   256 per state: 2 * (1 + 4/256). Tensors under 4096 elements keep 32-bit state
+#   (min_8bit_size), negligible in size.
+# - paged variants hold the same bytes in CUDA unified memory (evictable to host).
+# - sgd: torch SGD with momentum=0 (transformers' "sgd" optim) keeps no state.
+# - adafactor: factored second moment, rows + cols floats per matrix, no first moment
+#   (Shazeer & Stern 2018, Alg. 4; transformers Adafactor with beta1=None).
+ADAM8_BYTES = 2 * (1 + 4 / 256)
+
+
+# --- layouts --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinearRole:
+    spec: LinearSpec
+    trained_fraction: float
+    """Share of its instances whose weight is trained (1 full, 0.5 in HFT, 0 frozen)."""
+    adapted: bool
+    """Carries LoRA/DoRA matrices."""
+    quantized: str
+    """'none', 'nf4' or 'int8' for its frozen storage."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything categorical about a plan, resolved against the architecture."""
+
+    arch: ArchSpec
+    technique: Technique
+    hardware: HardwareProfile
+    precision: str
+    sharding: str
+    cpu_offload: bool
+    optimizer: str
+    attention: str
+    checkpointing: bool
+    quantization: str
+    double_quant: bool
+    roles: tuple[LinearRole, ...]
+    embed_trained: bool
+    lm_head_trained: bool
+    norm_trained_fraction: float
+    half_ft_layers: int
+    lamini_layers: int
+    dropout: bool
+    reference_copy: bool
+    """A separate frozen reference model is resident (DPO/PPO/GRPO with a full-weight method)."""
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    # dtype sizes ----------------------------------------------------------
+    @property
+    def c(self) -> int:
+        """Compute/activation dtype bytes."""
+        return 4 if self.precision == "fp32" else 2
+
+    @property
+    def trainable_bytes(self) -> int:
+        """Bytes per stored trainable parameter: fp32 masters under *-mixed and fp32, bf16 under bf16-true."""
+        return 2 if self.precision == "bf16-true" else 4
+
+    @property
+    def frozen_bytes(self) -> int:
+        """Frozen, non-quantized parameters: compute dtype; fp32 when peft's
+        prepare_model_for_kbit_training upcasts them next to a quantized base
+        (peft/utils/other.py: 'cast all non INT8 parameters to fp32'), as trl does."""
+        if self.quantization != "none" and self.precision != "bf16-true":
+            return 4
+        return self.c
+
+    @property
+    def zero(self) -> bool:
+        return self.sharding in ("zero1", "zero2", "zero3")
+
+
+def _resolve_targets(arch: ArchSpec, targets) -> set[str]:
+    names = {lin.name for lin in arch.linears}
+    if targets == "all-linear" or targets == ("all-linear",):
+        # peft's "all-linear" targets every nn.Linear but the output layer (peft/tuners/tuners_utils.py
+        # _maybe_include_all_linear_layers). Routed experts stored as fused 3-D parameters and the
+        # router are not nn.Linear in transformers 5, so they are left out here too.
+        return {lin.name for lin in arch.linears if lin.group not in ("expert", "router")}
+    if isinstance(targets, str):
+        targets = tuple(t.strip() for t in targets.split(",") if t.strip())
+    bad = [t for t in targets if t not in names]
+    if bad:
+        raise FtAdvisorError("lora_targets", f"{', '.join(bad)} not in this model", ["all-linear", *sorted(names)])
+    return set(targets)
+
+
+def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile, plan: TrainingPlan) -> Layout:
+    """Decide, for every parameter group, whether it is trained, adapted, frozen or quantized."""
+    m = technique.method
+    obj = technique.objective
+    warnings: list[str] = []
+    if m.requires_moe and not arch.is_moe:
+        raise FtAdvisorError("technique", f"{m.name} needs a mixture-of-experts model; {arch.model_type} is dense")
+    if plan.moe_train != "all" and not arch.is_moe:
+        raise FtAdvisorError("moe_train", f"only applies to MoE models; {arch.model_type} is dense", ["all"])
+
+    quant = plan.quantization if plan.quantization is not None else m.default_quantization
+    if quant != "none" and not m.peft:
+        raise FtAdvisorError(
+            "quantization",
+            f"{quant} stores a frozen base; {m.name} trains base weights, use lora/dora/qlora/adapter/lamini",
+            ["none"],
+        )
+    if quant == "none" and m.name == "qlora":
+        raise FtAdvisorError("quantization", "qlora means a quantized base", ["nf4", "int8"])
+    if quant != "none" and plan.sharding in ("zero3", "fsdp"):
+        warnings.append("quantized base under zero3/fsdp: bitsandbytes weights are sharded only with recent accelerate/peft; "
+                        "the estimate assumes they shard like bf16 weights")
+
+    targets = _resolve_targets(arch, plan.lora_targets) if m.lora_like else set()
+    half_layers = round(arch.num_layers * plan.half_ft_fraction) if m.name == "half_ft" else 0
+    if m.name == "half_ft" and half_layers == 0:
+        raise FtAdvisorError("half_ft_fraction", f"trains no layer of {arch.num_layers}")
+
+    full_like = m.name in ("full", "moe")
+    moe_sel = plan.moe_train if arch.is_moe else "all"
+    roles = []
+    for lin in arch.linears:
+        if full_like:
+            if moe_sel == "all":
+                frac = 1.0
+            elif moe_sel == "attention":
+                frac = 1.0 if lin.group == "attention" else 0.0
+            elif moe_sel == "experts":
+                frac = 1.0 if lin.group in ("expert", "shared_expert") else 0.0
+            else:
+                frac = 1.0 if lin.group == "router" else 0.0
+        elif m.name == "half_ft":
+            frac = half_layers / arch.num_layers
+            if arch.is_moe and moe_sel != "all":
+                frac *= 1.0 if (
+                    (moe_sel == "attention" and lin.group == "attention")
+                    or (moe_sel == "experts" and lin.group in ("expert", "shared_expert"))
+                    or (moe_sel == "router" and lin.group == "router")
+                ) else 0.0
+        else:
+            frac = 0.0
+        roles.append(
+            LinearRole(
+                spec=lin,
+                trained_fraction=frac,
+                adapted=lin.name in targets,
+                quantized=quant if (m.peft and lin.group != "router") else "none",
+            )
+        )
+
+    train_embed = full_like and moe_sel == "all"
+    if m.name == "half_ft":
+        norm_frac = half_layers / arch.num_layers
+    elif m.name == "adapter":
+        norm_frac = 1.0  # Houlsby et al. 2019 section 2.1: layer norm parameters are trained too
+    else:
+        norm_frac = 1.0 if train_embed else 0.0
+
+    lamini_layers = min(plan.lamini_layers, arch.num_layers) if m.name == "lamini" else 0
+
+    ref = obj.reference == "always" or (obj.reference == "if_kl" and plan.grpo_beta > 0)
+    if obj.name == "dpo" and plan.dpo_precompute_ref:
+        ref = False
+    reference_copy = ref and not m.peft
+
+    if plan.attention == "flash" and not hardware.supports_flash_attention:
+        warnings.append(f"FlashAttention-2 does not run on {hardware.name}; use sdpa")
+    if quant == "nf4" and not hardware.supports_bnb_4bit:
+        warnings.append(f"bitsandbytes 4-bit is not supported on {hardware.name}")
+    if plan.precision.startswith("bf16") and hardware.vendor != "cpu" and hardware.bf16_dense_tflops is None:
+        warnings.append(f"{hardware.name} has no bf16 support; use fp16-mixed")
+    if arch.max_position_embeddings and plan.seq_len > arch.max_position_embeddings:
+        warnings.append(f"seq_len {plan.seq_len} exceeds the model's max_position_embeddings {arch.max_position_embeddings}")
+    if m.lora_like and arch.is_moe and plan.lora_targets == "all-linear":
+        warnings.append("all-linear LoRA on an MoE model adapts attention (and shared experts), not the routed experts")
+    if plan.optimizer.startswith("paged") and hardware.vendor == "cpu":
+        warnings.append("paged optimizers page between GPU and host; on the CPU they behave like the unpaged ones")
+
+    return Layout(
+        arch=arch,
+        technique=technique,
+        hardware=hardware,
+        precision=plan.precision,
+        sharding=plan.sharding,
+        cpu_offload=plan.cpu_offload,
+        optimizer=plan.optimizer,
+        attention=plan.attention,
+        checkpointing=plan.gradient_checkpointing,
+        quantization=quant,
+        double_quant=plan.double_quant,
+        roles=tuple(roles),
+        embed_trained=train_embed,
+        lm_head_trained=train_embed,
+        norm_trained_fraction=norm_frac,
+        half_ft_layers=half_layers,
+        lamini_layers=lamini_layers,
+        dropout=plan.lora_dropout > 0,
+        reference_copy=reference_copy,
+        warnings=tuple(warnings),
+    )
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+
+@dataclass
+class Params:
+    """Parameter counts and their storage bytes for one copy of the model being trained."""
+
+    total: float  # base model parameters (transformers' count)
+    trainable: float  # parameters with gradients (base weights trained + new adapter parameters)
+    trainable_matrix_rows_cols: float  # sum of rows+cols over trainable matrices (Adafactor's factored state)
+    largest_trainable: float  # largest single trainable tensor (optimizer temporaries)
+    stored_bytes: float  # all parameters of this copy in their storage dtypes
+    by_dtype: dict  # dtype label -> bytes
+    largest_layer_params: float  # parameters of the biggest decoder layer (FSDP/ZeRO-3 gather unit)
+    root_params: float  # embeddings + lm_head + final norm (FSDP root unit)
+    quant_largest_linear: float  # elements of the largest quantized linear (dequantization workspace)
+
+
+def _quant_bytes(lay: Layout, lin: LinearSpec) -> float:
+    if lay.quantization == "nf4":
+        per = NF4_DQ_BYTES if lay.double_quant else NF4_BYTES
+        # The bias stays in the compute dtype; bitsandbytes quantizes the weight only.
+        return lin.in_features * lin.out_features * per + (lin.out_features * lay.frozen_bytes if lin.bias else 0)
+    return lin.in_features * lin.out_features * int8_bytes_per_param(lin.in_features) + (
+        lin.out_features * lay.frozen_bytes if lin.bias else 0
+    )
+
+
+def count_params(lay: Layout, plan) -> Params:
+    """Trainable and stored parameters. ``plan.lora_r`` and ``plan.adapter_bottleneck`` may be arrays."""
+    arch = lay.arch
+    h = arch.hidden_size
+    L = arch.num_layers
+    r = plan.lora_r
+    tb = lay.trainable_bytes
+    fb = lay.frozen_bytes
+    by: dict = {}
+
+    def add(label, nbytes):
+        by[label] = by.get(label, 0) + nbytes
+
+    def dlabel(nb):
+        return {2: "bf16" if lay.precision != "fp16-mixed" else "fp16", 4: "fp32"}[nb]
+
+    trainable = 0.0
+    rows_cols = 0.0
+    largest = 0.0
+    quant_largest = 0.0
+
+    # 1. Linear layers of the decoder: trained share in the trainable dtype, the rest frozen
+    #    (quantized when the method puts the base in nf4/int8).
+    for role in lay.roles:
+        lin = role.spec
+        tot = lin.params_total
+        tr = tot * role.trained_fraction
+        fr = tot - tr
+        if tr:
+            trainable += tr
+            rows_cols += lin.count * role.trained_fraction * (lin.in_features + lin.out_features)
+            largest = max(largest, lin.params_each)
+            add(dlabel(tb), tr * tb)
+        if fr:
+            if role.quantized != "none":
+                add(role.quantized, _quant_bytes(lay, lin) * lin.count * (1 - role.trained_fraction))
+                quant_largest = max(quant_largest, lin.in_features * lin.out_features)
+            else:
+                add(dlabel(fb), fr * fb)
+        # 2. LoRA (Hu et al. 2021, eq. 3): A (r x in) + B (out x r) per adapted module;
+        #    DoRA adds a magnitude vector of out_features (Liu et al. 2024, eq. 5).
+        if role.adapted:
+            n = lin.count * (r * (lin.in_features + lin.out_features) + (lin.out_features if lay.technique.method.dora else 0))
+            trainable = trainable + n
+            rows_cols = rows_cols + lin.count * (2 * r + lin.in_features + lin.out_features)
+            add(dlabel(tb), n * tb)
+
+    # 3. Embeddings, lm_head, norms.
+    emb = arch.embedding_params
+    head = arch.lm_head_params
+    eb = tb if lay.embed_trained else fb
+    add(dlabel(eb), emb * eb)
+    if lay.embed_trained:
+        trainable += emb + head
+        rows_cols += arch.vocab_size + h + (arch.vocab_size + h if head else 0)
+        largest = max(largest, emb)
+    if head:
+        hb = tb if lay.lm_head_trained else fb
+        add(dlabel(hb), head * hb)
+    norms_tr = arch.norm_params * lay.norm_trained_fraction
+    trainable += norms_tr + arch.other_params * (1 if lay.embed_trained else 0)
+    rows_cols += norms_tr
+    add(dlabel(tb), (norms_tr + (arch.other_params if lay.embed_trained else 0)) * tb)
+    add(dlabel(fb), (arch.norm_params - norms_tr + (0 if lay.embed_trained else arch.other_params)) * fb)
+
+    # 4. Bottleneck adapters (Houlsby et al. 2019, Fig. 2): two per layer, each a down
+    #    projection h->m and an up projection m->h with biases: 2hm + m + h parameters.
+    if lay.technique.method.name == "adapter":
+        m = plan.adapter_bottleneck
+        n = 2 * L * (2 * h * m + m + h)
+        trainable = trainable + n
+        rows_cols = rows_cols + 2 * L * 2 * (h + m)
+        add(dlabel(tb), n * tb)
+
+    # 5. Lamini-style memory experts (Li et al. 2024, section 4, "mixture of memory experts"):
+    #    per adapted layer a bank of E low-rank experts (A: h x r, B: r x h) and E routing keys of
+    #    width h. The bank is a dense parameter, so its gradient and optimizer state are dense.
+    if lay.lamini_layers:
+        E = plan.lamini_num_experts
+        n = lay.lamini_layers * E * (2 * h * r + h)
+        trainable = trainable + n
+        rows_cols = rows_cols + lay.lamini_layers * (E * (h + r) * 2 + E + h)
+        largest = _num.maximum(largest, E * h * r)
+        add(dlabel(tb), n * tb)
+
+    stored = sum(by.values())
+    layer_params = sum(lin.params_each * lin.count for lin in arch.linears) / L + arch.norm_params / L
+    root = emb + head
+    return Params(
+        total=arch.total_params,
+        trainable=trainable,
+        trainable_matrix_rows_cols=rows_cols,
+        largest_trainable=largest,
+        stored_bytes=stored,
+        by_dtype=by,
+        largest_layer_params=layer_params,
+        root_params=root,
+        quant_largest_linear=quant_largest,
+    )
+
+
+def frozen_copy_bytes(lay: Layout) -> float:
+    """A frozen copy of the base (reference / reward model): compute dtype, or the method's
+    quantized storage for decoder linears when the base is quantized."""
+    arch = lay.arch
+    total = 0.0
+    for role in lay.roles:
+        lin = role.spec
+        if role.quantized != "none":
+            total += _quant_bytes(lay, lin) * lin.count
+        else:
+            total += lin.params_total * lay.c
+    total += (arch.embedding_params + arch.lm_head_params + arch.norm_params + arch.other_params) * lay.c
+    return total
+
+
+def optimizer_state_bytes(lay: Layout, p: Params):
+    """Optimizer state for the trainable parameters (see the constants above for sources).
+    Returns (device-resident bytes, paged bytes)."""
+    o = lay.optimizer
+    tb = lay.trainable_bytes
+    if o == "adamw":
+        # DeepSpeed/FSDP keep Adam moments in fp32 whatever the working dtype.
+        return 2 * (4 if (lay.zero or lay.sharding == "fsdp") else tb) * p.trainable, 0.0
+    if o == "adamw_8bit":
+        return ADAM8_BYTES * p.trainable, 0.0
+    if o == "paged_adamw_8bit":
+        return 0.0, ADAM8_BYTES * p.trainable
+    if o == "paged_adamw_32bit":
+        return 0.0, 8 * p.trainable
+    if o == "sgd":
+        return 0.0, 0.0
+    if o == "adafactor":
+        return 4 * p.trainable_matrix_rows_cols, 0.0
+    raise FtAdvisorError("optimizer", f"unknown {o!r}")
+
+
+# --- activations ----------------------------------------------------------------------------
+
+
+@dataclass
+class ActivationCoefficients:
+    """Bytes kept for backward, per token and per layer kind (plus per-token terms that scale
+    with the sequence length for eager attention)."""
+
+    per_layer_dense: float
+    per_layer_moe: float
+    per_layer_seq: float  # x seq_len (eager attention's s^2 score matrices)
+    per_layer_r: float  # x lora_r (LoRA A outputs, memory experts)
+    lamini_per_layer: float  # bytes/token in each memory-expert layer, routing input
+    lamini_per_expert: float  # bytes/token per selected expert (gathered input, output, gate), x top_k
+    lamini_per_expert_r: float  # x top_k x lora_r (the rank-r code)
+    adapter_per_layer: float  # bytes/token of the two bottleneck adapters, constant part
+    adapter_per_layer_m: float  # x bottleneck width
+    top: float  # final norm + lm_head input
+    checkpoint_per_layer: float  # bytes/token kept per layer under gradient checkpointing
+    backward_ws: float  # gradient working set of the layer in flight
+
+
+def activation_coefficients(lay: Layout) -> ActivationCoefficients:
+    """Saved-tensor accounting for one decoder layer, following what autograd keeps in the
+    Hugging Face implementations (modeling_llama.py and relatives):
+
+    - the approach of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+      Transformer Models", section 4.1, eq. 1: 34sbh + 5as^2b per layer for GPT with 4h MLP),
+      redone tensor by tensor for RMSNorm, SwiGLU/GeGLU, GQA and no dropout;
+    - RMSNorm upcasts its input to fp32 and keeps it (4h); it keeps the normalised bf16 tensor
+      only when its weight trains (mul saves the other operand for the weight gradient);
+    - a linear layer keeps its input only if its weight trains (aten mm saves mat1 only when
+      mat2 requires grad); frozen and bitsandbytes-quantized linears keep nothing;
+    - under autocast with fp32 weights each consumer casts its own bf16 copy of an fp32 input;
+    - SDPA/flash keep q, k, v (k/v repeated to all heads by HF's repeat_kv unless flash), the
+      output and an fp32 logsumexp per head; eager keeps the fp32 softmax and its bf16 cast
+      (a*s*(4+c) per token);
+    - SwiGLU keeps gate output, activation output and up output (3I), plain GELU keeps I;
+    - peft LoRA keeps its own cast of the input per adapted module (plus the dropout output and
+      a 1-byte mask when lora_dropout > 0) and the rank-r intermediate; DoRA also keeps the base
+      and LoRA results for the magnitude rescale (2 * out).
+    """
+    arch = lay.arch
+    c = lay.c
+    h = arch.hidden_size
+    a, kv, d = arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
+    tb = lay.trainable_bytes
+    mixed_fp32_weights = lay.precision in ("bf16-mixed", "fp16-mixed")
+    resid = 4 if (lay.embed_trained and lay.precision != "bf16-true") or lay.precision == "fp32" else 2
+    if lay.quantization != "none" and lay.precision != "bf16-true":
+        resid = 4  # prepare_model_for_kbit_training upcasts the embeddings to fp32
+    norm_trains = lay.norm_trained_fraction > 0
+    norm_out_fp32 = lay.precision == "fp32" or (mixed_fp32_weights and (norm_trains or resid == 4))
+
+    # Norm: rmsnorm keeps the fp32 input; layer_norm (an fp32 op under autocast) keeps its input.
+    def norm_saved():
+        base = 4 * h if arch.norm == "rmsnorm" else (4 if mixed_fp32_weights else c) * h
+        return base + (resid * h * lay.norm_trained_fraction if arch.norm == "rmsnorm" else 0)
+
+    roles_by_source: dict[str, list[LinearRole]] = {}
+    for role in lay.roles:
+        roles_by_source.setdefault(role.spec.input_source, []).append(role)
+
+    share_adapter_input = lay.precision in ("bf16-true", "fp32") and not lay.dropout
+    dora = lay.technique.method.dora
+
+    def inputs_saved(source: str, width: int, fp32_source: bool):
+        """Bytes/token kept for linears reading ``source``; returns (constant, per-r)."""
+        const = 0.0
+        per_r = 0.0
+        saving_weights = 0.0  # how many consumers keep an input for a trained weight
+        for role in roles_by_source.get(source, []):
+            lin = role.spec
+            inst = lin.count / max(arch.num_layers, 1)  # instances per layer (experts counted elsewhere)
+            if lin.group in ("expert",):
+                continue
+            if role.trained_fraction:
+                saving_weights += role.trained_fraction * (inst if fp32_source else 1)
+            if role.adapted:
+                if share_adapter_input:
+                    saving_weights = max(saving_weights, 1)
+                else:
+                    const += inst * c * width
+                if lay.dropout:
+                    const += inst * width * (c + 1)
+                per_r += inst * c
+                if dora:
+                    const += inst * 2 * c * lin.out_features
+        if fp32_source:
+            const += saving_weights * c * width
+        else:
+            const += min(saving_weights, 1) * c * width
+        return const, per_r
+
+    # Attention block ----------------------------------------------------------
+    attn_const = norm_saved() if arch.norms_per_layer else 0.0
+    ac, ar = inputs_saved("attn_in", h, norm_out_fp32)
+    attn_const += ac
+    kv_saved = kv if lay.attention == "flash" else a
+    attn_const += c * (a * d + 2 * kv_saved * d)  # q, k, v kept by the attention kernel
+    per_seq = 0.0
+    if lay.attention == "eager":
+        per_seq = a * (4 + c)  # fp32 softmax output + its cast, per token per key position
+    else:
+        attn_const += c * a * d + 4 * a  # output + logsumexp
+    oc, o_r = inputs_saved("attn_out", a * d, False)
+    attn_const += oc
+
+    # MLP block (dense) --------------------------------------------------------
+    I = arch.intermediate_size
+    mlp_const = 0.0 if arch.parallel_attn_mlp else norm_saved()
+    mc, mr = (0.0, 0.0) if arch.parallel_attn_mlp else inputs_saved("mlp_in", h, norm_out_fp32)
+    if arch.parallel_attn_mlp:
+        mc, mr = 0.0, 0.0  # fc1 reads attn_in, counted above
+    mlp_const += mc
+    mlp_const += (3 if arch.mlp_gated else 1) * c * I
+    dc, dr = inputs_saved("mlp_mid", I, False)
+    mlp_const += dc
+
+    # MoE block ----------------------------------------------------------------
+    moe_const = 0.0
+    moe_r = 0.0
+    if arch.is_moe:
+        E, k, Im = arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size
+        moe_const += norm_saved()
+        rc, rr = inputs_saved("router_in", h, norm_out_fp32)
+        moe_const += rc + 4 * E + 4 * k  # router logits softmax (fp32) and top-k weights
+        exp_roles = [r_ for r_ in lay.roles if r_.spec.group == "expert"]
+        in_tr = any(r_.trained_fraction or r_.adapted for r_ in exp_roles if r_.spec.input_source == "expert_in")
+        mid_tr = any(r_.trained_fraction or r_.adapted for r_ in exp_roles if r_.spec.input_source == "expert_mid")
+        # Per routed (token, expert): the gathered input copy, the gated MLP's 3*Im, the down
+        # projection input, and the expert output kept for the routing-weight multiply.
+        moe_const += k * (c * h * (1 if in_tr else 0) + 3 * c * Im + (c * Im if mid_tr else 0) + c * h)
+        moe_r += sum(c * (r_.spec.count / arch.num_layers / E) * k for r_ in exp_roles if r_.adapted)
+        Is = arch.shared_expert_intermediate_size
+        if Is:
+            sc, sr = inputs_saved("shared_in", h, norm_out_fp32)
+            sc2, sr2 = inputs_saved("shared_mid", Is, False)
+            moe_const += sc + sc2 + 3 * c * Is + c * h
+            moe_r += sr + sr2
+
+    per_layer_r = ar + o_r
+    dense_layer = attn_const + mlp_const
+    moe_layer = attn_const + moe_const
+    if arch.is_moe:
+        moe_r_total = moe_r
+    else:
+        moe_r_total = 0.0
+    per_layer_r_dense = per_layer_r + mr + dr
+
+    # Lamini memory-expert layer (our module, ftadvisor/train/modules.py): the routing scores
+    # over E keys, and per selected expert the gathered input, the rank-r code and the output.
+    lam_const = c * h  # input kept for the key matmul; per selected expert see lamini_per_expert
+    # Bottleneck adapter: input copy, activation input, up-projection input.
+    adapter_const = 2 * (c * h)
+    adapter_m = 2 * (2 * c)
+
+    top = 4 * h + (resid * h if norm_trains else 0) + (c * h if lay.lm_head_trained else 0)
+    ckpt = resid * h  # HF gradient checkpointing keeps each decoder layer's input
+    # Gradient working set while one layer runs backward: gradients of its input/output and of
+    # its widest intermediate.
+    widest = max(I, arch.moe_intermediate_size * max(arch.experts_per_token, 1), a * d)
+    bws = c * (2 * h + 2 * widest)
+    return ActivationCoefficients(
+        per_layer_dense=dense_layer,
+        per_layer_moe=moe_layer,
+        per_layer_seq=per_seq,
+        per_layer_r=per_layer_r_dense if not arch.is_moe else per_layer_r + moe_r_total,
+        lamini_per_layer=lam_const,
+        lamini_per_expert=2 * c * h + 4,
+        lamini_per_expert_r=c,
+        adapter_per_layer=adapter_const,
+        adapter_per_layer_m=adapter_m,
+        top=top,
+        checkpoint_per_layer=ckpt,
+        backward_ws=bws,
+    )
+
+
+# --- putting it together --------------------------------------------------------------------
+
+COMPONENTS = (
+    "weights",
+    "gradients",
+    "optimizer_state",
+    "master_weights",
+    "activations",
+    "logits",
+    "extra_models",
+    "generation_cache",
+    "quantization_workspace",
+    "communication",
+    "framework_overhead",
+)
+
+# cuBLAS/cuBLASLt workspaces come out of PyTorch's caching allocator (torch/csrc/cuda/
+# CublasHandlePool.cpp: 4096 KiB x 8 on Hopper-class devices, smaller before); we take
+# 32 MiB on any GPU and 0 on the CPU.
+FRAMEWORK_OVERHEAD_BYTES_GPU = 32 * MIB
+
+# Allocator slack (reserved - allocated) as a share of the peak: the caching allocator rounds
+# large blocks to 2 MiB and keeps freed blocks cached (PyTorch docs, "CUDA memory management";
+# c10/cuda/CUDACachingAllocator.cpp). A calibration fit for the hardware replaces this default.
+DEFAULT_ALLOCATOR_SLACK = 0.08
+
+
+@dataclass
+class Evaluation:
+    """Byte counts for one layout over one set of numeric knobs (scalars or arrays)."""
+
+    phases: dict  # phase -> {component -> bytes}
+    params: Params
+    trainable_params: float
+    paged_bytes: float
+    host_bytes: float
+
+
+def evaluate(lay: Layout, plan) -> Evaluation:
+    """Per-GPU bytes at each training phase. ``plan`` is a TrainingPlan or any object with the
+    same numeric attributes (possibly numpy arrays)."""
+    arch = lay.arch
+    obj = lay.technique.objective
+    c = lay.c
+    tb = lay.trainable_bytes
+    h, L, V = arch.hidden_size, arch.num_layers, arch.vocab_size
+    N = plan.num_gpus
+    mixed = lay.precision in ("bf16-mixed", "fp16-mixed")
+    p = count_params(lay, plan)
+    opt_dev, paged = optimizer_state_bytes(lay, p)
+
+    # 1. Model copies beyond the policy (trl's trainers): PPO's value model mirrors the policy
+    #    and trains with the same method; its reward model and a reference model are frozen
+    #    copies (a PEFT method's reference is the base with adapters disabled: no copy).
+    value = 1 if obj.value_model else 0
+    copies_trained = 1 + value
+    trainable = p.trainable * copies_trained
+    frozen_copy = frozen_copy_bytes(lay)
+    extra = frozen_copy * ((1 if lay.reference_copy else 0) + (1 if obj.reward_model else 0))
+    extra = extra + (p.stored_bytes if value else 0)
+    opt_dev = opt_dev * copies_trained
+    paged = paged * copies_trained
+    W_tr = p.trainable * tb
+    W_fr = p.stored_bytes - W_tr
+
+    # 2. Sharding (Rajbhandari et al. 2020, ZeRO, Fig. 1: stage 1 partitions optimizer state,
+    #    stage 2 also gradients, stage 3 also parameters; FSDP FULL_SHARD = stage 3 with fp32
+    #    sharded FlatParameters, Zhao et al. 2023 section 3).
+    host = 0.0
+    copies = 0.0  # autocast's bf16 weight copies kept for backward (torch AMP, none/ddp)
+    comm = 0.0
+    largest_layer = p.largest_layer_params
+    if lay.sharding in ("none", "ddp"):
+        weights = W_tr + W_fr
+        grads = trainable * tb
+        master = 0.0
+        if mixed:
+            # torch.autocast caches the low-precision cast of every leaf weight that requires grad
+            # until the forward ends (aten/src/ATen/autocast_mode.cpp, cached_cast).
+            copies = p.trainable * c
+        if lay.sharding == "ddp":
+            # DDP's reducer keeps flat bucket buffers the size of all gradients
+            # (torch/nn/parallel/distributed.py, gradient_as_bucket_view=False by default).
+            comm = trainable * tb
+    elif lay.zero:
+        # DeepSpeed bf16/fp16: working weights and gradients in the compute dtype, fp32 master
+        # weights and fp32 gradient partitions for the optimizer (deepspeed/runtime/zero/stage_1_and_2.py
+        # single_partition_of_fp32_groups; stage3.py fp32_partitioned_groups_flat).
+        wt = c if mixed else tb
+        stage3 = lay.sharding == "zero3"
+        weights = W_fr + p.trainable * wt
+        if stage3:
+            weights = weights / N
+        master = (4 * trainable / N) if mixed else 0.0
+        fp32_grad_part = (4 * trainable / N) if mixed else 0.0
+        if lay.sharding == "zero1":
+            grads = trainable * wt + fp32_grad_part
+        else:
+            grads = trainable * wt / N + fp32_grad_part
+        opt_dev = opt_dev / N
+        paged = paged / N
+        # HF's "auto" DeepSpeed config: reduce_bucket_size = h^2, stage3_prefetch_bucket_size = 0.9 h^2
+        # (transformers/integrations/deepspeed.py); stage 3 also holds the gathered layer in flight
+        # and the prefetched next one.
+        bucket = _num.minimum(h * h, trainable + 1)
+        comm = c * 2 * bucket
+        if stage3:
+            comm = comm + c * (2 * largest_layer + 0.9 * h * h)
+        if lay.cpu_offload:
+            host = host + master + opt_dev + paged + fp32_grad_part
+            grads = grads - fp32_grad_part
+            master = 0.0
+            opt_dev = 0.0
+            paged = 0.0
+            if stage3:
+                host = host + weights
+                weights = 0.0
+        extra = extra / N if stage3 else extra
+    else:  # fsdp
+        weights = (W_tr + W_fr) / N
+        grads = trainable * tb / N
+        master = 0.0
+        opt_dev = opt_dev / N
+        paged = paged / N
+        # Unsharded parameters in the compute dtype: the root unit (embeddings, lm_head) stays
+        # gathered between forward and backward, plus the current and the prefetched layer, plus
+        # the unsharded gradient of the layer being reduce-scattered (torch/distributed/fsdp).
+        trained_share = _num.minimum(1.0, p.trainable / arch.total_params)
+        comm = c * (p.root_params + 2 * largest_layer) + c * largest_layer * trained_share
+        extra = extra / N
+        if lay.cpu_offload:
+            host = host + weights + grads + opt_dev + paged
+            weights = 0.0
+            grads = 0.0
+            opt_dev = 0.0
+            paged = 0.0
+
+    if lay.hardware.vendor == "cpu":
+        opt_dev = opt_dev + paged  # no unified memory to page into on the host
+        paged = 0.0
+
+    # 3. Tokens on one GPU per micro-batch.
+    seqs = plan.micro_batch_size * obj.sequences_per_example
+    S = plan.seq_len
+    T = seqs * S
+    if obj.generation:
+        T_loss = seqs * plan.rl_max_new_tokens
+    else:
+        T_loss = T
+
+    # 4. Activations (see activation_coefficients).
+    k = activation_coefficients(lay)
+    r = plan.lora_r
+    n_moe = arch.num_moe_layers
+    n_dense = L - n_moe
+    layer_terms = k.per_layer_seq * S + k.per_layer_r * r
+    lam = 0.0
+    if lay.lamini_layers:
+        kk = plan.lamini_top_k
+        lam = k.lamini_per_layer + kk * (k.lamini_per_expert + k.lamini_per_expert_r * r)
+    adapter = 0.0
+    if lay.technique.method.name == "adapter":
+        adapter = k.adapter_per_layer + k.adapter_per_layer_m * plan.adapter_bottleneck
+    layer_max = (k.per_layer_moe if n_moe else k.per_layer_dense) + layer_terms + lam + adapter
+    if lay.checkpointing:
+        saved = T * (L * k.checkpoint_per_layer + k.top)
+        recompute = T * layer_max
+    else:
+        saved = T * (n_dense * k.per_layer_dense + n_moe * k.per_layer_moe + L * layer_terms
+                     + lay.lamini_layers * lam + L * adapter + k.top)
+        recompute = 0.0
+    saved = saved * copies_trained  # PPO runs the value model's forward on the same tokens
+    bws = T * k.backward_ws
+
+    # 5. Logits and loss (transformers/loss/loss_utils.py ForCausalLMLoss upcasts logits to fp32;
+    #    cross_entropy = log_softmax, whose output is kept, + nll_loss). The bf16 logits stay
+    #    referenced by the model output; the fp32 upcast (forward) or the fp32 gradient
+    #    (backward) is transient. trl's GRPO computes logits for completion tokens only
+    #    (logits_to_keep); PPO computes them for the whole sequence, log-softmax on the response.
+    if obj.name == "ppo":
+        logits_saved = T * V * c + T_loss * V * 4
+    else:
+        logits_saved = T_loss * V * (c + 4)
+    logits_tr = T_loss * V * 4
+    logits_total = logits_saved + logits_tr
+
+    # 6. Transient workspaces: bitsandbytes dequantizes one 4/8-bit weight to the compute dtype
+    #    per matmul (bitsandbytes/autograd/_functions.py MatMul4Bit); peft's DoRA forms the
+    #    full weight W + s*BA in fp32 to take its column norm (peft/tuners/lora/dora.py).
+    qws = p.quant_largest_linear * c
+    if lay.technique.method.dora:
+        big = max((r_.spec.in_features * r_.spec.out_features for r_ in lay.roles if r_.adapted), default=0)
+        qws = qws + big * 8
+
+    # 7. Gradients alive during backward: with accumulation the previous micro-batches'
+    #    gradients; otherwise the first gradient backward allocates, the lm_head's (V x h).
+    head_grad = (arch.lm_head_params or arch.embedding_params) * tb if lay.lm_head_trained else 0.0
+    if lay.sharding in ("zero2", "zero3", "fsdp"):
+        head_grad = head_grad / N
+    grads_fb = _num.where(plan.gradient_accumulation_steps > 1, grads, _num.minimum(head_grad, grads))
+
+    framework = FRAMEWORK_OVERHEAD_BYTES_GPU if lay.hardware.vendor != "cpu" else 0.0
+
+    static = dict(
+        weights=weights, optimizer_state=opt_dev, master_weights=master, extra_models=extra,
+        communication=comm, framework_overhead=framework,
+    )
+    zero = dict(gradients=0.0, activations=0.0, logits=0.0, generation_cache=0.0, quantization_workspace=0.0)
+
+    # Peak of forward+backward: all saved activations, then either the loss' logits tensors
+    # (at the end of forward) or the recomputed layer and the gradient working set (in backward).
+    logits_branch = logits_total
+    act_branch = recompute + bws
+    use_logits = logits_branch >= act_branch
+    fb = dict(static, **zero)
+    fb.update(
+        gradients=grads_fb,
+        master_weights=master + copies,
+        activations=saved + _num.where(use_logits, 0.0, act_branch),
+        logits=_num.where(use_logits, logits_branch, 0.0),
+        quantization_workspace=qws,
+    )
+    phases = {"forward_backward": fb}
+
+    # Optimizer step: all gradients plus the optimizer's temporaries (fused AdamW and the
+    # bitsandbytes kernels update in place; Adafactor/SGD's per-tensor path allocates about two
+    # fp32 copies of the largest tensor).
+    step_tmp = 2 * 4 * p.largest_trainable if lay.optimizer in ("adafactor", "sgd") else 0.0
+    st = dict(static, **zero)
+    st.update(gradients=grads, activations=step_tmp)
+    phases["optimizer_step"] = st
+
+    # Generation (PPO/GRPO): KV cache of the rollout batch, 2 * L * kv * d per token in the
+    # compute dtype (Pope et al. 2022, "Efficiently Scaling Transformer Inference", section 2;
+    # transformers DynamicCache), plus per-step logits and sampling buffers. trl's GRPO
+    # generates micro_batch x steps_per_generation (= gradient_accumulation_steps) completions at
+    # once; trl's PPO generates and scores in chunks of local_rollout_forward_batch_size = 64.
+    if obj.generation:
+        if obj.name == "grpo":
+            B = plan.micro_batch_size * plan.gradient_accumulation_steps
+        else:
+            B = _num.minimum(plan.micro_batch_size * plan.gradient_accumulation_steps, 64)
+        kv = 2 * L * arch.num_kv_heads * arch.head_dim * c * B * S
+        gen_logits = B * V * (c + 4 + 4)
+        if obj.name == "ppo":
+            # scoring the rollouts: full-sequence logits and their log-softmax, no grad
+            gen_logits = _num.maximum(gen_logits, B * S * V * (c + 4))
+        g = dict(static, **zero)
+        g.update(generation_cache=kv, logits=gen_logits, quantization_workspace=qws)
+        phases["generation"] = g
+
+    return Evaluation(phases=phases, params=p, trainable_params=trainable, paged_bytes=paged, host_bytes=host)

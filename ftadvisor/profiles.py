@@ -1,0 +1,139 @@
+"""Model and hardware profiles: YAML data in ``profiles/``, loaded on request and cached.
+
+``resolve_model`` accepts a profile id, an alias, a Hugging Face id that a
+profile carries, a path to a ``config.json`` (or a directory holding one), a
+dict of config fields, or a ready ``ModelProfile``. ``resolve_hardware``
+accepts an id, an alias or a ``HardwareProfile``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ftadvisor.errors import FtAdvisorError, unknown
+from ftadvisor.schema import HardwareProfile, ModelProfile
+
+
+def profiles_dir() -> Path:
+    """The profiles folder: $FTADVISOR_PROFILES, the repo's ``profiles/``, or the copy packaged in the wheel."""
+    env = os.environ.get("FTADVISOR_PROFILES")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "profiles", here / "_profiles"):
+        if cand.is_dir():
+            return cand
+    raise FtAdvisorError("profiles", f"no profiles folder found next to {here}")
+
+
+def _validation_message(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "value"
+    return f"{loc}: {first['msg']}"
+
+
+def _load_yaml_dir(kind: str, cls: type) -> dict[str, Any]:
+    folder = profiles_dir() / kind
+    out: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+        try:
+            prof = cls.model_validate(data)
+        except ValidationError as err:
+            raise FtAdvisorError(f"profiles/{kind}/{path.name}", _validation_message(err)) from None
+        out[prof.id] = prof
+    return out
+
+
+@lru_cache(maxsize=1)
+def model_profiles() -> dict[str, ModelProfile]:
+    return _load_yaml_dir("models", ModelProfile)
+
+
+@lru_cache(maxsize=1)
+def hardware_profiles() -> dict[str, HardwareProfile]:
+    return _load_yaml_dir("hardware", HardwareProfile)
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower()
+
+
+@lru_cache(maxsize=1)
+def _model_index() -> dict[str, str]:
+    idx: dict[str, str] = {}
+    for pid, p in model_profiles().items():
+        idx[pid] = pid
+        for a in (p.hf_id, *p.aliases):
+            if a:
+                idx.setdefault(_norm(a), pid)
+    return idx
+
+
+@lru_cache(maxsize=1)
+def _hardware_index() -> dict[str, str]:
+    idx: dict[str, str] = {}
+    for hid, h in hardware_profiles().items():
+        idx[hid] = hid
+        for a in h.aliases:
+            idx.setdefault(_norm(a), hid)
+    return idx
+
+
+def _profile_from_config(config: dict[str, Any], source: str, name: str) -> ModelProfile:
+    if not isinstance(config, dict):
+        raise FtAdvisorError("model", f"{source}: config must be a JSON object of config.json fields")
+    try:
+        return ModelProfile(id=f"config:{name}", name=name, source=source, config=dict(config))
+    except ValidationError as err:
+        raise FtAdvisorError("model", f"{source}: {_validation_message(err)}") from None
+
+
+def resolve_model(model: str | os.PathLike | dict | ModelProfile) -> ModelProfile:
+    """Find a model profile by id, alias, HF id, config path or config dict."""
+    if isinstance(model, ModelProfile):
+        return model
+    if isinstance(model, dict):
+        return _profile_from_config(model, "config dict", str(model.get("_name_or_path") or model.get("model_type", "custom")))
+    if not isinstance(model, (str, os.PathLike)):
+        raise FtAdvisorError("model", f"expected a name, a path or a dict, got {type(model).__name__}")
+    text = str(model)
+    pid = _model_index().get(_norm(text))
+    if pid:
+        return model_profiles()[pid]
+    path = Path(text).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise FtAdvisorError("model", f"directory {text!r} holds no config.json")
+    if path.is_file():
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise FtAdvisorError("model", f"{path} is not valid JSON ({err})") from None
+        return _profile_from_config(config, str(path), path.parent.name or path.stem)
+    if text.endswith(".json") or os.sep in text and not text.count("/") == 1:
+        raise FtAdvisorError("model", f"no such file {text!r}")
+    raise unknown("model", text, list(model_profiles()) + [p.hf_id for p in model_profiles().values() if p.hf_id])
+
+
+def resolve_hardware(hardware: str | HardwareProfile) -> HardwareProfile:
+    """Find a hardware profile by id or alias (``h100``, ``rtx4090``, ``a10g``)."""
+    if isinstance(hardware, HardwareProfile):
+        return hardware
+    if not isinstance(hardware, str):
+        raise FtAdvisorError("gpu", f"expected a name, got {type(hardware).__name__}")
+    hid = _hardware_index().get(_norm(hardware).replace(" ", "-"))
+    if hid is None:
+        hid = _hardware_index().get(_norm(hardware).replace(" ", "").replace("-", ""))
+    if hid is None:
+        raise unknown("gpu", hardware, hardware_profiles())
+    return hardware_profiles()[hid]

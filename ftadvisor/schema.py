@@ -1,0 +1,388 @@
+"""The data that flows through ftadvisor: profiles in, plans in, estimates out.
+
+All models are pydantic v2, frozen and ``extra="forbid"``; units are in the
+field names (``_bytes``, ``_gib``, ``_tflops``, ``_gbps`` = GB/s).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+# --------------------------------------------------------------------------
+# Architecture: what the estimator derives from a Hugging Face config.json
+# --------------------------------------------------------------------------
+
+LinearGroup = Literal["attention", "mlp", "expert", "shared_expert", "router"]
+
+
+class LinearSpec(_Frozen):
+    """One kind of ``nn.Linear`` inside the decoder layers (lm_head excluded)."""
+
+    name: str
+    """The module's attribute name in transformers (``q_proj``, ``query_key_value``, ``w1`` ...); what peft's ``target_modules`` matches."""
+    group: LinearGroup
+    """Which block it belongs to: attention, dense MLP, routed expert, shared expert, or router."""
+    in_features: int = Field(gt=0)
+    """Input width."""
+    out_features: int = Field(gt=0)
+    """Output width."""
+    bias: bool
+    """Whether it has a bias vector."""
+    count: int = Field(ge=0)
+    """Instances in the whole model (layers x experts)."""
+    input_source: str
+    """Label of the tensor it reads; linears with the same label read the same tensor (q/k/v all read the attention input)."""
+
+    @property
+    def params_each(self) -> int:
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+    @property
+    def params_total(self) -> int:
+        return self.params_each * self.count
+
+
+class ArchSpec(_Frozen):
+    """Normalised architecture of a decoder-only (optionally MoE) transformer."""
+
+    model_type: str
+    """transformers ``model_type`` (llama, mixtral, qwen2, ...)."""
+    vocab_size: int = Field(gt=0)
+    """Rows of the embedding matrix."""
+    hidden_size: int = Field(gt=0)
+    """Residual stream width h."""
+    num_layers: int = Field(gt=0)
+    """Decoder layers L."""
+    num_attention_heads: int = Field(gt=0)
+    """Query heads a."""
+    num_kv_heads: int = Field(gt=0)
+    """Key/value heads (GQA/MQA when below a)."""
+    head_dim: int = Field(gt=0)
+    """Width of one attention head d (not always h/a, e.g. Gemma)."""
+    intermediate_size: int = Field(ge=0)
+    """Dense MLP width (0 when every layer is MoE)."""
+    mlp_gated: bool
+    """Gated MLP (SwiGLU/GeGLU: three matrices) or plain (two)."""
+    norm: Literal["rmsnorm", "layernorm"]
+    """Normalisation layer type."""
+    norms_per_layer: int = Field(ge=1)
+    """Norm modules over the hidden width in one decoder layer (2 for Llama, 4 for Gemma-2)."""
+    parallel_attn_mlp: bool
+    """Attention and MLP read the same normed input (phi-2, Falcon) instead of running in sequence."""
+    tie_word_embeddings: bool
+    """lm_head shares the embedding matrix."""
+    lm_head_bias: bool
+    """lm_head has a bias (phi-2)."""
+    linears: tuple[LinearSpec, ...]
+    """Every linear layer in the decoder stack."""
+    embedding_params: int = Field(ge=0)
+    """Token embedding parameters."""
+    lm_head_params: int = Field(ge=0)
+    """Untied output projection parameters (0 when tied)."""
+    norm_params: int = Field(ge=0)
+    """All normalisation parameters (per-layer, q/k norms, final norm)."""
+    other_params: int = Field(default=0, ge=0)
+    """Parameters outside the above (rare)."""
+    num_experts: int = Field(default=0, ge=0)
+    """Routed experts per MoE layer (0 for a dense model)."""
+    experts_per_token: int = Field(default=0, ge=0)
+    """Experts each token is routed to (top-k)."""
+    num_moe_layers: int = Field(default=0, ge=0)
+    """Decoder layers whose MLP is a mixture of experts."""
+    moe_intermediate_size: int = Field(default=0, ge=0)
+    """Width of one routed expert's MLP."""
+    shared_expert_intermediate_size: int = Field(default=0, ge=0)
+    """Width of the always-on shared expert (0 if none)."""
+    max_position_embeddings: int | None = None
+    """Longest context the config declares."""
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def total_params(self) -> int:
+        return (
+            self.embedding_params
+            + self.lm_head_params
+            + self.norm_params
+            + self.other_params
+            + sum(lin.params_total for lin in self.linears)
+        )
+
+    @property
+    def active_params(self) -> int:
+        """Parameters touched per token (routed experts counted top-k of num_experts)."""
+        total = self.total_params
+        if self.is_moe:
+            expert = sum(lin.params_total for lin in self.linears if lin.group == "expert")
+            total -= expert - expert * self.experts_per_token // self.num_experts
+        return total
+
+
+# --------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------
+
+
+class ModelProfile(_Frozen):
+    """A model: its Hugging Face config fields, where they came from, and the derived architecture."""
+
+    id: str
+    """Short lower-case id (``llama-3.1-8b``)."""
+    name: str
+    """Human-readable name."""
+    hf_id: str | None = None
+    """Hugging Face repository id the config comes from."""
+    aliases: tuple[str, ...] = ()
+    """Other names that resolve to this profile."""
+    source: str
+    """Where the config fields were copied from (URL of config.json)."""
+    notes: str | None = None
+    """Anything a user should know (gated repo, config quirks)."""
+    config: dict[str, Any]
+    """The Hugging Face ``config.json`` fields (architecture-relevant subset)."""
+    arch: ArchSpec | None = None
+    """Derived from ``config``; filled in automatically."""
+
+    @model_validator(mode="after")
+    def _derive_arch(self) -> "ModelProfile":
+        if self.arch is None:
+            from ftadvisor.architecture import arch_from_config
+
+            object.__setattr__(self, "arch", arch_from_config(self.config))
+        return self
+
+
+class HardwareProfile(_Frozen):
+    """An accelerator (or the CPU) with the numbers the cost model needs."""
+
+    id: str
+    """Lower-case id with the memory size where the card comes in several (``a100-80gb``)."""
+    name: str
+    """Marketing name."""
+    aliases: tuple[str, ...] = ()
+    """Short forms that resolve to this profile (``a100``, ``rtx4090``)."""
+    vendor: Literal["nvidia", "amd", "intel", "cpu"]
+    """Maker, or ``cpu`` for host-only training."""
+    memory_gib: float = Field(gt=0)
+    """Device memory in GiB as the driver reports it (nvidia-smi total)."""
+    bf16_dense_tflops: float | None = Field(default=None, gt=0)
+    """Dense (no sparsity) BF16 tensor TFLOP/s; None where unsupported."""
+    fp16_dense_tflops: float | None = Field(default=None, gt=0)
+    """Dense FP16 tensor TFLOP/s."""
+    tf32_dense_tflops: float | None = Field(default=None, gt=0)
+    """Dense TF32 tensor TFLOP/s; None where unsupported."""
+    fp32_tflops: float = Field(gt=0)
+    """Plain FP32 (non-tensor) TFLOP/s."""
+    fp8_dense_tflops: float | None = Field(default=None, gt=0)
+    """Dense FP8 tensor TFLOP/s where the hardware has FP8."""
+    hbm_bandwidth_gbps: float = Field(gt=0)
+    """Device memory bandwidth, GB/s."""
+    intra_node_bandwidth_gbps: float = Field(gt=0)
+    """GPU-to-GPU bandwidth inside a node, GB/s per direction (NVLink, Infinity Fabric or PCIe)."""
+    intra_node_link: str
+    """Which link the intra-node figure is for."""
+    inter_node_bandwidth_gbps: float = Field(gt=0)
+    """Typical per-GPU network bandwidth between nodes, GB/s (a default; clusters differ)."""
+    compute_capability: str | None = None
+    """CUDA compute capability (``8.0``); None for non-NVIDIA."""
+    supports_bnb_4bit: bool
+    """bitsandbytes 4-bit (QLoRA) works on it."""
+    supports_flash_attention: bool
+    """FlashAttention-2 kernels work on it."""
+    runtime_overhead_gib: float = Field(ge=0)
+    """Device memory taken outside PyTorch's allocator: CUDA/ROCm context plus cuBLAS/cuDNN workspaces."""
+    hourly_price_usd: float | None = Field(default=None, ge=0)
+    """DEFAULT typical on-demand cloud price per GPU-hour; override it with your own."""
+    price_note: str
+    """Where the default price comes from and what it assumes."""
+    source: str
+    """Datasheet(s) the figures come from."""
+    notes: str | None = None
+    """Anything a user should know."""
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * 2**30)
+
+
+# --------------------------------------------------------------------------
+# Training plan
+# --------------------------------------------------------------------------
+
+Sharding = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
+Precision = Literal["bf16-mixed", "bf16-true", "fp16-mixed", "fp32"]
+Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor"]
+Attention = Literal["sdpa", "flash", "eager"]
+Quantization = Literal["none", "nf4", "int8"]
+MoeTrain = Literal["all", "attention", "experts", "router"]
+
+
+class TrainingPlan(_Frozen):
+    """One concrete way to fine-tune: technique plus every knob that changes cost."""
+
+    technique: str = "lora"
+    """Technique, optionally ``objective+method`` (``dpo+qlora``); see ``ftadvisor.techniques``."""
+    num_gpus: int = Field(default=1, ge=1, le=65536)
+    """GPUs in total, across all nodes."""
+    num_nodes: int = Field(default=1, ge=1, le=8192)
+    """Nodes the GPUs are spread over."""
+    sharding: Sharding = "none"
+    """Data-parallel layout: none (one GPU), ddp, zero1/2/3 (DeepSpeed) or fsdp (full shard)."""
+    cpu_offload: bool = False
+    """Offload optimizer state and fp32 master weights to CPU (and parameters under zero3/fsdp)."""
+    precision: Precision = "bf16-mixed"
+    """bf16-mixed: fp32 trainable weights + bf16 autocast; bf16-true: everything bf16; fp16-mixed; fp32."""
+    optimizer: Optimizer = "adamw"
+    """Optimizer (bitsandbytes for the 8-bit and paged ones)."""
+    micro_batch_size: int = Field(default=1, ge=1, le=65536)
+    """Sequences per GPU per forward/backward."""
+    seq_len: int = Field(default=2048, ge=1, le=10_000_000)
+    """Tokens per sequence (prompt + completion for RL)."""
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=100_000)
+    """Micro-batches per optimizer step."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer in backward instead of storing its activations."""
+    attention: Attention = "sdpa"
+    """Attention kernel: sdpa (PyTorch), flash (FlashAttention-2), eager (materialises scores)."""
+    lora_r: int = Field(default=16, ge=1, le=65536)
+    """LoRA/DoRA rank (also the rank of each Lamini memory expert)."""
+    lora_alpha: float = Field(default=32, gt=0)
+    """LoRA scaling numerator (no effect on memory)."""
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout on the adapter input; above 0 each adapted module stores its own dropped copy."""
+    lora_targets: str | tuple[str, ...] = "all-linear"
+    """``all-linear`` or HF module names (``q_proj``, ``v_proj`` ...)."""
+    quantization: Quantization | None = None
+    """Storage of the frozen base: none, nf4, int8; None takes the technique's default (nf4 for qlora)."""
+    double_quant: bool = True
+    """nf4 double quantization of the block constants (QLoRA paper section 3)."""
+    packing: bool = False
+    """Sequences packed to seq_len with no padding (affects throughput, not peak memory)."""
+    moe_train: MoeTrain = "all"
+    """What of an MoE model full/half fine-tuning trains: all, attention only, experts, router."""
+    half_ft_fraction: float = Field(default=0.5, gt=0, le=1)
+    """Fraction of decoder layers half fine-tuning trains (HFT trains half)."""
+    adapter_bottleneck: int = Field(default=64, ge=1)
+    """Bottleneck width of Houlsby adapters."""
+    lamini_num_experts: int = Field(default=1024, ge=1)
+    """Memory experts in the Lamini-style bank (per adapted layer)."""
+    lamini_top_k: int = Field(default=8, ge=1)
+    """Memory experts selected per token."""
+    lamini_layers: int = Field(default=4, ge=1)
+    """Decoder layers (the top ones) that carry a memory-expert bank."""
+    dpo_precompute_ref: bool = False
+    """DPO: reference log-probs computed once up front, so no reference model stays in memory."""
+    rl_max_new_tokens: int = Field(default=512, ge=1)
+    """PPO/GRPO: generated tokens per completion; the prompt is ``seq_len`` minus this."""
+    grpo_num_generations: int = Field(default=8, ge=2)
+    """GRPO: completions per prompt (the group)."""
+    grpo_beta: float = Field(default=0.0, ge=0)
+    """GRPO: KL weight; above 0 a reference model is kept (trl's default is 0)."""
+    ppo_reward_model: str | None = None
+    """PPO: reward model (profile or config); None = same architecture as the policy."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping (no memory effect; recorded for launch)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainingPlan":
+        from ftadvisor.errors import FtAdvisorError
+
+        if self.num_gpus % self.num_nodes:
+            raise FtAdvisorError("num_gpus", f"{self.num_gpus} GPUs cannot be split evenly over {self.num_nodes} nodes")
+        if self.num_gpus > 1 and self.sharding == "none":
+            object.__setattr__(self, "sharding", "ddp")
+        if self.num_gpus == 1 and self.sharding in ("ddp",):
+            object.__setattr__(self, "sharding", "none")
+        if self.cpu_offload and self.sharding in ("none", "ddp", "zero1"):
+            raise FtAdvisorError(
+                "cpu_offload", f"needs sharding zero2, zero3 or fsdp (got {self.sharding})", ["zero2", "zero3", "fsdp"]
+            )
+        if self.lamini_top_k > self.lamini_num_experts:
+            raise FtAdvisorError("lamini_top_k", "cannot exceed lamini_num_experts")
+        return self
+
+
+# --------------------------------------------------------------------------
+# Estimate
+# --------------------------------------------------------------------------
+
+
+class MemoryBreakdown(_Frozen):
+    """Per-GPU memory at the peak phase, in bytes. The components sum to ``peak_allocated_bytes``."""
+
+    weights_bytes: int
+    """Parameters of the trained model on this GPU (base + adapters), in their storage dtypes, quantization constants included."""
+    gradients_bytes: int
+    """Gradients of trainable parameters held at the peak."""
+    optimizer_state_bytes: int
+    """Optimizer moments on the device (paged state counted separately)."""
+    master_weights_bytes: int
+    """fp32 master copy (or, under torch autocast, the bf16 working copies) beyond the stored weights."""
+    activations_bytes: int
+    """Tensors saved for backward (or recomputation checkpoints) plus the working set of the layer in flight."""
+    logits_bytes: int
+    """Output logits and the loss' fp32 working tensors."""
+    extra_models_bytes: int
+    """Reference, reward and value models (DPO/PPO/GRPO)."""
+    generation_cache_bytes: int
+    """KV cache and sampling buffers while generating (PPO/GRPO)."""
+    quantization_workspace_bytes: int
+    """Transient dequantised weights (QLoRA) and DoRA weight-norm temporaries."""
+    communication_bytes: int
+    """DDP gradient buckets, FSDP/ZeRO gathered parameters and reduce buffers."""
+    framework_overhead_bytes: int
+    """Other allocations by the framework (CUDA RNG state, loss scaler, small buffers)."""
+    peak_allocated_bytes: int
+    """What ``torch.cuda.max_memory_allocated`` reports."""
+    peak_reserved_bytes: int
+    """What ``torch.cuda.max_memory_reserved`` reports (allocated plus caching-allocator slack)."""
+    runtime_overhead_bytes: int
+    """CUDA context and library workspaces outside the allocator."""
+    paged_bytes: int
+    """Paged optimizer state (unified memory): visible to nvidia-smi, evictable to host."""
+    device_total_bytes: int
+    """What nvidia-smi shows: reserved + runtime overhead + resident paged state."""
+    host_bytes: int
+    """Host RAM for offloaded state (0 without offload)."""
+    peak_phase: str
+    """Training phase at which the peak happens."""
+    phases_bytes: dict[str, int]
+    """Allocated bytes at each phase (forward/backward boundary, optimizer step, generation ...)."""
+    weights_by_dtype_bytes: dict[str, int]
+    """Weights split by storage dtype (bf16, fp32, nf4, int8 ...)."""
+
+
+class Estimate(_Frozen):
+    """The answer for one (model, hardware, plan)."""
+
+    model_id: str
+    """Model profile id (or ``config:<name>`` for a raw config)."""
+    hardware_id: str
+    """Hardware profile id."""
+    plan: TrainingPlan
+    """The fully resolved plan."""
+    technique: str
+    """Canonical technique name (``dpo+qlora``)."""
+    total_params: int
+    """Parameters of the base model (what transformers counts)."""
+    trainable_params: int
+    """Parameters receiving gradients (adapters, trained layers, value head ...)."""
+    memory: MemoryBreakdown
+    """Per-GPU memory."""
+    fits: bool
+    """Device total within the card's memory."""
+    headroom_bytes: int
+    """Card memory minus device total (negative when it does not fit)."""
+    warnings: tuple[str, ...] = ()
+    """Caveats a user should read."""
+    corrections: tuple[str, ...] = ()
+    """Calibration corrections applied (file, samples, residual)."""

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install ftadvisor with pinned dependencies.
+#   scripts/setup.sh          core only (estimate, recommend)
+#   scripts/setup.sh dev      core + training stack + test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+level="${1:-core}"
+py="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+stamp=".venv/.ftadvisor-$level-$(cat requirements/*.txt pyproject.toml | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -r "requirements/$level.txt"
+  .venv/bin/python -m pip install -q --no-deps -e .
+  touch "$stamp"
+fi
