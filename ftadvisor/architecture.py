@@ -234,7 +234,8 @@ def _llama_like(cfg: _Cfg, model_type: str) -> ArchSpec:
             ]
         linears.append(_lin("down_proj", "mlp", intermediate, hidden, mlp_bias, layers, "mlp_mid"))
     elif t["mlp"] == "mixtral":
-        experts = cfg.int("num_local_experts")
+        # MixtralConfig maps num_experts onto num_local_experts (attribute_map)
+        experts = cfg.int("num_local_experts") if not cfg.has("num_experts") else cfg.int("num_experts")
         top_k = cfg.int("num_experts_per_tok")
         if top_k > experts:
             raise FtAdvisorError(cfg.name("num_experts_per_tok"), f"{top_k} exceeds num_local_experts {experts}")

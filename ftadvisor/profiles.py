@@ -91,8 +91,14 @@ def _hardware_index() -> dict[str, str]:
 def _profile_from_config(config: dict[str, Any], source: str, name: str) -> ModelProfile:
     if not isinstance(config, dict):
         raise FtAdvisorError("model", f"{source}: config must be a JSON object of config.json fields")
+    from ftadvisor.architecture import arch_from_config
+
     try:
-        return ModelProfile(id=f"config:{name}", name=name, source=source, config=dict(config))
+        arch = arch_from_config(dict(config))
+    except FtAdvisorError as err:
+        raise FtAdvisorError(f"model ({source})", str(err)) from None
+    try:
+        return ModelProfile(id=f"config:{name}", name=name, source=source, config=dict(config), arch=arch)
     except ValidationError as err:
         raise FtAdvisorError("model", f"{source}: {_validation_message(err)}") from None
 

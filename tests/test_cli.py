@@ -1,0 +1,82 @@
+"""The CLI: output formats, exit codes, and one-line errors without tracebacks."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import LLAMA31_8B, ROOT
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "ftadvisor.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_default_table():
+    out = run("estimate")
+    assert out.returncode == 0, out.stderr
+    assert "Llama 3.1 8B" in out.stdout and "qlora" in out.stdout and "fits" in out.stdout
+
+
+def test_json_and_csv():
+    out = run("estimate", "-m", "qwen2.5-7b", "-g", "a100", "-t", "lora", "-t", "dpo+qlora", "--json",
+              "--set", "seq_len=1024", "--set", "gradient_checkpointing=true")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert [d["technique"] for d in data] == ["lora", "dpo+qlora"]
+    assert data[0]["plan"]["seq_len"] == 1024 and data[0]["plan"]["gradient_checkpointing"] is True
+    assert data[0]["memory"]["device_total_bytes"] > data[0]["memory"]["peak_allocated_bytes"]
+    out = run("estimate", "-m", "qwen2.5-7b", "-g", "a100", "-t", "all", "--csv")
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert len(rows) >= 12 and {"technique", "device_total_bytes", "fits"} <= set(rows[0])
+
+
+def test_plan_file(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("model: mistral-7b\ngpu: l40s\ntechnique: qlora\nseq_len: 4096\nlora_r: 64\n")
+    out = run("estimate", "--plan", str(plan), "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)[0]
+    assert d["model_id"] == "mistral-7b" and d["hardware_id"] == "l40s" and d["plan"]["lora_r"] == 64
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["estimate", "-m", "lama-3.1-8b"], "model"),
+        (["estimate", "-g", "rtx4900"], "gpu"),
+        (["estimate", "-t", "qlorra"], "technique"),
+        (["estimate", "--set", "micro_batch_size=-4"], "micro_batch_size"),
+        (["estimate", "--set", "seq_len=abc"], "seq_len"),
+        (["estimate", "--set", "sharding=zero4"], "sharding"),
+        (["estimate", "--set", "nonsense"], "--set"),
+        (["estimate", "--plan", "/no/such/plan.yaml"], "--plan"),
+        (["estimate", "-m", "/no/such/config.json"], "model"),
+        (["profiles", "show", "nothing-like-this"], "name"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, needle):
+    out = run(*args)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: ") and needle in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_malformed_and_unsupported_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(dict(LLAMA31_8B, hidden_size="big")))
+    out = run("estimate", "-m", str(tmp_path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "hidden_size" in out.stderr
+    (tmp_path / "config.json").write_text('{"model_type": "t5", "d_model": 512}')
+    out = run("estimate", "-m", str(tmp_path))
+    assert out.returncode == 2 and "model_type" in out.stderr
+
+
+def test_profiles_list_and_show():
+    out = run("profiles", "list")
+    assert out.returncode == 0 and "llama-3.1-405b" in out.stdout and "h200" in out.stdout
+    out = run("profiles", "show", "mixtral-8x7b")
+    assert json.loads(out.stdout)["derived"]["total_params"] == 46_702_792_704
