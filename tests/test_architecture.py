@@ -272,7 +272,7 @@ SYNTHETIC = {
                                       intermediate_size=96),
     "gemma3-multimodal": dict(model_type="gemma3", text_config=dict(_GEMMA3_TEXT, model_type="gemma3_text")),
     "gemma3-multimodal-untied": dict(model_type="gemma3", tie_word_embeddings=False, text_config=dict(_GEMMA3_TEXT)),
-    # Shaped like google/gemma-3-4b-it, whose text_config leaves vocab_size and head counts to the defaults.
+    # A sparse Gemma-3-4B-shaped text_config: vocab_size and head counts come from Gemma3TextConfig defaults.
     "gemma3-multimodal-4b-sparse": dict(model_type="gemma3", text_config=dict(
         hidden_size=2560, intermediate_size=10240, model_type="gemma3_text", num_hidden_layers=34,
         rope_scaling={"factor": 8.0, "rope_type": "linear"}, sliding_window=1024)),
