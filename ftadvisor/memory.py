@@ -528,10 +528,11 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
 
     # MLP block (dense) --------------------------------------------------------
     I = arch.intermediate_size
-    mlp_const = 0.0 if arch.parallel_attn_mlp else norm_saved()
-    mc, mr = (0.0, 0.0) if arch.parallel_attn_mlp else inputs_saved("mlp_in", h, norm_out_fp32)
-    if arch.parallel_attn_mlp:
-        mc, mr = 0.0, 0.0  # fc1 reads attn_in, counted above
+    # phi-2 and Falcon-7B feed the MLP from the attention's norm (fc1 reads "attn_in", counted
+    # above); sequential blocks and GPT-NeoX's parallel residual have a norm of their own.
+    has_mlp_norm = "mlp_in" in roles_by_source
+    mlp_const = norm_saved() if has_mlp_norm else 0.0
+    mc, mr = inputs_saved("mlp_in", h, norm_out_fp32)
     mlp_const += mc
     mlp_const += (3 if arch.mlp_gated else 1) * c * I
     dc, dr = inputs_saved("mlp_mid", I, False)

@@ -46,7 +46,13 @@ def _load_yaml_dir(kind: str, cls: type) -> dict[str, Any]:
         with open(path) as fh:
             data = yaml.safe_load(fh)
         try:
+            if cls is ModelProfile and isinstance(data, dict) and isinstance(data.get("config"), dict):
+                from ftadvisor.architecture import arch_from_config
+
+                data = dict(data, arch=arch_from_config(data["config"]))
             prof = cls.model_validate(data)
+        except FtAdvisorError as err:
+            raise FtAdvisorError(f"profiles/{kind}/{path.name}", str(err)) from None
         except ValidationError as err:
             raise FtAdvisorError(f"profiles/{kind}/{path.name}", _validation_message(err)) from None
         out[prof.id] = prof

@@ -75,7 +75,7 @@ class ArchSpec(_Frozen):
     norms_per_layer: int = Field(ge=1)
     """Norm modules over the hidden width in one decoder layer (2 for Llama, 4 for Gemma-2)."""
     parallel_attn_mlp: bool
-    """Attention and MLP read the same normed input (phi-2, Falcon) instead of running in sequence."""
+    """Attention and MLP run in parallel off the same residual (phi-2, Falcon, GPT-NeoX parallel residual); whether they share the norm shows in ``LinearSpec.input_source``."""
     tie_word_embeddings: bool
     """lm_head shares the embedding matrix."""
     lm_head_bias: bool
@@ -249,8 +249,8 @@ class TrainingPlan(_Frozen):
     """Tokens per sequence (prompt + completion for RL)."""
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=100_000)
     """Micro-batches per optimizer step."""
-    gradient_checkpointing: bool = False
-    """Recompute each decoder layer in backward instead of storing its activations."""
+    gradient_checkpointing: bool = True
+    """Recompute each decoder layer in backward instead of storing its activations (on by default, as in trl's SFTConfig)."""
     attention: Attention = "sdpa"
     """Attention kernel: sdpa (PyTorch), flash (FlashAttention-2), eager (materialises scores)."""
     lora_r: int = Field(default=16, ge=1, le=65536)

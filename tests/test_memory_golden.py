@@ -154,13 +154,14 @@ def test_llama_layer_activation_bytes_by_hand():
 
 def test_checkpointing_and_sequence_length_behave():
     base = dict(model=LLAMA31_8B, hardware="h100-sxm", technique="lora")
-    no = fa.estimate(**base, seq_len=4096)
+    no = fa.estimate(**base, seq_len=4096, gradient_checkpointing=False)
     ck = fa.estimate(**base, seq_len=4096, gradient_checkpointing=True)
     assert ck.memory.activations_bytes < no.memory.activations_bytes / 5
     # activations grow linearly with tokens under sdpa, quadratically under eager
-    a1 = fa.estimate(**base, seq_len=1024, attention="eager").memory.phases_bytes["forward_backward"]
-    a2 = fa.estimate(**base, seq_len=2048, attention="eager").memory.phases_bytes["forward_backward"]
-    a4 = fa.estimate(**base, seq_len=4096, attention="eager").memory.phases_bytes["forward_backward"]
+    def fb(s):
+        return fa.estimate(**base, seq_len=s, attention="eager",
+                           gradient_checkpointing=False).memory.phases_bytes["forward_backward"]
+    a1, a2, a4 = fb(1024), fb(2048), fb(4096)
     assert (a4 - a2) > 2.2 * (a2 - a1)
 
 
