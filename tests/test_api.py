@@ -123,3 +123,15 @@ def test_import_does_not_load_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_cli_estimate_does_not_load_heavy_modules():
+    code = (
+        "import sys\n"
+        "from ftadvisor.cli import app\n"
+        "try:\n    app(['estimate', '-t', 'all', '--json'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch','transformers','peft','bitsandbytes','trl','pandas','textual','numpy') if m in sys.modules]\n"
+        "print('HEAVY:' + ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY:"
