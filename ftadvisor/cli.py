@@ -16,11 +16,19 @@ import typer
 
 from ftadvisor.errors import FtAdvisorError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Which fine-tuning technique fits, how fast, how good.")
+app = typer.Typer(add_completion=False, help="Which fine-tuning technique fits, how fast, how good.")
 profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, help="List and show model and hardware profiles.")
 app.add_typer(profiles_app, name="profiles")
 
 GIB = 2**30
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
+    """Which fine-tuning technique fits, how fast, how good."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
 
 
 def _fail(err: Exception) -> None:
