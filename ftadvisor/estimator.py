@@ -63,11 +63,6 @@ def make_plan(technique: str | None = None, plan: TrainingPlan | dict | None = N
         raise FtAdvisorError(field, f"{first['msg']} (got {first.get('input')!r})", choices) from None
 
 
-def _check_fit(mem_total_nonpaged: float, paged: float, hw: HardwareProfile):
-    cap = hw.memory_bytes
-    return mem_total_nonpaged <= cap
-
-
 def _pack(model: ModelProfile, hw: HardwareProfile, plan: TrainingPlan, lay: memory.Layout, ev: memory.Evaluation) -> Estimate:
     totals = {name: sum(comp.values()) for name, comp in ev.phases.items()}
     phase = max(totals, key=totals.get)

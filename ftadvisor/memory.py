@@ -692,7 +692,10 @@ def evaluate(lay: Layout, plan) -> Evaluation:
         if stage3:
             weights = weights / N
         master = (4 * trainable / N) if mixed else 0.0
-        fp32_grad_part = (4 * trainable / N) if mixed else 0.0
+        # Stage 3 builds the fp32 gradient one optimizer sub-group at a time (sub_group_size
+        # defaults to 1e9 elements, deepspeed/runtime/zero/config.py).
+        part = _num.minimum(trainable / N, 1e9) if stage3 else trainable / N
+        fp32_grad_part = 4 * part if mixed else 0.0
         if lay.sharding == "zero1":
             grads = trainable * wt + fp32_grad_part
         else:

@@ -1,0 +1,136 @@
+"""Measure on CPU the peak tensor memory of one training step (fwd + bwd + AdamW step, the
+second step so optimizer state exists) of a tiny llama and compare with ftadvisor.estimate.
+
+Usage: .venv/bin/python scripts/check_memory_cpu.py [case ...]
+Cases: full-bf16-true, full-bf16-mixed, lora, qlora, each with suffix -ckpt for checkpointing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import sys
+import tempfile
+
+import torch
+from torch.distributed._tools.mem_tracker import MemTracker
+
+import ftadvisor
+
+CFG = dict(model_type="llama", vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
+           num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=4096)
+B, S = 2, 512
+MB = 1e6
+
+
+def build(technique: str, precision: str, ckpt: bool):
+    import transformers
+    cfg = {k: v for k, v in CFG.items() if k != "model_type"}
+    conf = transformers.LlamaConfig(**cfg)
+    torch.manual_seed(0)
+    if technique == "qlora":
+        from transformers import BitsAndBytesConfig
+        from peft import prepare_model_for_kbit_training
+        m0 = transformers.AutoModelForCausalLM.from_config(conf, attn_implementation="sdpa", dtype=torch.bfloat16)
+        d = tempfile.mkdtemp()
+        m0.save_pretrained(d)
+        del m0
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+        model = transformers.AutoModelForCausalLM.from_pretrained(d, quantization_config=q, attn_implementation="sdpa",
+                                                                  dtype=torch.bfloat16, device_map="cpu")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ckpt,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        dtype = torch.bfloat16 if (precision == "bf16-true" or technique == "lora") else torch.float32
+        model = transformers.AutoModelForCausalLM.from_config(conf, attn_implementation="sdpa", dtype=dtype)
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if technique in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+        lc = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lc)  # adapters fp32 (autocast_adapter_dtype=True)
+        if ckpt and technique == "lora":
+            model.enable_input_require_grads()
+    model.train()
+    return model
+
+
+def run_case(name: str):
+    ckpt = name.endswith("-ckpt")
+    base = name[:-5] if ckpt else name
+    technique, precision = {
+        "full-bf16-true": ("full", "bf16-true"),
+        "full-bf16-mixed": ("full", "bf16-mixed"),
+        "lora": ("lora", "bf16-mixed"),
+        "qlora": ("qlora", "bf16-mixed"),
+    }[base]
+    est = ftadvisor.estimate(dict(CFG), "cpu", technique, precision=precision, micro_batch_size=B, seq_len=S,
+                             gradient_checkpointing=ckpt, attention="sdpa", lora_r=8, optimizer="adamw")
+    model = build(technique, precision, ckpt)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, foreach=False)
+    ids = torch.randint(0, CFG["vocab_size"], (B, S))
+    use_autocast = precision == "bf16-mixed"
+
+    def step():
+        ctx = torch.autocast(device_type="cpu", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
+        with ctx:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    step()  # creates optimizer state
+    gc.collect()
+    mt = MemTracker()
+    mt.track_external(model, opt, ids)
+    with mt:
+        step()
+    snap = mt.get_tracker_snapshot("peak")
+    dev = next(iter(snap))
+    meas = {str(k).split(".")[-1]: int(v) for k, v in snap[dev].items()}
+    pred = est.memory.peak_allocated_bytes
+    stored = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers())
+    ntrain = sum(p.numel() for p in params)
+    out = dict(case=name, technique=technique, precision=precision, ckpt=ckpt, measured=meas.get("Total"),
+               predicted=int(pred), err_pct=100 * (pred - meas["Total"]) / meas["Total"], measured_split=meas,
+               predicted_split={k: v for k, v in est.memory.model_dump().items()
+                                if isinstance(v, int) and v},
+               phases=est.memory.model_dump().get("phases_bytes"), peak_phase=est.memory.peak_phase,
+               model_param_bytes=stored, trainable_params=ntrain, predicted_trainable=est.trainable_params)
+    del model, opt, mt
+    gc.collect()
+    return out
+
+
+def main(argv):
+    cases = argv or ["full-bf16-true", "full-bf16-true-ckpt", "full-bf16-mixed", "full-bf16-mixed-ckpt",
+                     "lora", "lora-ckpt", "qlora", "qlora-ckpt"]
+    rows = []
+    for c in cases:
+        try:
+            r = run_case(c)
+        except Exception as e:  # keep going
+            import traceback
+            traceback.print_exc()
+            print(f"{c}: FAILED {type(e).__name__}: {e}", flush=True)
+            continue
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    print(f"\n{'case':24s} {'measured MB':>12s} {'predicted MB':>13s} {'err %':>7s}")
+    for r in rows:
+        print(f"{r['case']:24s} {r['measured']/MB:12.2f} {r['predicted']/MB:13.2f} {r['err_pct']:7.1f}")
+    for r in rows:
+        print(f"\n== {r['case']}  measured split (MB): "
+              + ", ".join(f"{str(k).split('.')[-1]}={v/MB:.2f}" for k, v in r["measured_split"].items()))
+        print("   predicted split (MB): " + ", ".join(
+            f"{k.replace('_bytes','')}={v/MB:.2f}" for k, v in r["predicted_split"].items()
+            if k not in ("peak_reserved_bytes", "device_total_bytes")))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
