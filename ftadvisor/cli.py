@@ -20,6 +20,12 @@ app = typer.Typer(add_completion=False, help="Which fine-tuning technique fits, 
 profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, help="List and show model and hardware profiles.")
 app.add_typer(profiles_app, name="profiles")
 
+# Sub-command groups live in their own modules; each imports its heavy stack inside its commands.
+from ftadvisor import cli_calibrate, cli_launch  # noqa: E402
+
+app.add_typer(cli_launch.app, name="launch")
+app.add_typer(cli_calibrate.app, name="calibrate")
+
 GIB = 2**30
 
 
