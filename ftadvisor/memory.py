@@ -264,6 +264,7 @@ class Params:
     trainable: float  # parameters with gradients (base weights trained + new adapter parameters)
     trainable_matrix_rows_cols: float  # sum of rows+cols over trainable matrices (Adafactor's factored state)
     largest_trainable: float  # largest single trainable tensor (optimizer temporaries)
+    autocast_cast_params: float  # trainable weights autocast casts for matmuls (linears, adapters, lm_head)
     stored_bytes: float  # all parameters of this copy in their storage dtypes
     by_dtype: dict  # dtype label -> bytes
     largest_layer_params: float  # parameters of the biggest decoder layer (FSDP/ZeRO-3 gather unit)
@@ -366,6 +367,13 @@ def count_params(lay: Layout, plan) -> Params:
         largest = _num.maximum(largest, E * h * r)
         add(dlabel(tb), n * tb)
 
+    # autocast casts the weights of matmuls (linears, adapters, the lm_head -- also when it is the
+    # tied embedding); F.embedding and RMSNorm's fp32 multiply are not on its cast list (measured).
+    cast = trainable - norms_tr - (arch.other_params + emb if lay.embed_trained else 0)
+    if lay.lm_head_trained and not head:
+        cast = cast + emb
+    if lay.technique.method.name == "adapter":
+        cast = cast - 2 * L * (plan.adapter_bottleneck + h)  # biases are added, not cast for a matmul
     stored = sum(by.values())
     layer_params = sum(lin.params_each * lin.count for lin in arch.linears) / L + arch.norm_params / L
     root = emb + head
@@ -374,6 +382,7 @@ def count_params(lay: Layout, plan) -> Params:
         trainable=trainable,
         trainable_matrix_rows_cols=rows_cols,
         largest_trainable=largest,
+        autocast_cast_params=cast,
         stored_bytes=stored,
         by_dtype=by,
         largest_layer_params=layer_params,
@@ -516,7 +525,9 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
     attn_const = norm_saved() if arch.norms_per_layer else 0.0
     ac, ar = inputs_saved("attn_in", h, norm_out_fp32)
     attn_const += ac
-    kv_saved = kv if lay.attention == "flash" else a
+    # transformers 5 passes enable_gqa to SDPA when no mask is needed (integrations/sdpa_attention.py
+    # use_gqa_in_sdpa), and flash handles GQA natively: k/v stay at kv heads; eager repeats them.
+    kv_saved = a if lay.attention == "eager" else kv
     attn_const += c * (a * d + 2 * kv_saved * d)  # q, k, v kept by the attention kernel
     per_seq = 0.0
     if lay.attention == "eager":
@@ -524,6 +535,12 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
     else:
         attn_const += c * a * d + 4 * a  # output + logsumexp
     oc, o_r = inputs_saved("attn_out", a * d, False)
+    if lay.attention != "eager":
+        # SDPA/flash return (B, S, H, D)-contiguous output, so HF's transpose(1, 2).contiguous() is a
+        # no-op and a trained o_proj keeps the same storage the kernel already keeps (measured on CPU
+        # with a storage-tracking dispatch mode, scripts/check_memory_cpu.py).
+        o_shared = sum(r_.trained_fraction for r_ in roles_by_source.get("attn_out", []))
+        oc -= min(o_shared, 1) * c * a * d
     attn_const += oc
 
     # MLP block (dense) --------------------------------------------------------
@@ -534,7 +551,11 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
     mlp_const = norm_saved() if has_mlp_norm else 0.0
     mc, mr = inputs_saved("mlp_in", h, norm_out_fp32)
     mlp_const += mc
-    mlp_const += (3 if arch.mlp_gated else 1) * c * I
+    # Next to a bitsandbytes base, prepare_model_for_kbit_training makes the residual stream fp32 and
+    # the 4-bit linears return the input's dtype, so the MLP's elementwise tensors are fp32
+    # (bitsandbytes nn.Linear4bit.forward casts the output back to the input dtype; measured).
+    mlp_c = 4 if (lay.quantization != "none" and lay.precision != "bf16-true") else c
+    mlp_const += (3 if arch.mlp_gated else 1) * mlp_c * I
     dc, dr = inputs_saved("mlp_mid", I, False)
     mlp_const += dc
 
@@ -677,7 +698,7 @@ def evaluate(lay: Layout, plan) -> Evaluation:
         if mixed:
             # torch.autocast caches the low-precision cast of every leaf weight that requires grad
             # until the forward ends (aten/src/ATen/autocast_mode.cpp, cached_cast).
-            copies = p.trainable * c
+            copies = p.autocast_cast_params * c
         if lay.sharding == "ddp":
             # DDP's reducer keeps flat bucket buffers the size of all gradients
             # (torch/nn/parallel/distributed.py, gradient_as_bucket_view=False by default).
@@ -780,12 +801,14 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     #    referenced by the model output; the fp32 upcast (forward) or the fp32 gradient
     #    (backward) is transient. trl's GRPO computes logits for completion tokens only
     #    (logits_to_keep); PPO computes them for the whole sequence, log-softmax on the response.
+    # The peak of the loss is in its backward (aten._log_softmax_backward_data): the kept fp32
+    # log-softmax output, the fp32 gradient from nll_loss and the new fp32 gradient, 3 x 4 bytes per
+    # logit; the bf16 logits are already released because the Trainer drops the model output after
+    # taking .loss (measured, scripts/check_memory_cpu.py). The forward side (bf16 logits + fp32
+    # upcast + log-softmax output, c + 8) is never larger.
+    logits_total = T_loss * V * 12
     if obj.name == "ppo":
-        logits_saved = T * V * c + T_loss * V * 4
-    else:
-        logits_saved = T_loss * V * (c + 4)
-    logits_tr = T_loss * V * 4
-    logits_total = logits_saved + logits_tr
+        logits_total = logits_total + (T - T_loss) * V * c  # full-sequence logits before slicing the response
 
     # 6. Transient workspaces: bitsandbytes dequantizes one 4/8-bit weight to the compute dtype
     #    per matmul (bitsandbytes/autograd/_functions.py MatMul4Bit); peft's DoRA forms the
@@ -800,7 +823,7 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     head_grad = (arch.lm_head_params or arch.embedding_params) * tb if lay.lm_head_trained else 0.0
     if lay.sharding in ("zero2", "zero3", "fsdp"):
         head_grad = head_grad / N
-    grads_fb = _num.where(plan.gradient_accumulation_steps > 1, grads, _num.minimum(head_grad, grads))
+    head_grad = _num.minimum(head_grad, grads)
 
     framework = FRAMEWORK_OVERHEAD_BYTES_GPU if lay.hardware.vendor != "cpu" else 0.0
 
@@ -813,13 +836,15 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     # Peak of forward+backward: all saved activations, then either the loss' logits tensors
     # (at the end of forward) or the recomputed layer and the gradient working set (in backward).
     logits_branch = logits_total
-    act_branch = recompute + bws
+    # The lm_head's gradient appears only after the loss' backward has released the logits.
+    act_branch = recompute + bws + head_grad
     use_logits = logits_branch >= act_branch
+    grads_fb = _num.where(plan.gradient_accumulation_steps > 1, grads, _num.where(use_logits, 0.0, head_grad))
     fb = dict(static, **zero)
     fb.update(
         gradients=grads_fb,
         master_weights=master + copies,
-        activations=saved + _num.where(use_logits, 0.0, act_branch),
+        activations=saved + _num.where(use_logits, 0.0, recompute + bws),
         logits=_num.where(use_logits, logits_branch, 0.0),
         quantization_workspace=qws,
     )

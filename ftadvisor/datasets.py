@@ -1,0 +1,390 @@
+"""The user's training data for ``ftadvisor launch``: load, detect the format, check it fits the technique.
+
+    from ftadvisor.datasets import load_data, check_for_technique
+    data = load_data("examples/data/chat.jsonl")        # -> UserData(format="chat", records=[...])
+    check_for_technique(data, "dpo+lora")                # FtAdvisorError: needs preference pairs ...
+
+Sources: a local ``.jsonl``/``.ndjson``, ``.json``, ``.csv`` or ``.parquet`` file, or a Hugging
+Face dataset id (``owner/name`` or ``owner/name:split``) when the hub is reachable.
+Everything here runs before any model is loaded; only Parquet (pyarrow, else pandas) and hub
+ids (``datasets``) import anything heavy, and only when such a source is given.
+
+The formats are the dataset types trl documents ("Dataset formats and types" in the trl docs):
+conversational ``messages``, ``prompt``/``completion``, plain ``text``, preference
+``prompt``/``chosen``/``rejected`` and prompt-only; plus ``question``/``answer`` facts (the
+shape Lamini-style memory tuning is trained on), which are turned into prompt/completion pairs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftadvisor.errors import FtAdvisorError
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    summary: str
+
+
+# Detection order matters: the most specific shape first (a preference record also has a
+# prompt; a prompt/completion record would otherwise read as prompt-only).
+FORMATS: dict[str, DataFormat] = {
+    f.name: f
+    for f in [
+        DataFormat("chat", ("messages",), (), "conversations: messages = [{role, content}, ...]"),
+        DataFormat("preference", ("prompt", "chosen", "rejected"), (), "preference pairs: prompt, chosen, rejected"),
+        DataFormat("prompt_completion", ("prompt", "completion"), (), "prompt and completion"),
+        DataFormat("facts", ("question", "answer"), (), "facts: question and answer"),
+        DataFormat("text", ("text",), (), "plain text"),
+        DataFormat("prompts", ("prompt",), ("answer",), "prompts for RL (optional reference answer)"),
+    ]
+}
+
+# Which formats each objective trains on (trl: SFTTrainer takes language modeling, prompt-completion
+# and conversational data; DPOTrainer/ORPOTrainer preference data; GRPOTrainer/PPOTrainer prompt-only).
+# Facts become prompt/completion for SFT and prompt(+answer) for RL.
+OBJECTIVE_FORMATS: dict[str, tuple[str, ...]] = {
+    "sft": ("chat", "prompt_completion", "text", "facts"),
+    "dpo": ("preference",),
+    "orpo": ("preference",),
+    "ppo": ("prompts", "facts"),
+    "grpo": ("prompts", "facts"),
+}
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class UserData:
+    """Records loaded from one source, with the detected format."""
+
+    source: str
+    format: str
+    records: list[dict[str, Any]]
+    locations: list[str] = field(default_factory=list)
+    """Where each record came from (``line 7`` of a JSONL/CSV file, ``record 3`` otherwise)."""
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def fields(self) -> list[str]:
+        return sorted({k for r in self.records for k in r})
+
+
+def describe_formats(names: Iterable[str] | None = None) -> list[str]:
+    """``['chat (messages)', 'preference (prompt, chosen, rejected)', ...]`` for messages."""
+    out = []
+    for n in names if names is not None else FORMATS:
+        f = FORMATS[n]
+        out.append(f"{n} ({', '.join(f.required + tuple(o + '?' for o in f.optional))})")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
+    records, where = [], []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise FtAdvisorError("data", f"{path} line {n}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(obj, dict):
+                raise FtAdvisorError("data", f"{path} line {n}: expected a JSON object per line, got {type(obj).__name__}")
+            records.append(obj)
+            where.append(f"line {n}")
+    return records, where
+
+
+def _read_json(path: Path) -> tuple[list[dict], list[str]]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8") or "null")
+    except json.JSONDecodeError as err:
+        raise FtAdvisorError("data", f"{path} line {err.lineno}: not valid JSON ({err.msg})") from None
+    if obj is None:
+        return [], []
+    if isinstance(obj, dict):
+        lists = {k: v for k, v in obj.items() if isinstance(v, list)}
+        if len(lists) == 1 and all(isinstance(x, dict) for x in next(iter(lists.values()))):
+            obj = next(iter(lists.values()))  # {"data": [...]} / {"train": [...]}
+        elif lists and len(lists) == len(obj) and len({len(v) for v in lists.values()}) == 1:
+            n = len(next(iter(lists.values())))  # columns: {"prompt": [...], "completion": [...]}
+            obj = [{k: v[i] for k, v in lists.items()} for i in range(n)]
+        else:
+            raise FtAdvisorError(
+                "data", f"{path}: expected a list of records, one list under a key, or equal-length columns"
+            )
+    if not isinstance(obj, list):
+        raise FtAdvisorError("data", f"{path}: expected a list of JSON objects, got {type(obj).__name__}")
+    for i, r in enumerate(obj, start=1):
+        if not isinstance(r, dict):
+            raise FtAdvisorError("data", f"{path} record {i}: expected a JSON object, got {type(r).__name__}")
+    return obj, [f"record {i}" for i in range(1, len(obj) + 1)]
+
+
+def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
+    records, where = [], []
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None:
+            return [], []
+        if any(not (name or "").strip() for name in reader.fieldnames):
+            raise FtAdvisorError("data", f"{path} line 1: the header has an empty column name")
+        for row in reader:
+            n = reader.line_num
+            if None in row:  # more cells than header columns
+                raise FtAdvisorError("data", f"{path} line {n}: {len(reader.fieldnames) + len(row[None])} cells, "
+                                     f"the header has {len(reader.fieldnames)}")
+            if all(v in (None, "") for v in row.values()):
+                continue
+            rec: dict[str, Any] = {}
+            for k, v in row.items():
+                if v is None:
+                    raise FtAdvisorError("data", f"{path} line {n}: fewer cells than the header's {len(reader.fieldnames)}")
+                # Nested fields (messages, conversational chosen/rejected) are stored as JSON text in a cell.
+                if k in ("messages", "prompt", "chosen", "rejected", "completion") and v.lstrip().startswith("["):
+                    try:
+                        v = json.loads(v)
+                    except json.JSONDecodeError as err:
+                        raise FtAdvisorError("data", f"{path} line {n}: column {k!r} looks like JSON but is not ({err.msg})") from None
+                rec[k] = v
+            records.append(rec)
+            where.append(f"line {n}")
+    return records, where
+
+
+def _read_parquet(path: Path) -> tuple[list[dict], list[str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow ships with datasets/pandas in requirements/train.txt
+        pq = None
+    try:
+        if pq is not None:
+            rows = pq.read_table(path).to_pylist()
+        else:
+            import pandas as pd
+
+            rows = pd.read_parquet(path).to_dict("records")
+    except ImportError as err:
+        raise FtAdvisorError("data", f"reading Parquet needs pyarrow or pandas ({err})") from None
+    except Exception as err:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError for broken files
+        raise FtAdvisorError("data", f"{path}: not a readable Parquet file ({err})") from None
+    return rows, [f"record {i}" for i in range(1, len(rows) + 1)]
+
+
+def _read_hub(name: str) -> tuple[list[dict], list[str]]:
+    repo, _, split = name.partition(":")
+    split = split or "train"
+    try:
+        import datasets
+    except ImportError as err:
+        raise FtAdvisorError("data", f"loading Hugging Face datasets needs the `datasets` package ({err})") from None
+    try:
+        ds = datasets.load_dataset(repo, split=split)
+    except Exception as err:  # noqa: BLE001 - hub/network/auth errors come as many types
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        offline = any(s in text.lower() for s in ("offline", "connection", "resolve", "timed out", "network", "couldn't reach"))
+        hint = (" — the Hugging Face hub is not reachable from here; download the data and pass a local file"
+                if offline else "")
+        raise FtAdvisorError("data", f"could not load Hugging Face dataset {repo!r} split {split!r}: {text}{hint}") from None
+    rows = [dict(r) for r in ds]
+    return rows, [f"{split}[{i}]" for i in range(len(rows))]
+
+
+def load_data(source: str | Path, limit: int | None = None) -> UserData:
+    """Read ``source`` (file path or hub id), detect its format and validate every record."""
+    text = str(source).strip()
+    if not text:
+        raise FtAdvisorError("data", "no data given (a .jsonl/.json/.csv/.parquet file or a Hugging Face dataset id)")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise FtAdvisorError("data", f"{text!r} is a directory; pass a .jsonl, .json, .csv or .parquet file")
+    if path.is_file():
+        kind = _SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise FtAdvisorError("data", f"{path}: unknown file type {path.suffix!r}", sorted(_SUFFIXES))
+        try:
+            records, where = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path)
+        except UnicodeDecodeError as err:
+            raise FtAdvisorError("data", f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    elif _HUB_ID.match(text) and not path.suffix.lower() in _SUFFIXES:
+        records, where = _read_hub(text)
+    else:
+        raise FtAdvisorError("data", f"no such file {text!r} (nor a Hugging Face dataset id of the form owner/name)")
+    if not records:
+        raise FtAdvisorError("data", f"{text} has no records")
+    if limit is not None:
+        records, where = records[:limit], where[:limit]
+    fmt = detect_format(records, text)
+    for rec, loc in zip(records, where):
+        _validate(rec, fmt, f"{text} {loc}")
+    return UserData(source=text, format=fmt, records=records, locations=where)
+
+
+# --------------------------------------------------------------------------------------------
+# Format detection and record checks
+# --------------------------------------------------------------------------------------------
+
+
+def detect_format(records: list[dict[str, Any]], source: str = "data") -> str:
+    """The first format (most specific first) whose required fields every record has."""
+    common = set(records[0])
+    for r in records[1:]:
+        common &= set(r)
+    for f in FORMATS.values():
+        if set(f.required) <= common:
+            return f.name
+    seen = sorted({k for r in records for k in r})
+    for f in FORMATS.values():  # a field that some records lack: name the first such record
+        if set(f.required) <= set(records[0]):
+            for i, r in enumerate(records, start=1):
+                missing = [k for k in f.required if k not in r]
+                if missing:
+                    raise FtAdvisorError(
+                        "data", f"{source}: record {i} lacks {', '.join(missing)} (the first record is {f.name} data)"
+                    )
+    raise FtAdvisorError(
+        "data",
+        f"{source}: fields {', '.join(seen)} match no known format; expected one of: {'; '.join(describe_formats())}",
+    )
+
+
+def _text(value: Any, where: str, name: str, allow_number: bool = False) -> None:
+    if allow_number and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return
+    if not isinstance(value, str):
+        raise FtAdvisorError("data", f"{where}: field {name!r} must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise FtAdvisorError("data", f"{where}: field {name!r} is empty")
+
+
+def _messages(value: Any, where: str, name: str, need_assistant: bool) -> None:
+    if not isinstance(value, list) or not value:
+        raise FtAdvisorError("data", f"{where}: {name!r} must be a non-empty list of {{role, content}} messages")
+    for j, m in enumerate(value, start=1):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise FtAdvisorError("data", f"{where}: {name}[{j}] must be an object with 'role' and 'content'")
+        if m["role"] not in CHAT_ROLES:
+            raise FtAdvisorError("data", f"{where}: {name}[{j}] has unknown role {m['role']!r}", CHAT_ROLES)
+        if not isinstance(m["content"], str):
+            raise FtAdvisorError("data", f"{where}: {name}[{j}].content must be text, got {type(m['content']).__name__}")
+    if need_assistant and not any(m["role"] == "assistant" for m in value):
+        raise FtAdvisorError("data", f"{where}: {name!r} has no assistant message to learn from")
+
+
+def _text_or_messages(value: Any, where: str, name: str) -> None:
+    if isinstance(value, list):
+        _messages(value, where, name, need_assistant=False)
+    else:
+        _text(value, where, name)
+
+
+def _validate(rec: dict[str, Any], fmt: str, where: str) -> None:
+    if fmt == "chat":
+        _messages(rec["messages"], where, "messages", need_assistant=True)
+    elif fmt == "preference":
+        for k in ("prompt", "chosen", "rejected"):
+            _text_or_messages(rec[k], where, k)
+        if rec["chosen"] == rec["rejected"]:
+            raise FtAdvisorError("data", f"{where}: 'chosen' and 'rejected' are identical")
+    elif fmt == "prompt_completion":
+        _text_or_messages(rec["prompt"], where, "prompt")
+        _text_or_messages(rec["completion"], where, "completion")
+    elif fmt == "facts":
+        _text(rec["question"], where, "question")
+        _text(rec["answer"], where, "answer", allow_number=True)
+    elif fmt == "text":
+        _text(rec["text"], where, "text")
+    elif fmt == "prompts":
+        _text_or_messages(rec["prompt"], where, "prompt")
+        if rec.get("answer") is not None:
+            _text(rec["answer"], where, "answer", allow_number=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Technique fit and conversion for the training engine
+# --------------------------------------------------------------------------------------------
+
+
+def accepted_formats(technique: str) -> tuple[str, ...]:
+    from ftadvisor.techniques import parse_technique
+
+    return OBJECTIVE_FORMATS[parse_technique(technique).objective.name]
+
+
+def check_for_technique(data: UserData, technique: str) -> list[str]:
+    """Raise if ``data`` cannot train ``technique``; return warnings for a usable but odd fit."""
+    from ftadvisor.techniques import parse_technique
+
+    tech = parse_technique(technique)
+    ok = OBJECTIVE_FORMATS[tech.objective.name]
+    if data.format not in ok:
+        have = set(data.fields)
+        needs = [f"{n} (missing {', '.join(k for k in FORMATS[n].required if k not in have)})" for n in ok]
+        raise FtAdvisorError(
+            "data",
+            f"{tech.name} ({tech.objective.summary}) cannot train on {data.format} data "
+            f"(fields: {', '.join(data.fields)}); it needs one of: " + "; ".join(needs),
+            list(ok),
+        )
+    warnings = []
+    if tech.method.name == "lamini" and data.format != "facts":
+        warnings.append(
+            f"Lamini-style memory tuning is meant to memorise facts (question/answer records); got {data.format} data"
+        )
+    if tech.objective.name in ("ppo", "grpo") and not any(r.get("answer") is not None for r in data.records):
+        warnings.append(f"{tech.objective.name} prompts carry no 'answer': the reward cannot check correctness")
+    return warnings
+
+
+def facts_prompt(question: str) -> str:
+    # A plain Q/A template (no chat template needed, so it works with any tokenizer).
+    return f"Question: {question.strip()}\nAnswer:"
+
+
+def to_engine_records(data: UserData, technique: str) -> list[dict[str, Any]]:
+    """Records in the trl dataset type the technique's trainer reads (fields outside it dropped)."""
+    from ftadvisor.techniques import parse_technique
+
+    objective = parse_technique(technique).objective.name
+    out: list[dict[str, Any]] = []
+    for r in data.records:
+        if data.format == "chat":
+            rec = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
+        elif data.format == "preference":
+            rec = {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+        elif data.format == "prompt_completion":
+            rec = {"prompt": r["prompt"], "completion": r["completion"]}
+        elif data.format == "text":
+            rec = {"text": r["text"]}
+        elif data.format == "facts":
+            if objective in ("ppo", "grpo"):
+                rec = {"prompt": facts_prompt(r["question"]), "answer": str(r["answer"]).strip()}
+            else:
+                rec = {"prompt": facts_prompt(r["question"]), "completion": " " + str(r["answer"]).strip()}
+        else:  # prompts
+            rec = {"prompt": r["prompt"]}
+            if r.get("answer") is not None:
+                rec["answer"] = str(r["answer"]).strip()
+        out.append(rec)
+    return out

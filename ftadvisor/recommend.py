@@ -1,0 +1,417 @@
+"""The recommender: search the plan space, drop what does not fit, rank the rest, say why.
+
+    rec = ftadvisor.recommend("llama-3.1-8b", "rtx4090-24gb", goal="chat", examples=20000)
+    for p in rec.plans: print(p.rank, p.plan.technique, p.reasons)
+
+How it searches (all through the same pure estimator the CLI uses):
+1. Which objectives the data allows (preference pairs -> DPO/ORPO, prompts with a reward ->
+   GRPO/PPO, chat pairs, raw text or facts -> SFT), and which methods go with each.
+2. For every technique, a grid over micro-batch x gradient checkpointing x optimizer x sharding
+   (and CPU offload on several GPUs) is evaluated at once with :func:`estimate_grid`; the plans
+   that fit with the requested headroom are kept, at a global batch held constant through
+   gradient accumulation.
+3. Each surviving configuration gets a throughput estimate; the fastest per technique is kept,
+   then scored with the quality model, time and cost. Plans are ranked by expected quality
+   (in steps of 0.02, the resolution the evidence supports), then by wall-clock time.
+4. Techniques with no fitting configuration are returned as ``rejected``, each with what would
+   make it fit (more GPUs, a shorter sequence, another method).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ftadvisor.errors import FtAdvisorError
+from ftadvisor.estimator import estimate, estimate_grid, make_plan
+from ftadvisor.profiles import resolve_hardware, resolve_model
+from ftadvisor.schema import Estimate, HardwareProfile, ModelProfile, TrainingPlan
+
+GIB = 2**30
+
+GOALS = ("chat", "domain", "code", "math", "preference", "rl", "facts")
+DATA_KINDS = ("chat", "preference", "text", "facts", "prompts")
+DEFAULT_DATA = {"chat": "chat", "domain": "text", "code": "chat", "math": "chat", "preference": "preference",
+                "rl": "prompts", "facts": "facts"}
+OBJECTIVES_FOR_DATA = {
+    "chat": ("sft",),
+    "text": ("sft",),
+    "facts": ("sft",),
+    "preference": ("dpo", "orpo"),
+    "prompts": ("grpo", "ppo"),
+}
+DATA_REASON = {
+    "chat": "supervised fine-tuning because you have instruction/chat pairs",
+    "text": "continued pre-training (SFT on raw text) because you have a domain corpus",
+    "facts": "supervised fine-tuning on your fact list (memory experts are an option for exact recall)",
+    "preference": "a preference objective because you have chosen/rejected pairs (DPO/ORPO learn from them directly)",
+    "prompts": "an RL objective because you have prompts with a reward",
+}
+# LoRA rank by goal: Biderman et al. 2024 ("LoRA Learns Less and Forgets Less", Fig. 2/Tables S1-S3):
+# code instruction tuning reaches 0.72/0.84/1.00 of full FT at r=16/64/256, math 0.90/0.97/0.99;
+# continued pre-training needs the highest ranks; chat-style instruction tuning is flat in rank.
+RANK_FOR_GOAL = {"chat": 16, "preference": 16, "rl": 16, "facts": 64, "math": 64, "code": 256, "domain": 256}
+RANK_REASON = {
+    16: "rank 16: chat/preference tuning is insensitive to rank (Biderman et al. 2024; QLoRA paper Table 4)",
+    64: "rank 64: math tuning loses ~10% at rank 16 but ~3% at 64 (Biderman et al. 2024, Table S3)",
+    256: "rank 256: code and continued pre-training keep improving up to r=256 (Biderman et al. 2024, Tables S1/S3)",
+}
+TARGET_GLOBAL_BATCH = 16  # sequences per optimizer step held constant across plans
+
+
+class RankedPlan(BaseModel):
+    """One recommended (or rejected) plan with its estimate and the reasons in plain words."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    rank: int
+    """1 = best; 0 for rejected plans."""
+    plan: TrainingPlan
+    """The plan."""
+    estimate: Estimate
+    """Memory, speed, time, cost and quality."""
+    reasons: tuple[str, ...]
+    """Why this plan (or why it was rejected and what would make it fit)."""
+    score: float
+    """Ranking key used (expected quality rounded to 0.02; higher is better)."""
+
+
+class Recommendation(BaseModel):
+    """The recommender's answer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: str
+    """Model profile id."""
+    hardware_id: str
+    """Hardware profile id."""
+    num_gpus: int
+    """GPUs planned for."""
+    goal: str
+    """Task family."""
+    data_kind: str
+    """Kind of data the plans train on."""
+    plans: tuple[RankedPlan, ...]
+    """Fitting plans, best first."""
+    rejected: tuple[RankedPlan, ...]
+    """Techniques that do not fit (or break a budget), with what would make them fit."""
+    notes: tuple[str, ...] = ()
+    """Anything about the inputs worth saying."""
+
+
+# --- building blocks ---------------------------------------------------------------------------
+
+
+def _methods_for(objective: str, data_kind: str, mp: ModelProfile, goal: str) -> list[str]:
+    if objective == "sft":
+        methods = ["full", "lora", "qlora", "dora", "adapter", "half_ft"]
+        if data_kind == "facts":
+            methods.append("lamini")
+        if mp.arch.is_moe:
+            methods.append("moe")
+        return methods
+    return ["full", "lora", "qlora"]
+
+
+def _technique_name(objective: str, method: str) -> str:
+    if objective == "sft":
+        return method
+    return objective if method == "full" else f"{objective}+{method}"
+
+
+def _seq_len_for(mp: ModelProfile, seq_len: int | None, avg_tokens: float | None) -> int:
+    if seq_len:
+        return int(seq_len)
+    if avg_tokens:
+        s = 2 ** math.ceil(math.log2(max(avg_tokens, 256)))
+    else:
+        s = 2048
+    cap = mp.arch.max_position_embeddings or s
+    return int(min(s, cap))
+
+
+def _sharding_options(num_gpus: int) -> list[str]:
+    return ["none"] if num_gpus == 1 else ["ddp", "zero2", "zero3", "fsdp"]
+
+
+def max_micro_batch(model, hardware, technique: str, headroom: float = 0.0, limit: int = 4096, **plan_fields) -> int:
+    """Largest micro-batch that fits (0 if not even 1 does)."""
+    return _largest_fitting(model, hardware, technique, "micro_batch_size", 1, limit, headroom, plan_fields)
+
+
+def max_seq_len(model, hardware, technique: str, headroom: float = 0.0, limit: int | None = None, **plan_fields) -> int:
+    """Longest sequence that fits at the given micro-batch (0 if not even 128 tokens do)."""
+    mp = resolve_model(model)
+    limit = limit or mp.arch.max_position_embeddings or 131072
+    return _largest_fitting(mp, hardware, technique, "seq_len", 128, limit, headroom, plan_fields)
+
+
+def _fits(est: Estimate, headroom: float) -> bool:
+    hw = resolve_hardware(est.hardware_id)
+    return est.fits and est.memory.device_total_bytes <= hw.memory_bytes * (1 - headroom)
+
+
+def _largest_fitting(model, hardware, technique, field, lo, hi, headroom, plan_fields) -> int:
+    def ok(v):
+        return _fits(estimate(model, hardware, technique, **{**plan_fields, field: v}), headroom)
+
+    if not ok(lo):
+        return 0
+    # grow geometrically, then bisect
+    good, bad = lo, None
+    v = lo
+    while v < hi:
+        v = min(hi, v * 2)
+        if ok(v):
+            good = v
+        else:
+            bad = v
+            break
+    if bad is None:
+        return good
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if ok(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def min_gpus(model, hardware, technique: str, max_gpus: int = 1024, gpus_per_node: int = 8, headroom: float = 0.0,
+             **plan_fields) -> tuple[int, str] | None:
+    """Fewest GPUs of this type (and the sharding) that fit the technique; None if even max_gpus do not."""
+    n = 1
+    while n <= max_gpus:
+        nodes = max(1, math.ceil(n / gpus_per_node))
+        if n % nodes:
+            n *= 2
+            continue
+        for sharding in _sharding_options(n):
+            fields = {**plan_fields, "num_gpus": n, "num_nodes": nodes, "sharding": sharding}
+            if _fits(estimate(model, hardware, technique, **fields), headroom):
+                return n, sharding
+        n *= 2
+    return None
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+
+def recommend(
+    model: str | dict | ModelProfile,
+    hardware: str | HardwareProfile,
+    *,
+    num_gpus: int = 1,
+    num_nodes: int = 1,
+    goal: str = "chat",
+    data_kind: str | None = None,
+    examples: int | None = None,
+    avg_tokens: float | None = None,
+    dataset_tokens: float | None = None,
+    epochs: float = 1.0,
+    budget_hours: float | None = None,
+    budget_usd: float | None = None,
+    hourly_price_usd: float | None = None,
+    memory_headroom: float = 0.05,
+    seq_len: int | None = None,
+    top: int = 10,
+) -> Recommendation:
+    """Ranked fine-tuning plans for this model, hardware, goal and data (see the module docstring)."""
+    from ftadvisor.quality import estimate_quality
+    from ftadvisor.speed import estimate_speed, estimate_time_cost
+
+    if goal not in GOALS:
+        raise FtAdvisorError("goal", f"unknown {goal!r}", GOALS)
+    data_kind = data_kind or DEFAULT_DATA[goal]
+    if data_kind not in DATA_KINDS:
+        raise FtAdvisorError("data_kind", f"unknown {data_kind!r}", DATA_KINDS)
+    for name, val in (("examples", examples), ("avg_tokens", avg_tokens), ("dataset_tokens", dataset_tokens),
+                      ("epochs", epochs), ("budget_hours", budget_hours), ("budget_usd", budget_usd),
+                      ("hourly_price_usd", hourly_price_usd)):
+        if val is not None and (not isinstance(val, (int, float)) or val <= 0 and name != "hourly_price_usd" or val < 0):
+            raise FtAdvisorError(name, f"must be a positive number, got {val!r}")
+    if not 0 <= memory_headroom < 1:
+        raise FtAdvisorError("memory_headroom", "must be a fraction in [0, 1)")
+    if num_gpus < 1 or num_nodes < 1 or num_gpus % num_nodes:
+        raise FtAdvisorError("num_gpus", f"{num_gpus} GPUs cannot be split evenly over {num_nodes} nodes")
+
+    mp = resolve_model(model)
+    hw = resolve_hardware(hardware)
+    notes: list[str] = []
+    goal_data = DEFAULT_DATA[goal]
+    if data_kind != goal_data:
+        notes.append(f"goal {goal!r} usually trains on {goal_data} data; planning for the {data_kind} data you have")
+    S = _seq_len_for(mp, seq_len, avg_tokens)
+    if dataset_tokens is None and examples is not None:
+        dataset_tokens = examples * (avg_tokens or S * 0.5)
+        if avg_tokens is None:
+            notes.append(f"assumed {S // 2} tokens per example (half of seq_len {S}); pass avg_tokens to refine")
+    r = RANK_FOR_GOAL[goal]
+    cap = hw.memory_bytes * (1 - memory_headroom)
+
+    kept: list[tuple[float, float, RankedPlan]] = []
+    rejected: list[RankedPlan] = []
+    best_fitting_by_method: dict[str, Estimate] = {}
+
+    for objective in OBJECTIVES_FOR_DATA[data_kind]:
+        for method in _methods_for(objective, data_kind, mp, goal):
+            tech = _technique_name(objective, method)
+            lora_like = method in ("lora", "qlora", "dora")
+            optimizers = ["adamw", "adamw_8bit", "paged_adamw_8bit"] if method in ("full", "half_ft", "moe") else ["adamw"]
+            shardings = _sharding_options(num_gpus)
+            axes: dict[str, Any] = dict(
+                technique=tech, num_gpus=num_gpus, num_nodes=num_nodes, seq_len=S,
+                micro_batch_size=[1, 2, 4, 8, 16, 32], gradient_checkpointing=[False, True],
+                optimizer=optimizers, sharding=shardings, lora_r=r if lora_like else 16,
+            )
+            if num_gpus > 1:
+                axes["cpu_offload"] = [False, True]
+            grid = _safe_grid(mp, hw, axes)
+            if grid is None:
+                continue
+            cols = grid.columns
+            ok = cols["device_total_bytes"] <= cap
+            if method == "moe" and not mp.arch.is_moe:
+                continue
+            candidates = [i for i in range(len(grid)) if ok[i]]
+            if not candidates:
+                # closest miss: the smallest configuration
+                i = int(cols["device_total_bytes"].argmin())
+                est = grid.estimate(i)
+                rejected.append(RankedPlan(rank=0, plan=est.plan, estimate=est, score=0.0,
+                                           reasons=tuple(_why_not(mp, hw, est, memory_headroom, num_gpus))))
+                continue
+            # best speed among fitting configs (largest micro-batch per (ckpt, optimizer, sharding, offload))
+            best = None
+            for i in _largest_micro_batches(cols, candidates):
+                row = grid.row(i)
+                fields = {k: row[k] for k in TrainingPlan.model_fields if k in row}
+                gas = max(1, math.ceil(TARGET_GLOBAL_BATCH / (fields["micro_batch_size"] * num_gpus)))
+                plan = make_plan(**{**fields, "gradient_accumulation_steps": gas})
+                sp = estimate_speed(mp, hw, plan)
+                if best is None or sp.tokens_per_second_total > best[1].tokens_per_second_total:
+                    best = (plan, sp)
+            plan, sp = best
+            est = estimate(mp, hw, plan=plan)
+            tc = estimate_time_cost(sp, hw, plan, dataset_tokens=dataset_tokens, epochs=epochs,
+                                    hourly_price_usd=hourly_price_usd) if dataset_tokens else None
+            q = estimate_quality(tech, goal, examples=examples, lora_r=plan.lora_r if lora_like else None,
+                                 total_params=est.total_params, quantization=est_quant(plan, method))
+            est = est.model_copy(update={"speed": sp, "time_cost": tc, "quality": q})
+            best_fitting_by_method[tech] = est
+            reasons = [DATA_REASON[data_kind]] if objective != "sft" or method == "full" else []
+            reasons += _method_reasons(method, est, hw)
+            if lora_like:
+                reasons.append(RANK_REASON[r])
+            reasons.append(_knob_reason(plan, est, hw))
+            if q.notes:
+                reasons.append(f"quality {q.relative_to_full:.2f} of full FT ({q.low:.2f}–{q.high:.2f}): {q.notes}")
+            over = []
+            if budget_hours is not None and tc is not None and tc.wall_clock_hours > budget_hours:
+                over.append(f"takes {tc.wall_clock_hours:.1f} h > budget {budget_hours:g} h")
+            if budget_usd is not None and tc is not None and tc.cost_usd is not None and tc.cost_usd > budget_usd:
+                over.append(f"costs ${tc.cost_usd:,.0f} > budget ${budget_usd:,.0f}")
+            if over:
+                rejected.append(RankedPlan(rank=0, plan=plan, estimate=est, score=0.0, reasons=tuple(over + reasons)))
+                continue
+            score = round(q.relative_to_full / 0.02) * 0.02
+            hours = tc.wall_clock_hours if tc else 1 / max(sp.tokens_per_second_total, 1e-9)
+            kept.append((score, hours, RankedPlan(rank=0, plan=plan, estimate=est, score=score, reasons=tuple(reasons))))
+
+    # Method-level explanation for the memory-forced choices ("QLoRA because LoRA needs 31 GiB").
+    kept.sort(key=lambda t: (-t[0], t[1]))
+    plans = tuple(p.model_copy(update={"rank": k + 1}) for k, (_, _, p) in enumerate(kept[:top]))
+    if not plans:
+        notes.append("no plan fits; see `rejected` for what would make one fit")
+    return Recommendation(model_id=mp.id, hardware_id=hw.id, num_gpus=num_gpus, goal=goal, data_kind=data_kind,
+                          plans=plans, rejected=tuple(rejected), notes=tuple(notes))
+
+
+def est_quant(plan: TrainingPlan, method: str) -> str | None:
+    if plan.quantization:
+        return plan.quantization
+    return "nf4" if method == "qlora" else None
+
+
+def _safe_grid(mp, hw, axes):
+    try:
+        return estimate_grid(mp, hw, **axes)
+    except FtAdvisorError:
+        return None
+
+
+def _largest_micro_batches(cols, candidates):
+    """For each (checkpointing, optimizer, sharding, offload) group, the fitting row with the largest micro-batch."""
+    best: dict[tuple, int] = {}
+    for i in candidates:
+        key = tuple(cols[k][i] for k in ("gradient_checkpointing", "optimizer", "sharding", "cpu_offload") if k in cols)
+        if key not in best or cols["micro_batch_size"][i] > cols["micro_batch_size"][best[key]]:
+            best[key] = i
+    return list(best.values())
+
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:.1f} GiB"
+
+
+def _method_reasons(method: str, est: Estimate, hw: HardwareProfile) -> list[str]:
+    m = est.memory
+    out = []
+    if method == "qlora":
+        lora = estimate(est.model_id, hw, est.plan.technique.replace("qlora", "lora"),
+                        **est.plan.model_dump(exclude={"technique", "quantization"}))
+        if not lora.fits:
+            out.append(f"QLoRA because LoRA with the same settings needs {_gib(lora.memory.device_total_bytes)} "
+                       f"on a {hw.memory_gib:.0f} GiB card")
+        else:
+            out.append(f"QLoRA stores the base in 4-bit NF4: {_gib(m.weights_bytes)} of weights instead of "
+                       f"{_gib(lora.memory.weights_bytes)} (QLoRA paper: near-equal quality on chat, flag for math)")
+    elif method == "full":
+        out.append(f"full fine-tuning fits: {_gib(m.device_total_bytes)} of {hw.memory_gib:.0f} GiB per GPU")
+    elif method == "lora":
+        out.append(f"LoRA trains {est.trainable_params / 1e6:.0f}M parameters on a frozen base ({_gib(m.device_total_bytes)} per GPU)")
+    elif method == "dora":
+        out.append("DoRA: LoRA with a learned magnitude, more robust at low rank (DoRA paper, Table 1)")
+    elif method == "adapter":
+        out.append("bottleneck adapters: modular, not mergeable into the weights (adds inference latency)")
+    elif method == "half_ft":
+        out.append("half fine-tuning trains half the layers and keeps more of the base model's skills (HFT paper)")
+    elif method == "lamini":
+        out.append("memory experts add a bank of low-rank experts for exact recall of a fixed fact set (evidence: vendor only)")
+    elif method == "moe":
+        out.append(f"MoE fine-tuning of all {est.total_params / 1e9:.0f}B parameters (router included)")
+    return out
+
+
+def _knob_reason(plan: TrainingPlan, est: Estimate, hw: HardwareProfile) -> str:
+    parts = [f"micro-batch {plan.micro_batch_size} × accumulation {plan.gradient_accumulation_steps}"]
+    parts.append("gradient checkpointing " + ("on (needed to fit)" if plan.gradient_checkpointing else "off (faster; fits)"))
+    if plan.optimizer != "adamw":
+        parts.append(f"{plan.optimizer} to shrink optimizer state")
+    if plan.sharding not in ("none", "ddp"):
+        parts.append(f"{plan.sharding}" + (" with CPU offload" if plan.cpu_offload else ""))
+    sp = getattr(est, "speed", None)
+    tail = f" → {sp.tokens_per_second_total:,.0f} tokens/s" if sp is not None else ""
+    return ", ".join(parts) + f": the fastest configuration that fits{tail}"
+
+
+def _why_not(mp: ModelProfile, hw: HardwareProfile, est: Estimate, headroom: float, num_gpus: int) -> list[str]:
+    m = est.memory
+    comps = {k: v for k, v in m.model_dump().items() if k.endswith("_bytes") and isinstance(v, int)
+             and k not in ("peak_allocated_bytes", "peak_reserved_bytes", "device_total_bytes", "host_bytes",
+                           "runtime_overhead_bytes", "paged_bytes")}
+    biggest = max(comps, key=comps.get)
+    out = [f"{est.technique} does not fit: even its smallest configuration needs {_gib(m.device_total_bytes)} per GPU "
+           f"on a {hw.memory_gib:.0f} GiB card (largest part: {biggest.replace('_bytes', '').replace('_', ' ')} {_gib(comps[biggest])})"]
+    plan_fields = est.plan.model_dump(exclude={"technique", "num_gpus", "num_nodes", "sharding", "cpu_offload"})
+    need = min_gpus(mp, hw, est.technique, max_gpus=512, headroom=headroom, **plan_fields)
+    if need:
+        out.append(f"would fit on {need[0]} × {hw.id} with {need[1]}")
+    s = max_seq_len(mp, hw, est.technique, headroom=headroom,
+                    **{k: v for k, v in est.plan.model_dump().items() if k not in ("technique", "seq_len")})
+    if s:
+        out.append(f"would fit at seq_len ≤ {s}")
+    return out

@@ -1,0 +1,168 @@
+"""Find the GPUs on this machine and the hardware profile each one matches.
+
+Detection tries, in order, NVML through ``pynvml`` (nvidia-ml-py), the ``nvidia-smi`` command
+(the same NVML figures), and ``torch.cuda`` (which also covers ROCm builds). Each is imported or
+run only here, only when called, and the TUI calls this from a worker thread so start-up never
+waits on it. Nothing found means host-only training: the ``cpu`` profile is suggested.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class DetectedGPU:
+    name: str
+    """Device name as the driver reports it (``NVIDIA H200``)."""
+    memory_bytes: int
+    """Total device memory as the driver reports it."""
+
+
+@dataclass
+class Detection:
+    gpus: list[DetectedGPU] = field(default_factory=list)
+    """One entry per visible device."""
+    source: str = "none"
+    """Which backend answered: nvml, nvidia-smi, torch or none."""
+    profile_id: str = "cpu"
+    """Hardware profile suggested for the first device (``cpu`` when there is none)."""
+    host_memory_bytes: int | None = None
+    """Physical RAM of this machine (what host-only training is limited by)."""
+    note: str = ""
+    """One line for the user (what was found, or why nothing was)."""
+
+    @property
+    def count(self) -> int:
+        return len(self.gpus)
+
+
+def _from_nvml() -> list[DetectedGPU] | None:
+    if importlib.util.find_spec("pynvml") is None:
+        return None
+    import pynvml  # nvidia-ml-py: nvmlInit / nvmlDeviceGetName / nvmlDeviceGetMemoryInfo
+
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver: fall through to the next backend
+        return None
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            if isinstance(name, bytes):
+                name = name.decode()
+            out.append(DetectedGPU(str(name), int(pynvml.nvmlDeviceGetMemoryInfo(h).total)))
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def parse_nvidia_smi(text: str) -> list[DetectedGPU]:
+    """Parse ``nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits`` (MiB)."""
+    out = []
+    for line in text.splitlines():
+        if "," not in line:
+            continue
+        name, mem = line.rsplit(",", 1)
+        try:
+            out.append(DetectedGPU(name.strip(), int(float(mem.strip())) * MIB))
+        except ValueError:
+            continue
+    return out
+
+
+def _from_nvidia_smi() -> list[DetectedGPU] | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        res = subprocess.run([exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        return None
+    return parse_nvidia_smi(res.stdout)
+
+
+def _from_torch() -> list[DetectedGPU] | None:
+    if importlib.util.find_spec("torch") is None:
+        return None
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        return [DetectedGPU(torch.cuda.get_device_properties(i).name, int(torch.cuda.get_device_properties(i).total_memory))
+                for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - a broken install must not stop the wizard
+        return None
+
+
+BACKENDS = {"nvml": _from_nvml, "nvidia-smi": _from_nvidia_smi, "torch": _from_torch}
+
+
+def host_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _tokens(text: str) -> list[str]:
+    words = [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
+    # Adjacent pairs joined as well, so "GeForce RTX 4090" also yields "rtx4090".
+    return words + [a + b for a, b in zip(words, words[1:])]
+
+
+def match_profile(gpu_name: str, memory_bytes: int, profiles: Iterable) -> str | None:
+    """The hardware profile id for a device name and memory size, or None if nothing matches.
+
+    A profile's family is the first part of its id (``a100`` of ``a100-80gb``), which must appear
+    as a word of the device name; among several (A100 40 and 80 GB, H100 SXM and PCIe) the one
+    whose memory is closest wins, and a ``PCIe`` in the name picks the PCIe card.
+    """
+    words = set(_tokens(gpu_name))
+    best: tuple[float, str] | None = None
+    for p in profiles:
+        if p.vendor == "cpu":
+            continue
+        family = p.id.split("-")[0]
+        if family not in words:
+            continue
+        pcie_mismatch = ("pcie" in words) != ("pcie" in p.id)
+        score = abs(p.memory_gib * 2**30 - memory_bytes) / 2**30 + (1000 if pcie_mismatch else 0)
+        if best is None or score < best[0]:
+            best = (score, p.id)
+    return best[1] if best else None
+
+
+def detect(backends: Iterable[str] = ("nvml", "nvidia-smi", "torch")) -> Detection:
+    """Look for GPUs (first backend that answers wins) and suggest a profile."""
+    from ftadvisor.profiles import hardware_profiles
+
+    host = host_memory_bytes()
+    for name in backends:
+        gpus = BACKENDS[name]()
+        if gpus is None:
+            continue
+        if not gpus:
+            break
+        pid = match_profile(gpus[0].name, gpus[0].memory_bytes, hardware_profiles().values())
+        desc = f"{len(gpus)}× {gpus[0].name} ({gpus[0].memory_bytes / 2**30:.0f} GiB) via {name}"
+        if pid is None:
+            note = f"found {desc}; no profile matches it: pick the closest card below"
+            return Detection(gpus, name, "cpu", host, note)
+        return Detection(gpus, name, pid, host, f"found {desc} → {pid}")
+    ram = f"; host RAM {host / 2**30:.0f} GiB" if host else ""
+    return Detection([], "none", "cpu", host, f"no GPU found → cpu (host-only training){ram}")

@@ -1,0 +1,76 @@
+"""What the wizard has collected so far; every screen reads and writes this one object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftadvisor.schema import HardwareProfile, ModelProfile
+
+GOALS: dict[str, str] = {
+    # The recommender's task families (ftadvisor.recommend.GOALS) with a line each for the picker.
+    "chat": "instruction / chat assistant",
+    "domain": "adapt to a domain corpus (continued pre-training)",
+    "code": "code generation",
+    "math": "maths / reasoning",
+    "preference": "align to preferences (chosen vs rejected)",
+    "rl": "reinforcement learning from a reward",
+    "facts": "memorise a fixed set of facts",
+}
+DATA_KINDS = ("chat", "preference", "text", "facts", "prompts")
+
+
+@dataclass
+class WizardState:
+    model: ModelProfile | None = None
+    model_ref: str | None = None
+    """What the user chose, as the launcher takes it: a profile id or a local path."""
+    hardware: HardwareProfile | None = None
+    gpus_per_node: int = 1
+    num_nodes: int = 1
+    hourly_price_usd: float | None = None
+    """Price per GPU-hour; None = the hardware profile's default."""
+    goal: str = "chat"
+    data_kind: str | None = None
+    """None = the goal's usual data."""
+    data_path: str | None = None
+    examples: int | None = None
+    avg_tokens: float | None = None
+    epochs: float = 1.0
+    seq_len: int | None = None
+    budget_hours: float | None = None
+    budget_usd: float | None = None
+    version: int = 0
+    """Bumped on every change, so the plans screen knows when to ask again."""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def touch(self) -> None:
+        self.version += 1
+
+    @property
+    def num_gpus(self) -> int:
+        return self.gpus_per_node * self.num_nodes
+
+    @property
+    def launch_model(self) -> str | None:
+        """The ``--model`` the launcher gets: the local path typed, else the model's Hugging Face id."""
+        if self.model is None:
+            return None
+        if self.model_ref and self.model.id.startswith("config:"):
+            return self.model_ref
+        return self.model.hf_id or self.model.id
+
+    def recommend_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`ftadvisor.recommend` (model and hardware apart)."""
+        kw: dict[str, Any] = dict(num_gpus=self.num_gpus, num_nodes=self.num_nodes, goal=self.goal,
+                                  data_kind=self.data_kind, epochs=self.epochs)
+        for name in ("examples", "avg_tokens", "budget_hours", "budget_usd", "seq_len"):
+            val = getattr(self, name)
+            if val is not None:
+                kw[name] = val
+        price = self.hourly_price_usd
+        if price is None and self.hardware is not None:
+            price = self.hardware.hourly_price_usd
+        if price is not None:
+            kw["hourly_price_usd"] = price
+        return kw
