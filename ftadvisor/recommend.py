@@ -11,8 +11,10 @@ How it searches (all through the same pure estimator the CLI uses):
    that fit with the requested headroom are kept, at a global batch held constant through
    gradient accumulation.
 3. Each surviving configuration gets a throughput estimate; the fastest per technique is kept,
-   then scored with the quality model, time and cost. Plans are ranked by expected quality
-   (in steps of 0.02, the resolution the evidence supports), then by wall-clock time.
+   then scored with the quality model, time and cost. The score is the expected quality
+   (relative to full fine-tuning) minus ``quality_per_time_doubling`` (default 0.05) for each
+   doubling of wall-clock time over the fastest plan: a stated preference, not a fact, that a
+   caller can change (0 ranks by quality alone).
 4. Techniques with no fitting configuration are returned as ``rejected``, each with what would
    make it fit (more GPUs, a shorter sequence, another method).
 """
@@ -218,6 +220,7 @@ def recommend(
     memory_headroom: float = 0.05,
     seq_len: int | None = None,
     top: int = 10,
+    quality_per_time_doubling: float = 0.05,
 ) -> Recommendation:
     """Ranked fine-tuning plans for this model, hardware, goal and data (see the module docstring)."""
     from ftadvisor.quality import estimate_quality
@@ -261,39 +264,40 @@ def recommend(
             tech = _technique_name(objective, method)
             lora_like = method in ("lora", "qlora", "dora")
             optimizers = ["adamw", "adamw_8bit", "paged_adamw_8bit"] if method in ("full", "half_ft", "moe") else ["adamw"]
-            shardings = _sharding_options(num_gpus)
-            axes: dict[str, Any] = dict(
-                technique=tech, num_gpus=num_gpus, num_nodes=num_nodes, seq_len=S,
-                micro_batch_size=[1, 2, 4, 8, 16, 32], gradient_checkpointing=[False, True],
-                optimizer=optimizers, sharding=shardings, lora_r=r if lora_like else 16,
-            )
-            if num_gpus > 1:
-                axes["cpu_offload"] = [False, True]
-            grid = _safe_grid(mp, hw, axes)
-            if grid is None:
-                continue
-            cols = grid.columns
-            ok = cols["device_total_bytes"] <= cap
-            if method == "moe" and not mp.arch.is_moe:
-                continue
-            candidates = [i for i in range(len(grid)) if ok[i]]
+            grids = []
+            for sharding in _sharding_options(num_gpus):
+                grids.append(estimate_grid(
+                    mp, hw, technique=tech, num_gpus=num_gpus, num_nodes=num_nodes, seq_len=S,
+                    micro_batch_size=[1, 2, 4, 8, 16, 32], gradient_checkpointing=[False, True],
+                    optimizer=optimizers, sharding=sharding, lora_r=r if lora_like else 16,
+                    # CPU offload exists for the sharded layouts only (ZeRO-Offload, FSDP CPUOffload)
+                    cpu_offload=[False, True] if sharding in ("zero2", "zero3", "fsdp") else False,
+                    # any accumulation > 1 keeps the gradients alive across micro-batches (same memory
+                    # for every value above 1); evaluating at 2 keeps the search exact for the chosen GA
+                    gradient_accumulation_steps=2,
+                ))
+            candidates = [(g, i) for g in grids for i in _largest_micro_batches(g.columns, cap)]
             if not candidates:
                 # closest miss: the smallest configuration
-                i = int(cols["device_total_bytes"].argmin())
-                est = grid.estimate(i)
+                g = min(grids, key=lambda g: g.columns["device_total_bytes"].min())
+                est = g.estimate(int(g.columns["device_total_bytes"].argmin()))
                 rejected.append(RankedPlan(rank=0, plan=est.plan, estimate=est, score=0.0,
                                            reasons=tuple(_why_not(mp, hw, est, memory_headroom, num_gpus))))
                 continue
             # best speed among fitting configs (largest micro-batch per (ckpt, optimizer, sharding, offload))
             best = None
-            for i in _largest_micro_batches(cols, candidates):
+            for grid, i in candidates:
                 row = grid.row(i)
                 fields = {k: row[k] for k in TrainingPlan.model_fields if k in row}
                 gas = max(1, math.ceil(TARGET_GLOBAL_BATCH / (fields["micro_batch_size"] * num_gpus)))
                 plan = make_plan(**{**fields, "gradient_accumulation_steps": gas})
+                if estimate(mp, hw, plan=plan).memory.device_total_bytes > cap:
+                    continue
                 sp = estimate_speed(mp, hw, plan)
                 if best is None or sp.tokens_per_second_total > best[1].tokens_per_second_total:
                     best = (plan, sp)
+            if best is None:
+                continue
             plan, sp = best
             est = estimate(mp, hw, plan=plan)
             tc = estimate_time_cost(sp, hw, plan, dataset_tokens=dataset_tokens, epochs=epochs,
@@ -303,7 +307,7 @@ def recommend(
             est = est.model_copy(update={"speed": sp, "time_cost": tc, "quality": q})
             best_fitting_by_method[tech] = est
             reasons = [DATA_REASON[data_kind]] if objective != "sft" or method == "full" else []
-            reasons += _method_reasons(method, est, hw)
+            reasons += _method_reasons(method, est, hw, lora_fits=_technique_name(objective, "lora") in best_fitting_by_method)
             if lora_like:
                 reasons.append(RANK_REASON[r])
             reasons.append(_knob_reason(plan, est, hw))
@@ -317,13 +321,20 @@ def recommend(
             if over:
                 rejected.append(RankedPlan(rank=0, plan=plan, estimate=est, score=0.0, reasons=tuple(over + reasons)))
                 continue
-            score = round(q.relative_to_full / 0.02) * 0.02
+            if not q.applicable:
+                rejected.append(RankedPlan(rank=0, plan=plan, estimate=est, score=0.0,
+                                           reasons=(f"{tech} does not train on {data_kind} data for a {goal} goal",) + tuple(reasons)))
+                continue
             hours = tc.wall_clock_hours if tc else 1 / max(sp.tokens_per_second_total, 1e-9)
-            kept.append((score, hours, RankedPlan(rank=0, plan=plan, estimate=est, score=score, reasons=tuple(reasons))))
+            kept.append((q.relative_to_full, hours, RankedPlan(rank=0, plan=plan, estimate=est, score=0.0, reasons=tuple(reasons))))
 
-    # Method-level explanation for the memory-forced choices ("QLoRA because LoRA needs 31 GiB").
-    kept.sort(key=lambda t: (-t[0], t[1]))
-    plans = tuple(p.model_copy(update={"rank": k + 1}) for k, (_, _, p) in enumerate(kept[:top]))
+    fastest = min((h for _, h, _ in kept), default=1.0)
+    scored = []
+    for quality, hours, p in kept:
+        score = quality - quality_per_time_doubling * math.log2(hours / fastest)
+        scored.append((score, hours, p.model_copy(update={"score": round(score, 4)})))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    plans = tuple(p.model_copy(update={"rank": k + 1}) for k, (_, _, p) in enumerate(scored[:top]))
     if not plans:
         notes.append("no plan fits; see `rejected` for what would make one fit")
     return Recommendation(model_id=mp.id, hardware_id=hw.id, num_gpus=num_gpus, goal=goal, data_kind=data_kind,
@@ -336,17 +347,12 @@ def est_quant(plan: TrainingPlan, method: str) -> str | None:
     return "nf4" if method == "qlora" else None
 
 
-def _safe_grid(mp, hw, axes):
-    try:
-        return estimate_grid(mp, hw, **axes)
-    except FtAdvisorError:
-        return None
-
-
-def _largest_micro_batches(cols, candidates):
+def _largest_micro_batches(cols, cap: float) -> list[int]:
     """For each (checkpointing, optimizer, sharding, offload) group, the fitting row with the largest micro-batch."""
     best: dict[tuple, int] = {}
-    for i in candidates:
+    for i in range(len(cols["device_total_bytes"])):
+        if cols["device_total_bytes"][i] > cap:
+            continue
         key = tuple(cols[k][i] for k in ("gradient_checkpointing", "optimizer", "sharding", "cpu_offload") if k in cols)
         if key not in best or cols["micro_batch_size"][i] > cols["micro_batch_size"][best[key]]:
             best[key] = i
@@ -357,15 +363,15 @@ def _gib(x: float) -> str:
     return f"{x / GIB:.1f} GiB"
 
 
-def _method_reasons(method: str, est: Estimate, hw: HardwareProfile) -> list[str]:
+def _method_reasons(method: str, est: Estimate, hw: HardwareProfile, lora_fits: bool = True) -> list[str]:
     m = est.memory
     out = []
     if method == "qlora":
         lora = estimate(est.model_id, hw, est.plan.technique.replace("qlora", "lora"),
                         **est.plan.model_dump(exclude={"technique", "quantization"}))
-        if not lora.fits:
-            out.append(f"QLoRA because LoRA with the same settings needs {_gib(lora.memory.device_total_bytes)} "
-                       f"on a {hw.memory_gib:.0f} GiB card")
+        if not lora_fits:
+            out.append(f"QLoRA because LoRA needs {_gib(lora.memory.device_total_bytes)} even at these settings "
+                       f"on a {hw.memory_gib:.0f} GiB card; the 4-bit base needs {_gib(m.weights_bytes)} of weights")
         else:
             out.append(f"QLoRA stores the base in 4-bit NF4: {_gib(m.weights_bytes)} of weights instead of "
                        f"{_gib(lora.memory.weights_bytes)} (QLoRA paper: near-equal quality on chat, flag for math)")
