@@ -135,9 +135,18 @@ def _resolve_targets(arch: ArchSpec, targets) -> set[str]:
         return {lin.name for lin in arch.linears if lin.group not in ("expert", "router")}
     if isinstance(targets, str):
         targets = tuple(t.strip() for t in targets.split(",") if t.strip())
+    linear = {lin.name for lin in arch.linears if lin.group not in ("expert", "router")}
     bad = [t for t in targets if t not in names]
     if bad:
-        raise FtAdvisorError("lora_targets", f"{', '.join(bad)} not in this model", ["all-linear", *sorted(names)])
+        raise FtAdvisorError("lora_targets", f"{', '.join(bad)} not in this model", ["all-linear", *sorted(linear)])
+    fused = [t for t in targets if t not in linear]
+    if fused:
+        raise FtAdvisorError(
+            "lora_targets",
+            f"{', '.join(fused)} are routed experts or the router, stored as fused parameters (not nn.Linear) "
+            "in transformers 5, so LoRA cannot target them",
+            ["all-linear", *sorted(linear)],
+        )
     return set(targets)
 
 
@@ -196,8 +205,10 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
             LinearRole(
                 spec=lin,
                 trained_fraction=frac,
-                adapted=lin.name in targets,
-                quantized=quant if (m.peft and lin.group != "router") else "none",
+                # routed experts share names with shared experts (gate_proj ...) but are fused
+                # parameters that neither peft nor bitsandbytes touch in transformers 5
+                adapted=lin.name in targets and lin.group not in ("expert", "router"),
+                quantized=quant if (m.peft and lin.group not in ("router", "expert")) else "none",
             )
         )
 
@@ -320,7 +331,10 @@ def count_params(lay: Layout, plan) -> Params:
                 add(role.quantized, _quant_bytes(lay, lin) * lin.count * (1 - role.trained_fraction))
                 quant_largest = max(quant_largest, lin.in_features * lin.out_features)
             else:
-                add(dlabel(fb), fr * fb)
+                # fused experts next to a quantized base stay in the compute dtype (the engine keeps
+                # them out of prepare_model_for_kbit_training's fp32 upcast)
+                eb_ = lay.c if (lin.group == "expert" and lay.quantization != "none") else fb
+                add(dlabel(eb_), fr * eb_)
         # 2. LoRA (Hu et al. 2021, eq. 3): A (r x in) + B (out x r) per adapted module;
         #    DoRA adds a magnitude vector of out_features (Liu et al. 2024, eq. 5).
         if role.adapted:
@@ -341,7 +355,13 @@ def count_params(lay: Layout, plan) -> Params:
     if head:
         hb = tb if lay.lm_head_trained else fb
         add(dlabel(hb), head * hb)
-    norms_tr = arch.norm_params * lay.norm_trained_fraction
+    # HFT trains the norms inside the trained layers only, not the final norm (one norm of width h,
+    # with a bias for LayerNorm).
+    final_norm = h * (2 if arch.norm == "layernorm" else 1)
+    if lay.technique.method.name == "half_ft":
+        norms_tr = (arch.norm_params - final_norm) * lay.norm_trained_fraction
+    else:
+        norms_tr = arch.norm_params * lay.norm_trained_fraction
     trainable += norms_tr + arch.other_params * (1 if lay.embed_trained else 0)
     rows_cols += norms_tr
     add(dlabel(tb), (norms_tr + (arch.other_params if lay.embed_trained else 0)) * tb)
@@ -401,7 +421,7 @@ def frozen_copy_bytes(lay: Layout) -> float:
         if role.quantized != "none":
             total += _quant_bytes(lay, lin) * lin.count
         else:
-            total += lin.params_total * lay.c
+            total += lin.params_total * lay.c  # (fused experts stay in the compute dtype too)
     total += (arch.embedding_params + arch.lm_head_params + arch.norm_params + arch.other_params) * lay.c
     return total
 
@@ -673,14 +693,24 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     # 1. Model copies beyond the policy (trl's trainers): PPO's value model mirrors the policy
     #    and trains with the same method; its reward model and a reference model are frozen
     #    copies (a PEFT method's reference is the base with adapters disabled: no copy).
+    #    The value and reward models are sequence classifiers: the lm_head (V x h) is replaced by a
+    #    one-output score head (h), trained in the value model (transformers
+    #    AutoModelForSequenceClassification; trl experimental/ppo).
     value = 1 if obj.value_model else 0
     copies_trained = 1 + value
-    trainable = p.trainable * copies_trained
+    head = arch.lm_head_params
+    head_tb = tb if lay.lm_head_trained else lay.frozen_bytes
+    value_trainable = (p.trainable - (head if lay.lm_head_trained else 0) + h) if value else 0.0
+    trainable = p.trainable + value_trainable
     frozen_copy = frozen_copy_bytes(lay)
-    extra = frozen_copy * ((1 if lay.reference_copy else 0) + (1 if obj.reward_model else 0))
-    extra = extra + (p.stored_bytes if value else 0)
-    opt_dev = opt_dev * copies_trained
-    paged = paged * copies_trained
+    extra = frozen_copy * (1 if lay.reference_copy else 0)
+    if obj.reward_model:
+        extra = extra + frozen_copy - head * lay.c + h * lay.c
+    if value:
+        extra = extra + p.stored_bytes - head * head_tb + h * tb
+    share = value_trainable / p.trainable
+    opt_dev = opt_dev * (1 + share)
+    paged = paged * (1 + share)
     W_tr = p.trainable * tb
     W_fr = p.stored_bytes - W_tr
 

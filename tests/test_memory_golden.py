@@ -185,9 +185,12 @@ def test_objectives_add_their_models():
     assert dpo_full.memory.extra_models_bytes == 2 * 8_030_261_248
     pre = fa.estimate(LLAMA31_8B, "h100-sxm", "dpo", gradient_checkpointing=True, dpo_precompute_ref=True)
     assert pre.memory.extra_models_bytes == 0
-    # PPO: value model trained like the policy (doubling trainable params), reward model frozen
+    # PPO: the value model is a sequence classifier trained like the policy (its LoRA adapters plus
+    # a trainable one-output score head of h weights); the reward model is frozen
     ppo = fa.estimate(LLAMA31_8B, "h100-sxm", "ppo+lora", gradient_checkpointing=True)
-    assert ppo.trainable_params == 2 * 41_943_040
+    assert ppo.trainable_params == 2 * 41_943_040 + 4096
+    full_ppo = fa.estimate(LLAMA31_8B, "h100-sxm", "ppo", num_gpus=8, sharding="zero3")
+    assert full_ppo.trainable_params == 2 * 8_030_261_248 - 128256 * 4096 + 4096
     assert ppo.memory.phases_bytes["generation"] > 0
     # GRPO: KV cache of micro_batch * accumulation completions, 2 * L * kv * d * 2 bytes per token
     # (trl GRPOConfig: generation_batch_size = per_device_train_batch_size * steps_per_generation).

@@ -19,8 +19,8 @@ qa                 ``question``, ``answer`` (facts)                 sft as promp
 Synthetic shapes (what the memory model counts, ``ftadvisor/memory.py``):
 - sft: ``input_ids`` of exactly ``seq_len`` tokens;
 - dpo/orpo: prompt of ``seq_len // 2`` tokens, chosen and rejected of ``seq_len - seq_len // 2``
-  tokens each (the trainer's end-of-sequence token included), so each of the two sequences is
-  ``seq_len`` long;
+  tokens each (the special tokens the trainer adds included: BOS in front of the prompt where it
+  adds one, EOS after each answer), so each of the two sequences is ``seq_len`` long;
 - ppo/grpo: prompts of ``seq_len - rl_max_new_tokens`` tokens; the trainer generates
   ``rl_max_new_tokens`` more.
 Text for the text-based trainers is built from vocabulary entries that re-tokenize to exactly one
@@ -163,6 +163,16 @@ def text_of_tokens(tokenizer, pool: list[int], n: int, rng: random.Random) -> st
     return text
 
 
+def _prompt_specials(objective: str, tokenizer) -> int:
+    """Tokens the trainer adds in front of a text prompt: trl's DPOTrainer tokenizes with the
+    tokenizer's own special tokens (a BOS for Llama-3 tokenizers); the ORPO trainer tokenizes
+    without them and then prepends bos_token_id when the tokenizer has one
+    (trl/experimental/utils.py add_bos_token_if_needed)."""
+    if objective == "orpo":
+        return 1 if tokenizer.bos_token_id is not None else 0
+    return len(tokenizer("a")["input_ids"]) - len(tokenizer("a", add_special_tokens=False)["input_ids"])
+
+
 def synthetic_records(objective: str, plan, tokenizer, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` records of the planned shape for ``objective`` (see the module docstring)."""
     rng = random.Random(seed)
@@ -175,8 +185,8 @@ def synthetic_records(objective: str, plan, tokenizer, n: int, seed: int = 0) ->
     if objective in ("dpo", "orpo"):
         if L < 4:
             raise FtAdvisorError("seq_len", f"{objective} needs at least 4 tokens (prompt + two answers)")
-        p_len = L // 2
-        c_len = L - p_len - 1  # the trainer appends the end-of-sequence token
+        p_len = L // 2 - _prompt_specials(objective, tokenizer)
+        c_len = L - L // 2 - 1  # the trainer appends the end-of-sequence token
         return [
             {
                 "prompt": text_of_tokens(tokenizer, pool, p_len, rng),

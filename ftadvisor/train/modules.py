@@ -58,8 +58,9 @@ class BottleneckAdapter(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return y
-        z = self.up(F.gelu(self.down(y.to(self.down.weight.dtype) if not torch.is_autocast_enabled(y.device.type) else y)))
-        return y + z.to(y.dtype)
+        # Outside autocast the block output may be bf16 while our weights are fp32 masters.
+        x = y if torch.is_autocast_enabled(y.device.type) else y.to(self.down.weight.dtype)
+        return y + self.up(F.gelu(self.down(x))).to(y.dtype)
 
 
 class MemoryExperts(nn.Module):
@@ -93,6 +94,8 @@ class MemoryExperts(nn.Module):
         """The memory-expert output for hidden states ``x`` (..., h); same shape and dtype as x."""
         shape = x.shape
         flat = x.reshape(-1, self.hidden)
+        if flat.shape[0] == 0:
+            return torch.zeros_like(x)
         if not torch.is_autocast_enabled(x.device.type):
             flat = flat.to(self.keys.dtype)
         scores = flat @ self.keys.t()  # (T, E): routing scores
@@ -122,16 +125,12 @@ class MemoryExperts(nn.Module):
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layer list of a causal LM (peft-wrapped or not)."""
-    base = model
-    for attr in ("get_base_model",):
-        if hasattr(base, attr) and callable(getattr(base, attr)) and type(base).__name__.startswith("Peft"):
-            base = base.get_base_model()
-    inner = getattr(base, "model", base)
-    for cand in (getattr(inner, "layers", None), getattr(getattr(inner, "decoder", None), "layers", None),
-                 getattr(inner, "h", None), getattr(getattr(base, "transformer", None), "h", None)):
-        if isinstance(cand, nn.ModuleList):
-            return cand
+    """The decoder layer list of a causal LM or sequence classifier (peft-wrapped or not):
+    ``model.layers`` (Llama family, Phi), ``gpt_neox.layers``, ``transformer.h`` (Falcon)."""
+    n = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    for _name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n and _name.rsplit(".", 1)[-1] in ("layers", "h"):
+            return mod
     from ftadvisor.errors import FtAdvisorError
 
     raise FtAdvisorError("model", f"cannot find the decoder layers of {type(model).__name__}")

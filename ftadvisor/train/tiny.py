@@ -49,6 +49,9 @@ TINY_BASE: dict[str, Any] = dict(
     num_key_value_heads=2,
     max_position_embeddings=512,
     tie_word_embeddings=False,
+    # 10x the usual 0.02: with 0.02, a 64-wide model's logits stay within about +-1.3, so methods
+    # that freeze lm_head (LoRA, adapters, memory experts) cannot fit even a handful of facts.
+    initializer_range=0.2,
 )
 
 # Per-family extra fields (the MoE families need their expert sizes).
@@ -128,14 +131,17 @@ def tiny_config(model_type: str = "llama", **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-def make_tiny_model_dir(path: str | os.PathLike, model_type: str = "llama", seed: int = 0, **overrides: Any) -> Path:
+def make_tiny_model_dir(
+    path: str | os.PathLike, model_type: str = "llama", seed: int = 0, head: str = "causal", **overrides: Any
+) -> Path:
     """Save a tiny random-weight model plus a trained tokenizer under ``path``; returns the path.
 
-    The weights are saved in bf16-free fp32 safetensors so bitsandbytes can quantize them on load.
+    ``head="seq_cls"`` saves a one-output sequence-classification model instead (a reward model
+    for PPO/GRPO). Weights are fp32 safetensors, so bitsandbytes can quantize them on load.
     Special-token ids are written into the config so generation stops at ``<|im_end|>``.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -145,9 +151,16 @@ def make_tiny_model_dir(path: str | os.PathLike, model_type: str = "llama", seed
     cfg.setdefault("bos_token_id", tok.bos_token_id)
     cfg.setdefault("eos_token_id", tok.eos_token_id)
     mt = cfg.pop("model_type")
+    if head not in ("causal", "seq_cls"):
+        from ftadvisor.errors import FtAdvisorError
+
+        raise FtAdvisorError("head", f"unknown head {head!r}", ["causal", "seq_cls"])
+    if head == "seq_cls":
+        cfg["num_labels"] = 1
     config = AutoConfig.for_model(mt, **cfg)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    auto = AutoModelForCausalLM if head == "causal" else AutoModelForSequenceClassification
+    model = auto.from_config(config)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     (path / "ftadvisor_tiny.json").write_text(json.dumps({"model_type": mt, "seed": seed, **cfg}, indent=1))

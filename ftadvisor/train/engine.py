@@ -1,0 +1,886 @@
+"""The one training engine behind ``ftadvisor calibrate`` and ``ftadvisor launch``.
+
+    from ftadvisor.train.engine import TrainJob, build, run
+    session = build(TrainJob(model="/path/to/model", plan=ftadvisor.make_plan("lora", seq_len=512)))
+    result = run(session)          # RunResult(steps, losses, tokens_seen, wall_s, ...)
+
+``build`` loads (or, with ``random_init``, creates) the model and tokenizer, applies the plan's
+method (:data:`ftadvisor.train.techniques.METHOD_IMPLS`), sets the plan's precision, prepares the
+records and builds the objective's trl trainer (:data:`~ftadvisor.train.techniques.OBJECTIVE_IMPLS`).
+``run`` trains, writes a JSON-lines log, saves the result in Hugging Face format and reports
+throughput and (on CUDA) peak memory.
+
+Precision (matching ``ftadvisor/memory.py`` ``Layout``):
+- ``bf16-mixed``: trainable parameters fp32, frozen ones bf16 (fp32 next to a quantized base, as
+  ``peft.prepare_model_for_kbit_training`` leaves them), torch autocast bf16 (Trainer ``bf16=True``);
+- ``bf16-true``: every parameter bf16, no autocast;
+- ``fp16-mixed``: as bf16-mixed with fp16 and a gradient scaler (CUDA only);
+- ``fp32``: everything fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftadvisor.errors import FtAdvisorError
+
+# --- public data types ----------------------------------------------------------------------
+
+
+@dataclass
+class TrainJob:
+    """Everything a training run needs besides the plan's cost knobs."""
+
+    model: Any
+    """Profile id, Hugging Face id, local checkpoint dir, path to a config.json, or a dict of config fields."""
+    plan: Any
+    """A ``ftadvisor.TrainingPlan`` (or a dict of plan fields)."""
+    data: Any = "synthetic"
+    """'synthetic' (records of the planned shape) or a list of records (see ftadvisor.train.data)."""
+    random_init: bool = False
+    """Build from the config with random weights (calibration) instead of loading weights."""
+    num_layers: int | None = None
+    """Override num_hidden_layers (calibrate big configs with a few layers)."""
+    output_dir: str | None = None
+    """Where checkpoints and the final model go (a fresh temp dir when None)."""
+    max_steps: int | None = None
+    """Optimizer steps; None trains ``num_epochs`` over the data."""
+    num_epochs: float = 1.0
+    learning_rate: float | None = None
+    """None: the objective's trl default for full-weight methods, 10x that for parameter-efficient ones."""
+    seed: int = 0
+    log_path: str | None = None
+    """JSON-lines log: start event, one object per step, end event."""
+    save_steps: int | None = None
+    """Checkpoint every N steps (None: only the final save)."""
+    resume: bool = False
+    """Resume from the last checkpoint in output_dir."""
+    trust_remote_code: bool = False
+    device: str = "auto"
+    """'auto' (cuda when available), 'cuda', 'cuda:N' or 'cpu'."""
+    reward: Any = None
+    """PPO: reward-model dir (None with random_init: a random reward model); GRPO: built-in reward
+    name(s) ('length', 'format', 'exact_match', comma-separated), a reward-model dir, or a callable."""
+    synthetic_examples: int | None = None
+    """Number of synthetic records (default: enough for max_steps, else 4 optimizer steps)."""
+    save_final: bool = True
+    """Save the trained model/adapter into output_dir at the end of ``run``."""
+
+
+@dataclass
+class RunResult:
+    steps: int
+    losses: list[float]
+    tokens_seen: int
+    """Non-padding tokens through the trained model's forward passes with gradients."""
+    wall_s: float
+    tokens_per_s: float
+    step_seconds: list[float]
+    peak_allocated_bytes: int | None
+    peak_reserved_bytes: int | None
+    output_dir: str | None
+
+
+@dataclass
+class Session:
+    job: TrainJob
+    plan: Any
+    technique: Any
+    model: Any
+    tokenizer: Any
+    trainer: Any = None
+    trainable_params: int = 0
+    """Parameters with gradients (policy plus, for PPO, the value model)."""
+    total_params: int = 0
+    """Parameters of the base model (4-bit weights counted unpacked), adapters excluded."""
+    device: str = "cpu"
+    compute_dtype: Any = None
+    arch: Any = None
+    config: dict = field(default_factory=dict)
+    quantization: str = "none"
+    records: list = field(default_factory=list)
+    output_dir: str | None = None
+    extra_models: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    weights_source: str | None = None
+    """Directory or hub id the weights came from (None for random init)."""
+    _base_dir: str | None = None
+
+
+# --- resolution -----------------------------------------------------------------------------
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _plan(plan):
+    from ftadvisor.estimator import make_plan
+    from ftadvisor.schema import TrainingPlan
+
+    if isinstance(plan, TrainingPlan):
+        return make_plan(plan=plan)
+    if isinstance(plan, dict):
+        return make_plan(plan=plan)
+    raise FtAdvisorError("plan", f"expected a TrainingPlan or a dict of plan fields, got {type(plan).__name__}")
+
+
+def _resolve_source(job: TrainJob) -> tuple[dict, str | None, str | None]:
+    """(config fields, weights dir or hub id or None, tokenizer dir or hub id or None)."""
+    from ftadvisor.profiles import model_profiles, resolve_model
+    from ftadvisor.schema import ModelProfile
+
+    m = job.model
+    if isinstance(m, ModelProfile):
+        return dict(m.config), m.hf_id, m.hf_id
+    if isinstance(m, dict):
+        return dict(m), None, None
+    if not isinstance(m, (str, os.PathLike)):
+        raise FtAdvisorError("model", f"expected a name, a path or a dict, got {type(m).__name__}")
+    text = str(m)
+    path = Path(text).expanduser()
+    if path.is_file():
+        try:
+            cfg = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise FtAdvisorError("model", f"{path} is not valid JSON ({err})") from None
+        folder = path.parent
+        has_w = any((folder / f).is_file() for f in _WEIGHT_FILES)
+        has_tok = (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
+        return cfg, str(folder) if has_w else None, str(folder) if has_tok else None
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise FtAdvisorError("model", f"directory {text!r} holds no config.json")
+        cfg = json.loads(cfg_path.read_text())
+        has_w = any((path / f).is_file() for f in _WEIGHT_FILES)
+        has_tok = (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
+        return cfg, str(path) if has_w else None, str(path) if has_tok else None
+    try:
+        prof = resolve_model(text)
+    except FtAdvisorError:
+        prof = None
+    if prof is not None and prof.id in model_profiles():
+        return dict(prof.config), prof.hf_id, prof.hf_id
+    if text.count("/") == 1 and not text.startswith((".", "/")):
+        # A Hugging Face hub id: fetch its config (needs the network or the local HF cache).
+        try:
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(text, trust_remote_code=job.trust_remote_code).to_dict()
+        except Exception as err:  # noqa: BLE001 - network/auth errors have many types
+            raise FtAdvisorError("model", f"cannot fetch {text!r} from the Hugging Face hub ({type(err).__name__}: {err})") from None
+        return cfg, text, text
+    resolve_model(text)  # raises the standard 'unknown model' error with suggestions
+    raise FtAdvisorError("model", f"cannot resolve {text!r}")
+
+
+def _device(spec: str) -> str:
+    import torch
+
+    if spec in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    spec = str(spec)
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FtAdvisorError("device", "CUDA is not available on this machine", ["auto", "cpu"])
+        return spec
+    if spec == "cpu":
+        return spec
+    raise FtAdvisorError("device", f"unknown device {spec!r}", ["auto", "cpu", "cuda", "cuda:0"])
+
+
+def _compute_dtype(precision: str):
+    import torch
+
+    return {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "fp16-mixed": torch.float16, "fp32": torch.float32}[precision]
+
+
+def _check_precision(plan, device: str) -> None:
+    import torch
+
+    if plan.precision == "fp16-mixed" and not device.startswith("cuda"):
+        raise FtAdvisorError("precision", "fp16-mixed needs a CUDA GPU (the fp16 gradient scaler is CUDA-only)",
+                             ["bf16-mixed", "bf16-true", "fp32"])
+    if plan.precision.startswith("bf16") and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise FtAdvisorError("precision", "this GPU has no bf16 support", ["fp16-mixed", "fp32"])
+
+
+def _attn_impl(plan, device: str) -> str:
+    import importlib.util
+
+    if plan.attention == "flash":
+        if not device.startswith("cuda"):
+            raise FtAdvisorError("attention", "FlashAttention-2 needs a CUDA GPU", ["sdpa", "eager"])
+        if importlib.util.find_spec("flash_attn") is None:
+            raise FtAdvisorError("attention", "flash needs the flash-attn package, which is not installed", ["sdpa", "eager"])
+        return "flash_attention_2"
+    return plan.attention
+
+
+def _optim_name(plan, device: str) -> str:
+    """TrainingArguments.optim for the plan's optimizer (transformers training_args.OptimizerNames)."""
+    return {
+        # torch's fused AdamW kernel (CUDA; CPU kernels exist too since torch 2.4)
+        "adamw": "adamw_torch_fused",
+        "adamw_8bit": "adamw_bnb_8bit",
+        "paged_adamw_8bit": "paged_adamw_8bit",
+        "paged_adamw_32bit": "paged_adamw_32bit",
+        "sgd": "sgd",
+        "adafactor": "adafactor",
+    }[plan.optimizer]
+
+
+# Learning rates when the job gives none: trl's per-trainer defaults for full-weight training
+# (SFTConfig 2e-5, DPOConfig 1e-6, ORPOConfig 8e-6, GRPOConfig 1e-6, PPOConfig 3e-6); 10x for
+# parameter-efficient methods ("LoRA Without Regret", Schulman et al. / Thinking Machines 2025:
+# the best LoRA learning rate is about 10x the full fine-tuning one).
+_DEFAULT_LR = {"sft": 2e-5, "dpo": 1e-6, "orpo": 8e-6, "grpo": 1e-6, "ppo": 3e-6}
+
+
+# --- model loading --------------------------------------------------------------------------
+
+
+def _tokenizer(tok_source: str | None, config: dict, job: TrainJob):
+    from transformers import AutoTokenizer
+
+    if tok_source is not None:
+        try:
+            tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=job.trust_remote_code)
+        except Exception as err:  # noqa: BLE001
+            raise FtAdvisorError("model", f"cannot load the tokenizer of {tok_source!r} ({type(err).__name__}: {err})") from None
+    else:
+        from ftadvisor.train.tiny import train_tokenizer
+
+        vocab = int(config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0)
+        tok = train_tokenizer(min(vocab, 512))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        from ftadvisor.train.tiny import CHAT_TEMPLATE
+
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def _bnb_config(quant: str, plan, dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quant == "nf4":
+        # QLoRA (Dettmers et al. 2023) section 3: NF4 storage, optional double quantization of the
+        # block constants, bf16 compute.
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=plan.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)  # LLM.int8 (Dettmers et al. 2022)
+
+
+def _hf_config(config: dict, job: TrainJob, attn: str):
+    from transformers import AutoConfig
+
+    cfg = dict(config)
+    mt = cfg.pop("model_type", None)
+    if mt is None:
+        raise FtAdvisorError("model", "config has no model_type")
+    for k in ("transformers_version", "architectures", "_name_or_path"):
+        cfg.pop(k, None)
+    if job.num_layers is not None:
+        cfg["num_hidden_layers"] = job.num_layers
+    try:
+        hf = AutoConfig.for_model(mt, **cfg)
+    except (KeyError, ValueError) as err:
+        raise FtAdvisorError("model", f"transformers cannot build a {mt!r} config ({err})") from None
+    hf._attn_implementation = attn
+    return hf
+
+
+@contextlib.contextmanager
+def _attention_errors(attn: str):
+    """transformers raises ValueError for an attention kernel a family lacks (Gemma-2 has no SDPA
+    path); say which field to change."""
+    try:
+        yield
+    except ValueError as err:
+        if "attention" in str(err).lower():
+            raise FtAdvisorError("attention", f"{attn}: {str(err).splitlines()[0][:200]}", ["sdpa", "eager", "flash"]) from None
+        raise
+
+
+def _load_model(session: Session, weights: str | None, attn: str, head: str = "causal"):
+    """The base model in the compute dtype (quantized per session.quantization) on session.device."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    job, plan = session.job, session.plan
+    auto = AutoModelForCausalLM if head == "causal" else AutoModelForSequenceClassification
+    dtype = session.compute_dtype
+    extra: dict[str, Any] = {"num_labels": 1} if head != "causal" else {}
+    if weights is None or job.random_init:
+        hf = _hf_config(session.config, job, attn)
+        if head != "causal":
+            hf.num_labels = 1
+        torch.manual_seed(job.seed)
+        with _attention_errors(attn):
+            model = auto.from_config(hf, dtype=dtype, trust_remote_code=job.trust_remote_code)
+        if session.quantization == "none":
+            return model.to(session.device)
+        # bitsandbytes quantizes while loading: save the random weights once, load them quantized.
+        if session._base_dir is None:
+            session._base_dir = tempfile.mkdtemp(prefix="ftadvisor-base-")
+            model.save_pretrained(session._base_dir)
+            session.tokenizer.save_pretrained(session._base_dir)
+        del model
+        weights = session._base_dir
+    kw: dict[str, Any] = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=job.trust_remote_code, **extra)
+    if job.num_layers is not None:
+        kw["num_hidden_layers"] = job.num_layers
+    if session.quantization != "none":
+        kw["quantization_config"] = _bnb_config(session.quantization, plan, dtype)
+        kw["device_map"] = {"": session.device if session.device != "cuda" else 0}
+    try:
+        with _attention_errors(attn):
+            model = auto.from_pretrained(weights, **kw)
+    except OSError as err:
+        raise FtAdvisorError("model", f"cannot load weights from {weights!r} ({err})") from None
+    return model if session.quantization != "none" else model.to(session.device)
+
+
+def _is_packed(p) -> bool:
+    return not p.is_floating_point()
+
+
+def _apply_precision(model, plan, quantization: str) -> None:
+    """Cast parameters to the storage dtypes the memory model assumes (memory.py Layout
+    ``trainable_bytes`` / ``frozen_bytes``). Quantized (packed integer) weights are left alone.
+
+    One exception next to a quantized base: routed experts of transformers-5 MoE models are fused
+    3-D parameters that bitsandbytes does not quantize; peft's prepare_model_for_kbit_training
+    would upcast them to fp32 (4 bytes for the bulk of the model), so they stay in the compute dtype.
+    """
+    import torch
+
+    from ftadvisor.train.techniques import named_param_groups
+
+    compute = _compute_dtype(plan.precision)
+    trainable = torch.bfloat16 if plan.precision == "bf16-true" else torch.float32
+    frozen = torch.float32 if (quantization != "none" and plan.precision != "bf16-true") else compute
+    for _name, p, group, _layer in named_param_groups(model):
+        if _is_packed(p):
+            continue
+        if p.requires_grad:
+            want = trainable
+        elif quantization != "none" and group == "expert":
+            want = compute
+        else:
+            want = frozen
+        if p.dtype != want:
+            p.data = p.data.to(want)
+
+
+def count_trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_base(model) -> int:
+    """Base-model parameters (adapters and our modules excluded; 4-bit weights unpacked)."""
+    from ftadvisor.train.modules import PREFIX
+
+    n = 0
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen or "lora_" in name or PREFIX in name or "modules_to_save" in name:
+            continue
+        seen.add(id(p))
+        qs = getattr(p, "quant_state", None)
+        if qs is not None and getattr(qs, "shape", None) is not None:
+            n += math.prod(qs.shape)
+        else:
+            n += p.numel()
+    return n
+
+
+# --- extra models (PPO) ---------------------------------------------------------------------
+
+
+def build_value_model(session: Session):
+    """PPO's value model: the policy's architecture with a one-output score head, trained with the
+    same method (memory model: 'value model mirrors the policy and trains with it')."""
+    from ftadvisor.train.techniques import METHOD_IMPLS, Context
+
+    model = _load_model(session, session.weights_source, _attn_impl(session.plan, session.device), head="seq_cls")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = session.tokenizer.pad_token_id
+    ctx = Context(session.plan, session.arch, session.technique, session.quantization, session.arch.num_layers)
+    model = METHOD_IMPLS[session.technique.method.name].apply(model, ctx, False)
+    for name, p in model.named_parameters():
+        if name.startswith("score"):
+            p.requires_grad_(True)  # a fresh value head always trains
+    _apply_precision(model, session.plan, session.quantization)
+    return model
+
+
+def build_reward_model(session: Session):
+    """PPO's frozen reward model: job.reward / plan.ppo_reward_model as a directory, or (random init)
+    a random sequence-classification model of the policy's config."""
+    from transformers import AutoModelForSequenceClassification
+
+    spec = session.job.reward or session.plan.ppo_reward_model
+    if spec is not None and Path(str(spec)).expanduser().is_dir():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(Path(str(spec)).expanduser()), num_labels=1, dtype=session.compute_dtype,
+            trust_remote_code=session.job.trust_remote_code,
+        )
+    elif session.job.random_init or session.weights_source is None:
+        # Calibration: a random reward model of the policy's config, or of the profile/config the
+        # plan names (memory model: 'reward model (profile or config); None = same as the policy').
+        import torch
+
+        from ftadvisor.profiles import resolve_model
+
+        cfg = session.config if spec is None else dict(resolve_model(spec).config)
+        hf = _hf_config(cfg, session.job, _attn_impl(session.plan, session.device))
+        hf.num_labels = 1
+        torch.manual_seed(session.job.seed + 1)
+        model = AutoModelForSequenceClassification.from_config(hf, dtype=session.compute_dtype)
+    else:
+        raise FtAdvisorError("reward", "ppo needs a reward model directory (job.reward or plan.ppo_reward_model)")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = session.tokenizer.pad_token_id
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(session.device).eval()
+
+
+# --- build ----------------------------------------------------------------------------------
+
+
+def build(job: TrainJob) -> Session:
+    """Load or create the model and tokenizer, apply the technique, prepare the data and the
+    trainer. Nothing is trained yet."""
+    if not isinstance(job, TrainJob):
+        raise FtAdvisorError("job", f"expected a TrainJob, got {type(job).__name__}")
+    from ftadvisor import memory
+    from ftadvisor.profiles import resolve_hardware, resolve_model
+    from ftadvisor.techniques import parse_technique
+
+    plan = _plan(job.plan)
+    technique = parse_technique(plan.technique)
+    if job.max_steps is not None and job.max_steps < 1:
+        raise FtAdvisorError("max_steps", "must be at least 1")
+    if job.num_layers is not None and job.num_layers < 1:
+        raise FtAdvisorError("num_layers", "must be at least 1")
+
+    config, weights, tok_source = _resolve_source(job)
+    if job.num_layers is not None:
+        config = dict(config, num_hidden_layers=job.num_layers)
+    if weights is None and not job.random_init:
+        raise FtAdvisorError("model", "no weights to load (a config only); pass random_init=True to train random weights")
+    arch = resolve_model(config).arch
+    # The estimator's own validation of the plan against the architecture (moe on a dense model,
+    # quantizing a full-weight method, unknown LoRA targets ...); its layout decides quantization.
+    layout = memory.build_layout(arch, technique, resolve_hardware("cpu"), plan)
+
+    import torch  # noqa: F401 - heavy imports start here
+    from transformers import set_seed
+
+    _quiet()
+    # Seed before anything random is created (random-init weights, LoRA A, adapters, memory
+    # experts): the Trainer seeds only when it is built, after the method is applied.
+    set_seed(job.seed)
+    device = _device(job.device)
+    _check_precision(plan, device)
+    attn = _attn_impl(plan, device)
+    if layout.quantization != "none":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise FtAdvisorError("quantization", "needs the bitsandbytes package", ["none"])
+
+    session = Session(
+        job=job, plan=plan, technique=technique, model=None, tokenizer=None, device=device,
+        compute_dtype=_compute_dtype(plan.precision), arch=arch, config=config,
+        quantization=layout.quantization, weights_source=None if job.random_init else weights,
+    )
+    session.tokenizer = _tokenizer(tok_source, config, job)
+    if technique.objective.generation:
+        session.tokenizer.padding_side = "left"
+
+    from ftadvisor.train.techniques import METHOD_IMPLS, OBJECTIVE_IMPLS, Context
+
+    model = _load_model(session, session.weights_source, attn)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = session.tokenizer.pad_token_id
+    ctx = Context(plan, arch, technique, layout.quantization, arch.num_layers)
+    model = METHOD_IMPLS[technique.method.name].apply(model, ctx, True)
+    _apply_precision(model, plan, layout.quantization)
+    session.model = model
+    session.notes.extend(ctx.notes)
+
+    session.records = _records(session)
+    # Without output_dir: a fresh path under the temp dir, created only if something is saved.
+    session.output_dir = job.output_dir or os.path.join(tempfile.gettempdir(), f"ftadvisor-run-{uuid.uuid4().hex[:12]}")
+    common = _common_args(session)
+    own_on_quantized = layout.quantization != "none" and METHOD_IMPLS[technique.method.name].own_modules
+    if own_on_quantized:
+        # transformers.Trainer refuses a quantized model unless peft adapters are attached
+        # (trainer_utils.validate_quantization_for_training reads _hf_peft_config_loaded); ours are
+        # attached, so say so while the trainer is built, and only then (save_pretrained reads the
+        # same flag to save adapters only).
+        model._hf_peft_config_loaded = True
+    try:
+        session.trainer = OBJECTIVE_IMPLS[technique.objective.name].build_trainer(session, session.records, common)
+    finally:
+        if own_on_quantized:
+            del model._hf_peft_config_loaded
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cb in (PrinterCallback, ProgressCallback):
+        session.trainer.remove_callback(cb)
+    # trl casts trainable parameters of a quantized model to bf16 (QLoRA paper practice); put them
+    # back to the plan's storage dtypes (the optimizer is created later, in train()).
+    _apply_precision(session.model, plan, layout.quantization)
+
+    session.trainable_params = count_trainable(session.model)
+    value = session.extra_models.get("value")
+    if value is not None:
+        session.trainable_params += count_trainable(value)
+    session.total_params = count_base(session.model)
+    return session
+
+
+def _records(session: Session) -> list[dict]:
+    from ftadvisor.train import data
+
+    job, plan = session.job, session.plan
+    obj = session.technique.objective.name
+    if isinstance(job.data, str):
+        if job.data != "synthetic":
+            raise FtAdvisorError("data", f"unknown data {job.data!r}; pass 'synthetic' or a list of records", ["synthetic"])
+        per_step = plan.micro_batch_size * plan.gradient_accumulation_steps
+        if obj == "grpo":
+            per_step = max(1, per_step // plan.grpo_num_generations)
+        n = job.synthetic_examples or per_step * (job.max_steps or 4)
+        return data.synthetic_records(obj, plan, session.tokenizer, n, seed=job.seed)
+    return data.convert(list(job.data), obj)
+
+
+def _checkpointing_args(plan) -> dict:
+    """Gradient checkpointing, non-reentrant (PyTorch's recommended variant). transformers 5 renamed
+    the arguments to activation_checkpointing*; the old names remain as deprecated aliases."""
+    from transformers import TrainingArguments
+
+    kwargs = {"use_reentrant": False} if plan.gradient_checkpointing else None
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__:
+        return {"activation_checkpointing": plan.gradient_checkpointing, "activation_checkpointing_kwargs": kwargs}
+    return {"gradient_checkpointing": plan.gradient_checkpointing, "gradient_checkpointing_kwargs": kwargs}
+
+
+def _quiet() -> None:
+    """No progress bars from datasets / transformers: progress goes to the JSON-lines log."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+
+
+def _common_args(session: Session) -> dict:
+    job, plan = session.job, session.plan
+    obj = session.technique.objective.name
+    lr = job.learning_rate
+    if lr is None:
+        lr = _DEFAULT_LR[obj] * (10 if session.technique.method.peft else 1)
+    return dict(
+        output_dir=session.output_dir,
+        per_device_train_batch_size=plan.micro_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        learning_rate=lr,
+        num_train_epochs=job.num_epochs,
+        max_steps=job.max_steps if job.max_steps is not None else -1,
+        **_checkpointing_args(plan),
+        bf16=plan.precision == "bf16-mixed",
+        fp16=plan.precision == "fp16-mixed",
+        optim=_optim_name(plan, session.device),
+        max_grad_norm=plan.max_grad_norm or 0.0,
+        seed=job.seed,
+        data_seed=job.seed,
+        logging_steps=1,
+        save_strategy="steps" if job.save_steps else "no",
+        save_steps=job.save_steps or 500,
+        report_to="none",
+        use_cpu=session.device == "cpu",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def _log_callback_cls():
+    from transformers import TrainerCallback
+
+    class StepLog(TrainerCallback):
+        """Per-step timing, losses and tokens; writes the JSON-lines log."""
+
+        def __init__(self, session: Session, counter: dict):
+            self.session = session
+            self.counter = counter
+            self.fh = None
+            if session.job.log_path:
+                Path(session.job.log_path).parent.mkdir(parents=True, exist_ok=True)
+                self.fh = open(session.job.log_path, "a", buffering=1)
+            self.t_start = None
+            self.t_step = None
+            self.step_seconds: list[float] = []
+            self.losses: list[float] = []
+            self.logged_step = 0
+
+        def write(self, obj: dict) -> None:
+            if self.fh:
+                self.fh.write(json.dumps(obj) + "\n")
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t_start = time.perf_counter()
+            self.t_step = self.t_start
+            s = self.session
+            self.write({
+                "event": "start", "time": time.time(), "technique": s.technique.name, "max_steps": state.max_steps,
+                "trainable_params": s.trainable_params, "total_params": s.total_params, "device": s.device,
+                "output_dir": s.output_dir, "plan": s.plan.model_dump(mode="json"),
+            })
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t_step = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            now = time.perf_counter()
+            self.step_seconds.append(now - (self.t_step or now))
+            self.t_step = now
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            loss = logs.get("loss", logs.get("loss/policy_avg"))
+            if loss is None or state.global_step == self.logged_step:
+                return
+            self.logged_step = state.global_step
+            self.losses.append(float(loss))
+            elapsed = time.perf_counter() - (self.t_start or time.perf_counter())
+            tokens = self.counter["tokens"]
+            rate = tokens / elapsed if elapsed > 0 else 0.0
+            left = max(0, (state.max_steps or 0) - state.global_step)
+            eta = elapsed / state.global_step * left if state.global_step else None
+            self.write({
+                "event": "step", "step": state.global_step, "loss": float(loss),
+                "lr": logs.get("learning_rate", logs.get("lr")), "tokens": tokens, "tokens_per_s": rate,
+                "elapsed_s": elapsed, "eta_s": eta, "epoch": state.epoch,
+            })
+
+        def close(self, result: RunResult | None, error: str | None = None):
+            ev = {"event": "end", "time": time.time()}
+            if result is not None:
+                ev.update(steps=result.steps, tokens_seen=result.tokens_seen, wall_s=result.wall_s,
+                          tokens_per_s=result.tokens_per_s, final_loss=result.losses[-1] if result.losses else None,
+                          peak_allocated_bytes=result.peak_allocated_bytes, output_dir=result.output_dir)
+            if error:
+                ev["error"] = error
+            self.write(ev)
+            if self.fh:
+                self.fh.close()
+                self.fh = None
+
+    return StepLog
+
+
+def _token_counter(model, counter: dict):
+    """Count non-padding tokens of every forward pass that runs with gradients (training passes of
+    the policy, not generation or reference passes)."""
+    import torch
+
+    def pre(_mod, args, kwargs):
+        if not torch.is_grad_enabled():
+            return
+        mask = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if mask is not None:
+            counter["tokens"] += int(mask.sum().item())
+        elif ids is not None:
+            counter["tokens"] += int(ids.numel())
+
+    return model.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def run(session: Session, callbacks=()) -> RunResult:
+    """Train the session's trainer; save the result; return throughput, losses and peak memory."""
+    import torch
+
+    trainer = session.trainer
+    counter = {"tokens": 0}
+    log = _log_callback_cls()(session, counter)
+    trainer.add_callback(log)
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    hook = _token_counter(session.model, counter)
+    cuda = session.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    resume = None
+    if session.job.resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(session.output_dir) if Path(session.output_dir).is_dir() else None
+        if resume is None:
+            raise FtAdvisorError("resume", f"no checkpoint found in {session.output_dir}")
+    t0 = time.perf_counter()
+    result = None
+    try:
+        from ftadvisor.train.techniques import OBJECTIVE_IMPLS
+
+        ctx = contextlib.nullcontext()
+        if OBJECTIVE_IMPLS[session.technique.objective.name].outer_autocast and session.plan.precision.endswith("-mixed"):
+            ctx = torch.autocast(device_type=session.device.split(":")[0], dtype=session.compute_dtype)
+        with ctx:
+            trainer.train(resume_from_checkpoint=resume) if resume else trainer.train()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        peak_alloc = torch.cuda.max_memory_allocated() if cuda else None
+        peak_res = torch.cuda.max_memory_reserved() if cuda else None
+        out = None
+        if session.job.save_final:
+            out = save(session)
+        result = RunResult(
+            steps=int(trainer.state.global_step),
+            losses=list(log.losses),
+            tokens_seen=counter["tokens"],
+            wall_s=wall,
+            tokens_per_s=counter["tokens"] / wall if wall > 0 else 0.0,
+            step_seconds=list(log.step_seconds),
+            peak_allocated_bytes=peak_alloc,
+            peak_reserved_bytes=peak_res,
+            output_dir=out,
+        )
+        return result
+    except Exception as err:
+        log.close(None, error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        hook.remove()
+        if result is not None:
+            log.close(result)
+
+
+# --- saving and loading ---------------------------------------------------------------------
+
+
+TRAIN_META = "ftadvisor_train.json"
+
+
+def save(session: Session, out_dir: str | None = None) -> str:
+    """Save the trained policy under ``out_dir/final`` in Hugging Face format: a peft adapter dir
+    for the LoRA family, a full model dir otherwise, plus ``ftadvisor_modules.{json,safetensors}``
+    for our adapter / memory-expert modules and ``ftadvisor_train.json`` (technique, plan, where the
+    frozen base is and how it was quantized) for :func:`load_trained`."""
+    from ftadvisor.train import modules as mods
+
+    out = Path(out_dir or session.output_dir) / "final"
+    out.mkdir(parents=True, exist_ok=True)
+    model = session.model
+    if mods.module_spec(model) is not None:
+        state = {k: v for k, v in model.state_dict().items() if mods.PREFIX not in k}
+        model.save_pretrained(out, state_dict=state)
+        mods.save_modules(model, out)
+    else:
+        model.save_pretrained(out)
+    session.tokenizer.save_pretrained(out)
+    base_ref = None
+    if hasattr(model, "peft_config"):
+        base_ref = session.weights_source
+        if base_ref is None:
+            # Random-init base: no checkpoint to point the adapter at, so keep the frozen base
+            # next to it.
+            base = out / "base"
+            if session._base_dir is not None:  # quantized runs saved the random base before loading it
+                import shutil
+
+                if not base.exists():
+                    shutil.copytree(session._base_dir, base)
+            else:
+                _save_unadapted_base(model, base)
+            base_ref = "base"
+    meta = {
+        "technique": session.technique.name,
+        "plan": session.plan.model_dump(mode="json"),
+        "base_model": base_ref,
+        "quantization": session.quantization,
+        "double_quant": session.plan.double_quant,
+        "compute_dtype": str(session.compute_dtype).replace("torch.", ""),
+    }
+    (out / TRAIN_META).write_text(json.dumps(meta, indent=1))
+    return str(out)
+
+
+def _save_unadapted_base(peft_model, base_dir: Path) -> None:
+    """Write the frozen base weights of a peft model (adapter tensors dropped, peft's
+    ``base_layer`` names folded back) as a Hugging Face model dir."""
+    inner = peft_model.get_base_model()
+    state = {k.replace(".base_layer.", "."): v for k, v in inner.state_dict().items() if "lora_" not in k}
+    inner.save_pretrained(base_dir, state_dict=state)
+
+
+def load_trained(path: str | os.PathLike, device: str = "cpu", dtype=None, quantized: bool = True):
+    """Load what :func:`save` wrote; returns (model, tokenizer).
+
+    - peft adapter dirs: the base named in ftadvisor_train.json (a saved ``base/`` for random-init
+      runs, else the checkpoint trained on; adapter_config's base_model_name_or_path as a fallback),
+      quantized again as in training unless ``quantized=False``, then ``PeftModel.from_pretrained``;
+    - full model dirs: ``from_pretrained``, plus our modules when ftadvisor_modules.json is there.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftadvisor.train import modules as mods
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FtAdvisorError("path", f"{path} is not a directory")
+    meta = json.loads((path / TRAIN_META).read_text()) if (path / TRAIN_META).is_file() else {}
+    tok = AutoTokenizer.from_pretrained(path)
+    kw: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base_ref = meta.get("base_model") or json.loads((path / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path")
+        if not base_ref:
+            raise FtAdvisorError("path", f"{path}: the adapter names no base model")
+        if (path / base_ref).is_dir():
+            base_ref = str(path / base_ref)
+        quant = meta.get("quantization", "none")
+        if quantized and quant != "none":
+            from ftadvisor.schema import TrainingPlan
+
+            compute = getattr(torch, meta.get("compute_dtype", "bfloat16"))
+            plan = TrainingPlan(double_quant=meta.get("double_quant", True))
+            kw["quantization_config"] = _bnb_config(quant, plan, compute)
+            kw["device_map"] = {"": device if device != "cuda" else 0}
+        base = AutoModelForCausalLM.from_pretrained(base_ref, **kw)
+        model = PeftModel.from_pretrained(base, path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kw)
+        mods.load_modules(model, path)
+    if "quantization_config" not in kw:
+        model = model.to(device)
+    return model.eval(), tok
