@@ -20,11 +20,27 @@ from ftadvisor.schema import (
     TrainingPlan,
 )
 from ftadvisor.techniques import METHODS, OBJECTIVES, all_techniques, parse_technique
+from ftadvisor.quality import QualityEstimate, estimate_quality
+from ftadvisor.speed import SpeedEstimate, TimeCostEstimate, estimate_speed, estimate_time_cost
+from ftadvisor.recommend import Recommendation, RankedPlan, recommend
+
+Estimate.model_rebuild(
+    _types_namespace={"SpeedEstimate": SpeedEstimate, "TimeCostEstimate": TimeCostEstimate, "QualityEstimate": QualityEstimate}
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArchSpec",
+    "QualityEstimate",
+    "RankedPlan",
+    "Recommendation",
+    "SpeedEstimate",
+    "TimeCostEstimate",
+    "estimate_quality",
+    "estimate_speed",
+    "estimate_time_cost",
+    "recommend",
     "Estimate",
     "FtAdvisorError",
     "GridResult",

@@ -23,7 +23,7 @@ app.add_typer(profiles_app, name="profiles")
 # Sub-command groups live in their own modules; each imports its heavy stack inside its commands.
 from ftadvisor import cli_calibrate, cli_launch  # noqa: E402
 
-app.add_typer(cli_launch.app, name="launch")
+app.command("launch")(cli_launch.launch)
 app.add_typer(cli_calibrate.app, name="calibrate")
 
 GIB = 2**30
@@ -33,6 +33,11 @@ GIB = 2**30
 def _root(ctx: typer.Context) -> None:
     """Which fine-tuning technique fits, how fast, how good."""
     if ctx.invoked_subcommand is None:
+        if sys.stdin.isatty() and sys.stdout.isatty():  # a terminal: open the wizard (textual loads only now)
+            from ftadvisor.tui import main as run_tui
+
+            run_tui()
+            raise typer.Exit(0)
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
 
@@ -138,8 +143,15 @@ def estimate(
     plan: Optional[Path] = typer.Option(None, "--plan", help="YAML file of plan fields (may also hold model, gpu, technique)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON (a list of estimates)."),
     as_csv: bool = typer.Option(False, "--csv", help="One CSV row per technique."),
+    goal: Optional[str] = typer.Option(None, "--goal", help="Task family for the quality column: chat, domain, code, math, preference, rl, facts."),
+    examples: Optional[int] = typer.Option(None, "--data-examples", help="Training examples (for time and cost)."),
+    avg_tokens: Optional[float] = typer.Option(None, "--avg-tokens", help="Average tokens per example."),
+    dataset_tokens: Optional[float] = typer.Option(None, "--data-tokens", help="Total training tokens (instead of examples)."),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    price: Optional[float] = typer.Option(None, "--price", help="Your price per GPU-hour in USD (overrides the profile default)."),
 ) -> None:
-    """Peak memory per GPU for each technique, with the breakdown and whether it fits."""
+    """Peak memory per GPU for each technique (breakdown, fits or not), throughput, and with a
+    dataset size and goal also time, cost and expected quality."""
     from ftadvisor.estimator import estimate as run_estimate
     from ftadvisor.profiles import resolve_hardware, resolve_model
     from ftadvisor.techniques import all_techniques
@@ -166,7 +178,9 @@ def estimate(
                     names += [n for n in all_techniques() if mp.arch.is_moe or n != "moe"]
                 elif part:
                     names.append(part)
-        results = [run_estimate(mp, hw, name, **fields) for name in names]
+        extra = dict(with_speed=True, goal=goal, examples=examples, avg_tokens=avg_tokens,
+                     dataset_tokens=dataset_tokens, epochs=epochs, hourly_price_usd=price)
+        results = [run_estimate(mp, hw, name, **extra, **fields) for name in names]
     except FtAdvisorError as err:
         _fail(err)
         return
@@ -195,26 +209,42 @@ def estimate(
         "GiB = device total per GPU (what nvidia-smi shows)"
     )
     table = Table(title=title, title_justify="left", pad_edge=False, padding=(0, 1))
+    timed = any(r.time_cost for r in results)
+    rated = any(r.quality for r in results)
+    compact = timed or rated  # keep the table within 80 columns
     table.add_column("technique", no_wrap=True)
-    table.add_column("trainable", justify="right", no_wrap=True)
+    if not compact:
+        table.add_column("trainable", justify="right", no_wrap=True)
     table.add_column("GiB", justify="right", no_wrap=True)
     table.add_column(f"of {hw.memory_gib:.0f}", no_wrap=True)
     table.add_column("fits", no_wrap=True)
-    table.add_column("largest GiB", no_wrap=True)
-    table.add_column("peak", no_wrap=True)
+    if not compact:
+        table.add_column("largest GiB", no_wrap=True)
+    table.add_column("tok/s", justify="right", no_wrap=True)
+    if timed:
+        table.add_column("time", justify="right", no_wrap=True)
+        table.add_column("cost", justify="right", no_wrap=True)
+    if rated:
+        table.add_column("quality", no_wrap=True)
     for r in results:
         m = r.memory
         tr = r.trainable_params
-        tr_s = f"{tr / 1e9:.2f}B" if tr >= 1e9 else f"{tr / 1e6:.1f}M"
-        table.add_row(
-            r.technique,
-            tr_s,
-            f"{m.device_total_bytes / GIB:.1f}",
-            _bar(m.device_total_bytes / cap, 8),
-            "[green]yes[/]" if r.fits else "[red]no[/]",
-            _largest(r),
-            PHASE_NAMES.get(m.peak_phase, m.peak_phase),
-        )
+        row = [r.technique]
+        if not compact:
+            row.append(f"{tr / 1e9:.2f}B" if tr >= 1e9 else f"{tr / 1e6:.1f}M")
+        row += [f"{m.device_total_bytes / GIB:.1f}", _bar(m.device_total_bytes / cap, 8),
+                "[green]yes[/]" if r.fits else "[red]no[/]"]
+        if not compact:
+            row.append(_largest(r))
+        row.append(f"{r.speed.tokens_per_second_total:,.0f}" if r.speed else "-")
+        if timed:
+            tc = r.time_cost
+            row += [_hours(tc.wall_clock_hours) if tc else "-",
+                    f"${tc.cost_usd:,.0f}" if tc and tc.cost_usd is not None else "-"]
+        if rated:
+            q = r.quality
+            row.append(("n/a" if not q.applicable else f"{q.relative_to_full:.2f} {q.low:.2f}-{q.high:.2f}") if q else "-")
+        table.add_row(*row)
     console = Console()
     console.print(table)
     warned = {w for r in results for w in r.warnings}
@@ -222,6 +252,92 @@ def estimate(
         console.print(f"[yellow]note:[/] {w}")
     console.print("[dim]Change knobs with --set field=value (seq_len, micro_batch_size, gradient_checkpointing, lora_r, "
                   "sharding, optimizer ...); --json for the full breakdown.[/]")
+
+
+@app.command()
+def recommend(
+    model: str = typer.Option("llama-3.1-8b", "--model", "-m", help="Profile id, HF id, config.json path or directory."),
+    gpu: str = typer.Option("rtx4090-24gb", "--gpu", "-g", help="Hardware profile id or alias."),
+    num_gpus: int = typer.Option(1, "--num-gpus", "-n", help="GPUs in total."),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes the GPUs are spread over."),
+    goal: str = typer.Option("chat", "--goal", help="chat, domain, code, math, preference, rl or facts."),
+    data_kind: Optional[str] = typer.Option(None, "--data-kind", help="chat, preference, text, facts or prompts (default: by goal)."),
+    examples: Optional[int] = typer.Option(None, "--data-examples", help="Training examples."),
+    avg_tokens: Optional[float] = typer.Option(None, "--avg-tokens", help="Average tokens per example."),
+    dataset_tokens: Optional[float] = typer.Option(None, "--data-tokens", help="Total training tokens (instead of examples)."),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length (default: from --avg-tokens, else 2048)."),
+    budget_hours: Optional[float] = typer.Option(None, "--budget-hours"),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd"),
+    price: Optional[float] = typer.Option(None, "--price", help="Your price per GPU-hour in USD (overrides the profile default)."),
+    top: int = typer.Option(10, "--top"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
+) -> None:
+    """Ranked fine-tuning plans that fit, with time, cost, expected quality and the reasons."""
+    from ftadvisor.recommend import recommend as run_recommend
+
+    try:
+        rec = run_recommend(model, gpu, num_gpus=num_gpus, num_nodes=num_nodes, goal=goal, data_kind=data_kind,
+                            examples=examples, avg_tokens=avg_tokens, dataset_tokens=dataset_tokens, epochs=epochs,
+                            budget_hours=budget_hours, budget_usd=budget_usd, hourly_price_usd=price,
+                            seq_len=seq_len, top=top)
+    except FtAdvisorError as err:
+        _fail(err)
+        return
+    if as_json:
+        typer.echo(rec.model_dump_json(indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from ftadvisor.profiles import resolve_hardware
+
+    hw = resolve_hardware(rec.hardware_id)
+    console = Console()
+    t = Table(title=f"{rec.model_id} on {rec.num_gpus}× {hw.name} — goal {rec.goal}, {rec.data_kind} data",
+              title_justify="left", pad_edge=False, padding=(0, 1))
+    for col, kw in (("#", {"justify": "right"}), ("technique", {}), (f"GiB/{hw.memory_gib:.0f}", {"justify": "right"}),
+                    ("tok/s", {"justify": "right"}), ("time", {"justify": "right"}),
+                    ("cost", {"justify": "right"}), ("quality", {}), ("knobs", {})):
+        t.add_column(col, no_wrap=True, **kw)
+    for p in rec.plans:
+        e = p.estimate
+        sp, tc, q = e.speed, e.time_cost, e.quality
+        knobs = f"mb{p.plan.micro_batch_size}" + (" ckpt" if p.plan.gradient_checkpointing else "")
+        if "lora" in p.plan.technique or "dora" in p.plan.technique:
+            knobs += f" r{p.plan.lora_r}"
+        if p.plan.sharding not in ("none",):
+            knobs += f" {p.plan.sharding}"
+        if p.plan.optimizer != "adamw":
+            knobs += f" {p.plan.optimizer}"
+        t.add_row(
+            str(p.rank), p.plan.technique, f"{e.memory.device_total_bytes / GIB:.1f}",
+            f"{sp.tokens_per_second_total:,.0f}" if sp else "-",
+            _hours(tc.wall_clock_hours) if tc else "-",
+            f"${tc.cost_usd:,.0f}" if tc and tc.cost_usd is not None else "-",
+            f"{q.relative_to_full:.2f} {q.low:.2f}-{q.high:.2f}" if q else "-",
+            knobs,
+        )
+    console.print(t)
+    for p in rec.plans[:3]:
+        console.print(f"[bold]#{p.rank} {p.plan.technique}[/]")
+        for r in p.reasons:
+            console.print(f"  • {r}")
+    if rec.rejected:
+        console.print("[bold]Not recommended[/]")
+        for p in rec.rejected:
+            console.print(f"  [dim]{p.plan.technique}:[/] " + "; ".join(p.reasons[:3]))
+    for n in rec.notes:
+        console.print(f"[yellow]note:[/] {n}")
+    console.print("[dim]Prices are profile defaults; pass --price for yours. Quality is relative to full fine-tuning (1.0).[/]")
+
+
+def _hours(h: float) -> str:
+    if h < 1:
+        return f"{h * 60:.0f} min"
+    if h < 48:
+        return f"{h:.1f} h"
+    return f"{h / 24:.1f} d"
 
 
 @profiles_app.command("list")
@@ -279,6 +395,14 @@ def profiles_show(name: str = typer.Argument(..., help="A model or hardware id/a
         _fail(err)
         return
     typer.echo(json.dumps(data, indent=2))
+
+
+@app.command()
+def tui() -> None:
+    """Open the interactive wizard: model, hardware, goal and data, ranked plans, launch."""
+    from ftadvisor.tui import main as run_tui
+
+    run_tui()
 
 
 def main() -> None:

@@ -111,12 +111,24 @@ def estimate(
     hardware: str | HardwareProfile = "a100-80gb",
     technique: str | None = None,
     plan: TrainingPlan | dict | None = None,
+    *,
+    with_speed: bool = False,
+    goal: str | None = None,
+    examples: float | None = None,
+    avg_tokens: float | None = None,
+    dataset_tokens: float | None = None,
+    epochs: float = 1.0,
+    hourly_price_usd: float | None = None,
     **plan_fields: Any,
 ) -> Estimate:
-    """Estimate per-GPU memory for fine-tuning ``model`` on ``hardware``.
+    """Estimate per-GPU memory for fine-tuning ``model`` on ``hardware``; optionally speed, time,
+    cost (given a dataset size) and expected quality (given a goal: chat, domain, code, math,
+    preference, rl, facts).
 
     >>> est = estimate("llama-3.1-8b", "rtx4090-24gb", "qlora", seq_len=2048)
     >>> est.fits, est.memory.device_total_bytes / 2**30   # doctest: +SKIP
+    >>> est = estimate("llama-3.1-8b", "h100", "lora", with_speed=True, goal="code", examples=50_000)
+    >>> est.speed.tokens_per_second_total, est.time_cost.wall_clock_hours, est.quality.relative_to_full  # doctest: +SKIP
     """
     mp = resolve_model(model)
     hw = resolve_hardware(hardware)
@@ -124,7 +136,30 @@ def estimate(
     tech = parse_technique(tp.technique)
     lay = memory.build_layout(mp.arch, tech, hw, tp)
     ev = memory.evaluate(lay, tp)
-    return _pack(mp, hw, tp, lay, ev)
+    est = _pack(mp, hw, tp, lay, ev)
+    sized = dataset_tokens is not None or examples is not None
+    if not (with_speed or sized or goal):
+        return est
+    from ftadvisor.quality import estimate_quality
+    from ftadvisor.speed import estimate_speed, estimate_time_cost
+
+    update: dict[str, Any] = {}
+    if with_speed or sized:
+        update["speed"] = estimate_speed(mp, hw, tp)
+    if sized:
+        update["time_cost"] = estimate_time_cost(
+            update["speed"], hw, tp, dataset_tokens=dataset_tokens, examples=examples,
+            avg_tokens_per_example=avg_tokens if dataset_tokens is None else None, epochs=epochs,
+            hourly_price_usd=hourly_price_usd,
+        )
+    if goal:
+        quant = tp.quantization if tp.quantization is not None else tech.method.default_quantization
+        update["quality"] = estimate_quality(
+            tech.name, goal, examples=int(examples) if examples else None,
+            lora_r=tp.lora_r if tech.method.lora_like else None, total_params=est.total_params,
+            quantization=None if quant == "none" else quant, lora_targets=tp.lora_targets,
+        )
+    return est.model_copy(update=update)
 
 
 # --- grids ----------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ class Layout:
     half_ft_layers: int
     lamini_layers: int
     dropout: bool
+    sft_chunked_loss: bool
     reference_copy: bool
     """A separate frozen reference model is resident (DPO/PPO/GRPO with a full-weight method)."""
     warnings: tuple[str, ...] = field(default_factory=tuple)
@@ -259,6 +260,7 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         half_ft_layers=half_layers,
         lamini_layers=lamini_layers,
         dropout=plan.lora_dropout > 0,
+        sft_chunked_loss=plan.sft_chunked_loss,
         reference_copy=reference_copy,
         warnings=tuple(warnings),
     )
@@ -660,10 +662,41 @@ COMPONENTS = (
 # 32 MiB on any GPU and 0 on the CPU.
 FRAMEWORK_OVERHEAD_BYTES_GPU = 32 * MIB
 
+# Tokens per chunk of trl's chunked cross-entropy for SFT (trl/trainer/sft_trainer.py).
+SFT_CE_CHUNK_TOKENS = 256
+
 # Allocator slack (reserved - allocated) as a share of the peak: the caching allocator rounds
 # large blocks to 2 MiB and keeps freed blocks cached (PyTorch docs, "CUDA memory management";
 # c10/cuda/CUDACachingAllocator.cpp). A calibration fit for the hardware replaces this default.
 DEFAULT_ALLOCATOR_SLACK = 0.08
+
+
+def loss_logits_bytes(lay: Layout, T, T_loss):
+    """Peak bytes of the output logits and the loss for T tokens in the micro-batch, T_loss of
+    which get a loss (completion tokens for RL)."""
+    obj = lay.technique.objective
+    V, h, c = lay.arch.vocab_size, lay.arch.hidden_size, lay.c
+    # Logits and loss (transformers/loss/loss_utils.py ForCausalLMLoss upcasts logits to fp32;
+    #    cross_entropy = log_softmax, whose output is kept, + nll_loss). The bf16 logits stay
+    #    referenced by the model output; the fp32 upcast (forward) or the fp32 gradient
+    #    (backward) is transient. trl's GRPO computes logits for completion tokens only
+    #    (logits_to_keep); PPO computes them for the whole sequence, log-softmax on the response.
+    # The peak of the loss is in its backward (aten._log_softmax_backward_data): the kept fp32
+    # log-softmax output, the fp32 gradient from nll_loss and the new fp32 gradient, 3 x 4 bytes per
+    # logit; the bf16 logits are already released because the Trainer drops the model output after
+    # taking .loss (measured, scripts/check_memory_cpu.py). The forward side (bf16 logits + fp32
+    # upcast + log-softmax output, c + 8) is never larger.
+    logits_total = T_loss * V * 12
+    if obj.name == "sft" and lay.sft_chunked_loss:
+        # trl >= 1.x SFTTrainer defaults to loss_type="chunked_nll" (trl/trainer/sft_trainer.py,
+        # _CHUNKED_LM_HEAD_CHUNK_SIZE = 256): the lm_head and the cross-entropy run over chunks of
+        # 256 tokens under checkpointing, so only one chunk's logits exist at a time, plus the
+        # reordered copy of the final hidden states and its gradient.
+        logits_total = _num.minimum(T_loss, SFT_CE_CHUNK_TOKENS) * V * 12 + 2 * T * h * c
+    if obj.name == "ppo":
+        logits_total = logits_total + (T - T_loss) * V * c  # full-sequence logits before slicing the response
+
+    return logits_total
 
 
 @dataclass
@@ -826,19 +859,8 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     saved = saved * copies_trained  # PPO runs the value model's forward on the same tokens
     bws = T * k.backward_ws
 
-    # 5. Logits and loss (transformers/loss/loss_utils.py ForCausalLMLoss upcasts logits to fp32;
-    #    cross_entropy = log_softmax, whose output is kept, + nll_loss). The bf16 logits stay
-    #    referenced by the model output; the fp32 upcast (forward) or the fp32 gradient
-    #    (backward) is transient. trl's GRPO computes logits for completion tokens only
-    #    (logits_to_keep); PPO computes them for the whole sequence, log-softmax on the response.
-    # The peak of the loss is in its backward (aten._log_softmax_backward_data): the kept fp32
-    # log-softmax output, the fp32 gradient from nll_loss and the new fp32 gradient, 3 x 4 bytes per
-    # logit; the bf16 logits are already released because the Trainer drops the model output after
-    # taking .loss (measured, scripts/check_memory_cpu.py). The forward side (bf16 logits + fp32
-    # upcast + log-softmax output, c + 8) is never larger.
-    logits_total = T_loss * V * 12
-    if obj.name == "ppo":
-        logits_total = logits_total + (T - T_loss) * V * c  # full-sequence logits before slicing the response
+    # 5. Logits and loss (see loss_logits_bytes).
+    logits_total = loss_logits_bytes(lay, T, T_loss)
 
     # 6. Transient workspaces: bitsandbytes dequantizes one 4/8-bit weight to the compute dtype
     #    per matmul (bitsandbytes/autograd/_functions.py MatMul4Bit); peft's DoRA forms the

@@ -6,9 +6,13 @@ field names (``_bytes``, ``_gib``, ``_tflops``, ``_gbps`` = GB/s).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:  # resolved by Estimate.model_rebuild() in ftadvisor/__init__.py
+    from ftadvisor.quality import QualityEstimate
+    from ftadvisor.speed import SpeedEstimate, TimeCostEstimate
 
 
 class _Frozen(BaseModel):
@@ -267,6 +271,8 @@ class TrainingPlan(_Frozen):
     """nf4 double quantization of the block constants (QLoRA paper section 3)."""
     packing: bool = False
     """Sequences packed to seq_len with no padding (affects throughput, not peak memory)."""
+    sft_chunked_loss: bool = True
+    """SFT loss in chunks of 256 tokens (trl SFTConfig loss_type="chunked_nll", trl's default) instead of full logits ("nll")."""
     moe_train: MoeTrain = "all"
     """What of an MoE model full/half fine-tuning trains: all, attention only, experts, router."""
     half_ft_fraction: float = Field(default=0.5, gt=0, le=1)
@@ -386,3 +392,9 @@ class Estimate(_Frozen):
     """Caveats a user should read."""
     corrections: tuple[str, ...] = ()
     """Calibration corrections applied (file, samples, residual)."""
+    speed: "SpeedEstimate | None" = None
+    """Throughput, step time and MFU (``ftadvisor.speed``), when asked for."""
+    time_cost: "TimeCostEstimate | None" = None
+    """Wall-clock time and cost for a dataset size, when one is given."""
+    quality: "QualityEstimate | None" = None
+    """Expected quality relative to full fine-tuning for a task family, when one is given."""

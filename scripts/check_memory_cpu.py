@@ -138,7 +138,8 @@ def run_case(name: str):
         "qlora": ("qlora", "bf16-mixed"),
     }[base]
     est = ftadvisor.estimate(dict(CFG), "cpu", technique, precision=precision, micro_batch_size=B, seq_len=S,
-                             gradient_checkpointing=ckpt, attention="sdpa", lora_r=8, optimizer="adamw")
+                             gradient_checkpointing=ckpt, attention="sdpa", lora_r=8, optimizer="adamw",
+                             sft_chunked_loss=False)  # this script runs the plain HF loss
     model = build(technique, precision, ckpt)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, foreach=False)
@@ -208,7 +209,8 @@ def run_case(name: str):
     meas = dict(tr.peak_split, Total=tr.peak)
     lay = fmem.build_layout(resolve_model(dict(CFG)).arch, parse_technique(technique), resolve_hardware("cpu"),
                             make_plan(technique, None, precision=precision, micro_batch_size=B, seq_len=S,
-                                      gradient_checkpointing=ckpt, attention="sdpa", lora_r=8, optimizer="adamw"))
+                                      gradient_checkpointing=ckpt, attention="sdpa", lora_r=8, optimizer="adamw",
+                             sft_chunked_loss=False)  # this script runs the plain HF loss)
     k = fmem.activation_coefficients(lay)
     T = B * S
     pred_layer = T * (k.checkpoint_per_layer if ckpt else k.per_layer_dense + k.per_layer_r * 8)

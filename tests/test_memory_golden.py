@@ -170,8 +170,16 @@ def test_checkpointing_and_sequence_length_behave():
 def test_logits_include_fp32_upcast():
     # tokens * vocab * 12 bytes: at the loss' backward three fp32 T x V tensors are alive (kept
     # log-softmax output, the gradient from nll_loss, the new gradient); measured on CPU.
-    est = fa.estimate(LLAMA31_8B, "h100-sxm", "lora", gradient_checkpointing=True, seq_len=4096, micro_batch_size=2)
+    # DPO computes full logits for chosen + rejected (trl DPOTrainer).
+    est = fa.estimate(LLAMA31_8B, "h100-sxm", "dpo+lora", gradient_checkpointing=True, seq_len=4096, micro_batch_size=1)
     assert est.memory.logits_bytes == 2 * 4096 * 128256 * 12
+    # trl's SFTTrainer computes the loss in chunks of 256 tokens (loss_type="chunked_nll" default):
+    # one chunk's logits plus the reordered hidden states and their gradient.
+    mp = fa.resolve_model(LLAMA31_8B)
+    plan = fa.make_plan("lora", seq_len=4096, micro_batch_size=2)
+    lay = memory.build_layout(mp.arch, fa.parse_technique("lora"), fa.resolve_hardware("h100-sxm"), plan)
+    T = 2 * 4096
+    assert memory.loss_logits_bytes(lay, T, T) == 256 * 128256 * 12 + 2 * T * 4096 * 2
 
 
 def test_objectives_add_their_models():
@@ -180,7 +188,8 @@ def test_objectives_add_their_models():
     dpo_full = fa.estimate(LLAMA31_8B, "h100-sxm", "dpo", gradient_checkpointing=True)
     # DPO+LoRA: reference = base with adapters disabled (no copy); chosen+rejected double the tokens
     assert dpo_lora.memory.extra_models_bytes == 0
-    assert dpo_lora.memory.logits_bytes == 2 * lora.memory.logits_bytes
+    sft_dpo = fa.estimate(LLAMA31_8B, "h100-sxm", "dpo+lora", gradient_checkpointing=True, micro_batch_size=2)
+    assert dpo_lora.memory.activations_bytes == pytest.approx(sft_dpo.memory.activations_bytes / 2, rel=0.01)
     # full DPO keeps a bf16 reference copy: 2 bytes per parameter
     assert dpo_full.memory.extra_models_bytes == 2 * 8_030_261_248
     pre = fa.estimate(LLAMA31_8B, "h100-sxm", "dpo", gradient_checkpointing=True, dpo_precompute_ref=True)

@@ -422,6 +422,8 @@ def _sft(session, records, common):
         max_length=plan.seq_len,
         packing=plan.packing,
         dataset_text_field="text",
+        # the memory model's logits term follows this choice (ftadvisor/memory.py loss_logits_bytes)
+        loss_type="chunked_nll" if plan.sft_chunked_loss else "nll",
     )
     return SFTTrainer(
         model=session.model,

@@ -1,0 +1,1471 @@
+"""Throughput, time and cost: an analytic model of one optimizer step, per GPU.
+
+    from ftadvisor import make_plan
+    from ftadvisor.speed import estimate_speed, estimate_time_cost
+    plan = make_plan("qlora", seq_len=2048)
+    sp = estimate_speed("llama-3.1-8b", "h100", plan)
+    sp.tokens_per_second_per_gpu, sp.mfu, sp.bottleneck, sp.assumptions
+    tc = estimate_time_cost(sp, "h100", plan, examples=50_000, avg_tokens_per_example=600)
+    tc.wall_clock_hours, tc.cost_usd
+
+Pure and fast (~1 ms per plan): no file access, no torch/numpy; Python floats. The
+memory model's :func:`ftadvisor.memory.build_layout` says what trains, what is frozen
+or quantized, and :func:`ftadvisor.memory.count_params` how many parameters there
+are; this module turns that into work and time:
+
+1. **Work, op by op** (:func:`layer_program`): one decoder layer's forward as the
+   eager kernels Hugging Face runs -- matmuls (Kaplan et al. 2020, Table 1: 2 FLOPs per
+   weight per token, 2 n_layer n_ctx d_attn for causal attention), the weights they read,
+   and the bytes moved by everything else (norms, rotary, activations, residual adds,
+   the fp32 loss, LoRA's extra tensors, dtype casts, bitsandbytes dequantization, DoRA's
+   weight norm), counted tensor by tensor from the library source named at each step.
+   Backward, recomputation under gradient checkpointing and the extra no-grad passes of
+   DPO/PPO/GRPO are derived from it (:func:`training_flops_per_token` has the totals).
+2. **A roofline per op** against the hardware profile: matmuls at an achievable fraction
+   of the dense peak for the plan's precision (lower for few tokens per micro-batch),
+   fused attention at its own fraction, other kernels at an achievable fraction of the
+   memory bandwidth (:data:`EFFICIENCY`, each figure from a named measurement).
+3. **The host**: every eager op costs Python/autograd time to dispatch (measured per
+   Llama layer); ops are replayed through the GPU's in-order queue, so large batches
+   hide the host and small ones wait for it (:func:`_simulate`).
+4. **Per optimizer step**: the optimizer's memory traffic, data-parallel communication
+   (DDP all-reduce, ZeRO reduce-scatter/all-gather, ZeRO-3/FSDP parameter gathers) with
+   the overlap each framework achieves, CPU-offload and paged-optimizer traffic over the
+   host link, and RL generation (decoding reads all weights and the KV cache per token).
+
+MFU is an output (model FLOPs / (time x peak), PaLM App. B). The numbers describe the
+Hugging Face stack (transformers + peft + trl, eager, no torch.compile); fused stacks
+(torchtune with compile, llm-foundry) remove most of the non-matmul and host time, which
+``fused_tokens_per_second_per_gpu`` bounds. profiles/speed/measurements.yaml holds the
+published and measured throughputs tests/test_speed.py checks this against
+(scripts/bench_speed.py prints them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ftadvisor import memory
+from ftadvisor.errors import FtAdvisorError
+from ftadvisor.schema import ArchSpec, HardwareProfile, ModelProfile, TrainingPlan
+from ftadvisor.techniques import Technique, parse_technique
+
+# --------------------------------------------------------------------------------------------
+# Sources (cited by key in the code and returned with every estimate)
+# --------------------------------------------------------------------------------------------
+
+SOURCES: dict[str, str] = {
+    "kaplan": "Kaplan et al. 2020, Scaling Laws for Neural Language Models (arXiv 2001.08361), Table 1: "
+              "forward FLOPs per token 2N + 2 n_layer n_ctx d_attn; backward twice the forward",
+    "palm_mfu": "Chowdhery et al. 2022, PaLM (arXiv 2204.02311), App. B: model FLOPs utilisation "
+                "= model FLOPs per second / peak, recomputation excluded",
+    "korthikanti": "Korthikanti et al. 2022, Reducing Activation Recomputation (arXiv 2205.05198), section 5: "
+                   "full checkpointing re-runs each layer's forward in backward",
+    "mamf": "S. Bekman, ml-engineering, compute/accelerator/README.md 'Maximum Achievable Matmul FLOPS' table "
+            "(bf16 matmul, best shape): A100 SXM 271.2 of 312 (86.9%), H100 SXM 794.5 of 989 (80.3%), "
+            "A100 PCIe 252.9 of 312 (81.1%), B200 1745 of 2250 (77.6%), MI300X 668.4 of 1300 (51.4%)",
+    "fa2": "Dao 2023, FlashAttention-2 (arXiv 2307.08691), section 4.1: forward+backward reaches 50-73% "
+           "of the A100 peak; backward does 2.5x the forward's matmul FLOPs (recomputes S = QK^T)",
+    "fa3": "Shah et al. 2024, FlashAttention-3 (arXiv 2407.08608), Fig. 5-6: FlashAttention-2 reaches "
+           "~35% of the H100's bf16 peak forward+backward",
+    "device_h200": "this project's measurement on one H200 (profiles/speed/measurements.yaml, "
+                   "scripts/bench_speed.py --device): bf16 matmul, device-to-device copy, eager dispatch",
+    "hf_llama": "transformers models/llama/modeling_llama.py (LlamaRMSNorm, apply_rotary_pos_emb, LlamaMLP, "
+                "eager_attention_forward) and loss/loss_utils.py ForCausalLMLoss (logits.float(), cross_entropy)",
+    "peft_lora": "peft tuners/lora/layer.py Linear.forward: x cast to the adapter dtype, "
+                 "result + lora_B(lora_A(dropout(x))) * scaling",
+    "peft_dora": "peft tuners/lora/dora.py DoraLinearLayer.forward: lora_B(lora_A(eye(in))) and "
+                 "||W + s*BA|| recomputed on every forward call in training (no cache), rescaled output",
+    "bnb_4bit": "bitsandbytes nn/modules.py Linear4bit.forward (x.to(compute_dtype), output .to(input dtype)) "
+                "and autograd/_functions.py MatMul4Bit (dequantize_4bit in forward and again in backward)",
+    "torch_adamw": "torch/optim/adamw.py with fused=True (transformers' default optim adamw_torch_fused "
+                   "for torch >= 2.8, training_args.py): one kernel reads param, grad, exp_avg, exp_avg_sq "
+                   "and writes param, exp_avg, exp_avg_sq",
+    "bnb_adam8": "Dettmers et al. 2021, 8-bit Optimizers via Block-wise Quantization; bitsandbytes "
+                 "optim/optimizer.py (one kernel per tensor, uint8 states + fp32 absmax per 256)",
+    "ring": "Patarasuk & Yuan 2009, bandwidth-optimal all-reduce; NCCL tests PERFORMANCE.md: an all-reduce "
+            "moves 2(n-1)/n of the buffer per rank, reduce-scatter and all-gather (n-1)/n",
+    "ddp": "Li et al. 2020, PyTorch Distributed (VLDB), section 3.2.3: bucketed all-reduce overlapped with "
+           "backward; no_sync skips it on accumulation micro-batches",
+    "zero": "Rajbhandari et al. 2020, ZeRO (arXiv 1910.02054), section 7: stage 1/2 move 2x the gradient "
+            "volume (reduce-scatter + all-gather), stage 3 3x (parameters gathered in forward and backward)",
+    "fsdp": "Zhao et al. 2023, PyTorch FSDP (arXiv 2304.11277), section 3.3: all-gathers prefetched and "
+            "overlapped with compute, reduce-scatter overlapped with backward",
+    "zero_offload": "Ren et al. 2021, ZeRO-Offload (arXiv 2101.06840), section 4: fp16 gradients to the host, "
+                    "CPU-Adam on the host, updated fp16 parameters back, over PCIe",
+    "kv_decode": "Pope et al. 2022, Efficiently Scaling Transformer Inference (arXiv 2211.05102), section 2: "
+                 "decoding reads all weights and the KV cache once per generated token (memory-bandwidth bound)",
+    "trl_rl": "trl GRPOTrainer (generation batch = per-device batch x steps_per_generation, num_iterations=1, "
+              "reference only when beta > 0) and experimental PPOTrainer (num_ppo_epochs=4, policy, ref, value "
+              "and reward forwards after each rollout)",
+}
+
+# --------------------------------------------------------------------------------------------
+# Achievable fractions of the hardware's peaks, per hardware class
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """What fraction of a hardware profile's datasheet peaks real kernels reach."""
+
+    hw_class: str
+    matmul: float
+    """Large bf16/fp16 GEMMs: maximum achievable matmul FLOP/s over the dense peak (best shape)."""
+    attention: float
+    """Fused (flash/SDPA) attention forward+backward over the dense peak."""
+    bandwidth: float
+    """PyTorch elementwise/reduction kernels at activation sizes over the datasheet memory bandwidth."""
+    dequant: float
+    """bitsandbytes NF4 dequantization (read 4-bit, write 16-bit) over the datasheet bandwidth."""
+    source: str
+
+
+# Measured on this project's H200 machine (profiles/speed/measurements.yaml `device_h200`,
+# scripts/bench_speed.py --device): the median of nine Hugging Face elementwise kernels at
+# activation size (4096 x 4096: add, mul, casts, pow, mean, silu, RMSNorm) ran at 73% of the
+# 4.8 TB/s datasheet bandwidth (a plain device copy of 2 GiB: 89%); NF4 dequantization of a
+# 4096 x 14336 weight at 41%.
+ELEMENTWISE_FRACTION = 0.73
+DEQUANT_FRACTION = 0.41
+
+EFFICIENCY: dict[str, Efficiency] = {
+    e.hw_class: e
+    for e in [
+        Efficiency("hopper", 0.80, 0.35, ELEMENTWISE_FRACTION, DEQUANT_FRACTION,
+                   "matmul: MAMF H100 SXM 80.3% [mamf], H200 81.2% at 8192^3 [device_h200]; attention: FA2 on "
+                   "H100 [fa3]; elementwise and dequantization bandwidth [device_h200]"),
+        Efficiency("blackwell", 0.776, 0.35, ELEMENTWISE_FRACTION, DEQUANT_FRACTION,
+                   "matmul: MAMF B200 77.6% [mamf]; attention and bandwidth fractions taken from Hopper"),
+        Efficiency("ampere_datacenter", 0.869, 0.60, ELEMENTWISE_FRACTION, DEQUANT_FRACTION,
+                   "matmul: MAMF A100 SXM 86.9% [mamf]; attention: FA2 on A100 [fa2]; bandwidth fractions "
+                   "taken from the H200 measurement"),
+        Efficiency("pcie_workstation", 0.811, 0.60, ELEMENTWISE_FRACTION, DEQUANT_FRACTION,
+                   "GeForce/RTX/L40S/L4/A10G/V100/T4 (GDDR or PCIe parts): no MAMF published; the A100 PCIe "
+                   "figure 81.1% [mamf] is transferred (same cuBLAS kernels at a PCIe power limit); "
+                   "attention: FA2 on Ampere [fa2]; bandwidth fractions from the H200 measurement"),
+        Efficiency("amd_cdna3", 0.514, 0.35, ELEMENTWISE_FRACTION, DEQUANT_FRACTION,
+                   "matmul: MAMF MI300X 51.4% [mamf]; attention and bandwidth fractions taken from Hopper"),
+        Efficiency("cpu", 0.70, 0.50, 1.0, 1.0,
+                   "order-of-magnitude placeholders like the cpu profile itself: its bandwidth is already an "
+                   "achieved figure (fraction 1); kernels run on the cores that dispatch them (no overlap)"),
+    ]
+}
+
+# Matmul efficiency falls for skinny GEMMs (few tokens per micro-batch): tiles and waves are
+# underfilled. On the H200, relative to its 8192^3 best (803 TFLOP/s), 4096-row GEMMs ran at 767-792
+# and 840-row ones at 496 and 581 (geometric mean 537) [device_h200]; M / (M + 490), normalised
+# at 8192 rows, passes through the 840-row mean and within 4% of the 4096-row ones. Applied to
+# every GPU class.
+MATMUL_HALF_TOKENS = 490.0
+
+
+def matmul_shape_factor(tokens: float) -> float:
+    """Share of the best-shape matmul rate reached with ``tokens`` rows (1 at 8192 rows)."""
+    t = max(tokens, 1.0)
+    return (t / (t + MATMUL_HALF_TOKENS)) / (8192.0 / (8192.0 + MATMUL_HALF_TOKENS))
+
+
+# Host (CPU) time of the Hugging Face eager stack, measured on the H200 machine (one core of its
+# host; Python 3.12, torch 2.11, transformers 5.17, peft 0.21) from the slope of 4- vs 20-layer
+# Llama models at one token [device_h200]: per decoder layer 0.725 ms forward without autograd,
+# 1.196 ms forward recording autograd, 3.316 ms forward + backward; LoRA adds 0.36 ms and DoRA
+# 0.67 ms per adapted module (forward + backward). Expressed per counted forward op of the Llama
+# layer (38, see ops_per_layer_forward) so other layer shapes scale with their op count.
+HOST_OPS_LLAMA_LAYER = 38.0
+HOST_NOGRAD_S_PER_OP = 0.725e-3 / HOST_OPS_LLAMA_LAYER
+HOST_FWD_S_PER_OP = 1.196e-3 / HOST_OPS_LLAMA_LAYER
+HOST_BWD_S_PER_OP = (3.316e-3 - 1.196e-3) / HOST_OPS_LLAMA_LAYER
+HOST_LORA_OPS = 0.36e-3 / (3.316e-3 / HOST_OPS_LLAMA_LAYER)  # ~4.1 op units per LoRA module
+HOST_DORA_OPS = 0.67e-3 / (3.316e-3 / HOST_OPS_LLAMA_LAYER)  # ~7.7 op units per DoRA module
+# A bitsandbytes Linear4bit (input/output casts, dequantize, the Python autograd.Function MatMul4Bit
+# forward and backward): Llama-3.2-1B QLoRA took 55.3 ms per step more than LoRA at 4 x 512 tokens,
+# where the GPU model accounts for 2.4 ms; the rest over 112 quantized linears is 0.47 ms each,
+# ~5.4 op units [device_h200].
+HOST_BNB_OPS = (55.3e-3 - 2.4e-3) / 112 / (3.316e-3 / HOST_OPS_LLAMA_LAYER)
+# transformers generate adds ~45 ms of host work per decoding step beyond the layers' forward
+# (Llama-3.2-1B, 16 layers: 56, 63 and 52 ms per step at batch 1, 16 and 64 with 128-token
+# prompts, where the layers account for 16 x 0.725 ms) [device_h200].
+HOST_GENERATE_STEP_S = 45e-3
+
+
+def hardware_class(hw: HardwareProfile) -> str:
+    """Which :data:`EFFICIENCY` row applies to a hardware profile."""
+    if hw.vendor == "cpu":
+        return "cpu"
+    if hw.vendor == "amd":
+        return "amd_cdna3"
+    cc = hw.compute_capability or ""
+    major = int(cc.split(".")[0]) if cc.split(".")[0].isdigit() else 0
+    if major == 9:
+        return "hopper"
+    if major == 10:
+        return "blackwell"
+    if cc == "8.0":
+        return "ampere_datacenter"
+    return "pcie_workstation"
+
+
+def peak_flops(hw: HardwareProfile, precision: str) -> tuple[float, str]:
+    """Dense peak FLOP/s the plan's matmuls run at, and which datasheet figure it is.
+
+    bf16-* -> the BF16 tensor figure, fp16-mixed -> FP16 tensor, fp32 -> plain FP32 (PyTorch leaves
+    TF32 matmuls off by default: torch.backends.cuda.matmul.allow_tf32 = False)."""
+    if precision.startswith("bf16"):
+        if hw.bf16_dense_tflops:
+            return hw.bf16_dense_tflops * 1e12, "bf16_dense_tflops"
+        return hw.fp32_tflops * 1e12, "fp32_tflops (no bf16 units: bf16 runs emulated or on CUDA cores)"
+    if precision == "fp16-mixed":
+        if hw.fp16_dense_tflops:
+            return hw.fp16_dense_tflops * 1e12, "fp16_dense_tflops"
+        return hw.fp32_tflops * 1e12, "fp32_tflops (no fp16 tensor units)"
+    return hw.fp32_tflops * 1e12, "fp32_tflops"
+
+
+def host_link_gbps(hw: HardwareProfile) -> tuple[float, str]:
+    """GPU<->host bandwidth per direction used for CPU offload and paged optimizers (an assumption:
+    hardware profiles carry no host-link field). PCIe x16 per direction: Gen5 64 GB/s (Hopper,
+    Blackwell), Gen4 32 GB/s (Ampere, Ada, CDNA3), Gen3 16 GB/s (Volta, Turing) -- PCI-SIG rates."""
+    if hw.vendor == "cpu":
+        return hw.hbm_bandwidth_gbps, "host memory (no link)"
+    if "pcie" in hw.intra_node_link.lower():
+        return hw.intra_node_bandwidth_gbps, f"the profile's {hw.intra_node_link}"
+    cc = hw.compute_capability or ""
+    if cc.startswith(("9", "10")):
+        return 64.0, "PCIe 5.0 x16 (assumed for a Hopper/Blackwell host)"
+    if cc.startswith("7"):
+        return 16.0, "PCIe 3.0 x16 (assumed for a Volta/Turing host)"
+    return 32.0, "PCIe 4.0 x16 (assumed)"
+
+
+# Host DRAM bandwidth that DeepSpeed's CPU-Adam streams its state through (assumption: a
+# two-socket server reaches ~100 GB/s; desktop hosts much less). Hardware profiles carry none.
+HOST_DRAM_GBPS = 100.0
+
+# NCCL bus bandwidth reaches about 80% of the NVLink/NIC per-direction rate in all-reduce
+# benchmarks (assumption from nccl-tests' busbw definition; calibration should replace it).
+LINK_FRACTION = 0.80
+
+
+# --------------------------------------------------------------------------------------------
+# The result models
+# --------------------------------------------------------------------------------------------
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class SpeedEstimate(_Frozen):
+    """Throughput of one plan on one GPU (and the whole job). Seconds are per optimizer step; the
+    seven ``*_seconds`` components sum to ``seconds_per_optimizer_step``."""
+
+    model_id: str
+    """Model profile id."""
+    hardware_id: str
+    """Hardware profile id."""
+    technique: str
+    """Canonical technique name."""
+    tokens_per_second_per_gpu: float = Field(ge=0)
+    """Trained sequence positions per second on one GPU (chosen and rejected both count for DPO/ORPO;
+    prompt + completion of each rollout, counted once, for PPO/GRPO)."""
+    tokens_per_second_total: float = Field(ge=0)
+    """tokens_per_second_per_gpu x num_gpus."""
+    fused_tokens_per_second_per_gpu: float = Field(ge=0)
+    """Bound for a fully fused stack (torch.compile, hand-fused kernels): the same step with the
+    non-matmul traffic and the host's dispatch time taken out (dequantization kept)."""
+    tokens_per_optimizer_step: float = Field(ge=0)
+    """Sequence positions per optimizer step over all GPUs (micro-batch x sequences per example x
+    seq_len x accumulation x GPUs)."""
+    seconds_per_optimizer_step: float = Field(gt=0)
+    """Wall-clock seconds of one optimizer step."""
+    mfu: float = Field(ge=0)
+    """Model FLOPs utilisation: model_flops_per_token x tokens/s per GPU / dense peak (PaLM App. B)."""
+    hfu: float = Field(ge=0)
+    """Hardware FLOPs utilisation: flops_per_token (recomputation included) x tokens/s per GPU / peak."""
+    flops_per_token: float = Field(ge=0)
+    """FLOPs executed per trained token: forward, backward, recomputation, adapters, extra passes
+    (reference/reward/value forwards), generation excluded."""
+    model_flops_per_token: float = Field(ge=0)
+    """flops_per_token without recomputation (the numerator of MFU)."""
+    peak_tflops: float = Field(gt=0)
+    """Dense peak the plan's precision runs at (datasheet)."""
+    compute_seconds: float = Field(ge=0)
+    """Matmuls and fused attention at the achievable fraction of the peak."""
+    memory_bound_seconds: float = Field(ge=0)
+    """Non-matmul kernels (norms, activations, casts, loss, LoRA/DoRA tensors, dequantization) and
+    matmuls limited by reading their weights, at the achievable memory bandwidth."""
+    launch_overhead_seconds: float = Field(ge=0)
+    """Time the GPU waits for the host to dispatch eager kernels (small batches, decoding)."""
+    communication_seconds: float = Field(ge=0)
+    """Data-parallel collectives not hidden behind compute."""
+    optimizer_seconds: float = Field(ge=0)
+    """The optimizer step's memory traffic (on the host under CPU offload), gradient clipping."""
+    generation_seconds: float = Field(ge=0)
+    """PPO/GRPO sampling (prefill and decoding) per optimizer step."""
+    offload_seconds: float = Field(ge=0)
+    """Host-link traffic: CPU offload and paged optimizer state that does not fit on the device."""
+    bottleneck: str
+    """The largest of the seven components."""
+    samples_per_optimizer_step: float = Field(ge=0)
+    """Sequences (completions for PPO/GRPO, pairs count twice for DPO/ORPO) per optimizer step, all GPUs."""
+    seconds_per_sample: float | None = None
+    """PPO/GRPO: seconds per generated-and-trained completion (whole job); None otherwise."""
+    generated_tokens_per_second: float | None = None
+    """PPO/GRPO: completion tokens sampled per second per GPU while generating; None otherwise."""
+    reference_pass_seconds_per_token: float = Field(default=0.0, ge=0)
+    """DPO with precomputed reference log-probs: one-off reference forward cost per token (paid once
+    per example before training, see estimate_time_cost); 0 otherwise."""
+    efficiency_class: str
+    """Row of ftadvisor.speed.EFFICIENCY used (achievable matmul, attention and bandwidth fractions)."""
+    assumptions: tuple[str, ...]
+    """What the numbers assume (kernels, overlap, links, defaults of trl/transformers)."""
+    sources: tuple[str, ...]
+    """Papers, measurements and library files the formulas come from."""
+
+
+class TimeCostEstimate(_Frozen):
+    """Wall-clock time and price of a whole fine-tuning job."""
+
+    wall_clock_hours: float = Field(ge=0)
+    """Hours from the first to the last optimizer step (loading, evaluation and saving excluded)."""
+    gpu_hours: float = Field(ge=0)
+    """wall_clock_hours x num_gpus."""
+    cost_usd: float | None
+    """gpu_hours x hourly price per GPU; None when neither the hardware profile nor the caller gives a price."""
+    hourly_price_usd: float | None
+    """Price per GPU-hour used."""
+    price_source: str
+    """Where the price comes from (the profile's default, or the caller)."""
+    optimizer_steps: int = Field(ge=0)
+    """Optimizer steps over all epochs (the last partial step counted whole)."""
+    tokens_processed: float = Field(ge=0)
+    """Sequence positions processed over all epochs, padding included."""
+    epochs: float = Field(gt=0)
+    """Passes over the data."""
+    seconds_per_sample: float | None = None
+    """PPO/GRPO: seconds per generated-and-trained completion (whole job)."""
+    assumptions: tuple[str, ...] = ()
+    """How the data size was turned into sequence positions."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pure formulas
+# --------------------------------------------------------------------------------------------
+
+
+def _active_fraction(arch: ArchSpec, group: str) -> float:
+    """Share of a linear's instances each token passes through (routed experts: top-k of E)."""
+    if group == "expert" and arch.num_experts:
+        return arch.experts_per_token / arch.num_experts
+    return 1.0
+
+
+def forward_matmul_flops_per_token(arch: ArchSpec) -> float:
+    """Decoder linears (routed experts at top-k/E) and the lm_head: 2 FLOPs per weight per token
+    (Kaplan et al. 2020, Table 1: C_forward ~ 2N). Embedding lookups and norms do no matmul."""
+    lin = sum(2.0 * s.in_features * s.out_features * s.count * _active_fraction(arch, s.group) for s in arch.linears)
+    return lin + 2.0 * arch.vocab_size * arch.hidden_size
+
+
+def attention_flops_per_token(arch: ArchSpec, seq_len: float, causal_kernel: bool = True) -> float:
+    """Score and value matmuls of self-attention per token, forward: 2 * n_layer * n_ctx * d_attn for a
+    causal kernel that skips masked blocks (Kaplan et al. 2020, Table 1; SDPA/flash with is_causal),
+    twice that for eager attention, which multiplies the full masked s x s matrix."""
+    d_attn = arch.num_attention_heads * arch.head_dim
+    per = 2.0 * arch.num_layers * seq_len * d_attn
+    return per if causal_kernel else 2.0 * per
+
+
+def adapter_flops_per_token(lay: memory.Layout, plan: Any) -> float:
+    """Forward FLOPs of the added modules per token.
+
+    - LoRA/DoRA (Hu et al. 2021, eq. 3): x A^T B^T is 2 r (in + out) per adapted module instance.
+    - Houlsby adapters (Houlsby et al. 2019, Fig. 2): two per layer, each 2 h m down + 2 m h up.
+    - Lamini memory experts (Li et al. 2024, section 4): scoring E keys 2 h E, then top-k experts
+      of rank r, 2 r (h + h) each, in each memory layer."""
+    arch = lay.arch
+    h = arch.hidden_size
+    r = plan.lora_r
+    total = 0.0
+    for role in lay.roles:
+        if role.adapted:
+            s = role.spec
+            total += 2.0 * r * (s.in_features + s.out_features) * s.count * _active_fraction(arch, s.group)
+    if lay.technique.method.name == "adapter":
+        total += arch.num_layers * 2 * (4.0 * h * plan.adapter_bottleneck)
+    if lay.lamini_layers:
+        total += lay.lamini_layers * (2.0 * h * plan.lamini_num_experts + plan.lamini_top_k * 4.0 * h * r)
+    return total
+
+
+def backward_depth_fraction(lay: memory.Layout) -> float:
+    """Share of decoder layers the backward pass has to traverse: gradients must reach the lowest
+    trained parameter. Lamini memory experts sit in the top layers only; every other method has
+    trainable parameters (or adapters) in the first layer (HFT's trained half is spread over depth)."""
+    if lay.technique.method.name == "lamini":
+        return lay.lamini_layers / lay.arch.num_layers
+    return 1.0
+
+
+def trained_matmul_flops_per_token(lay: memory.Layout) -> float:
+    """Forward FLOPs of the matmuls whose weights train (their weight gradient costs the same again):
+    trained shares of the decoder linears, plus the lm_head when it trains."""
+    arch = lay.arch
+    tr = sum(2.0 * r.spec.in_features * r.spec.out_features * r.spec.count * r.trained_fraction
+             * _active_fraction(arch, r.spec.group) for r in lay.roles)
+    if lay.lm_head_trained:
+        tr += 2.0 * arch.vocab_size * arch.hidden_size
+    return tr
+
+
+@dataclass(frozen=True)
+class TrainingFlops:
+    """FLOPs per trained token of one fwd+bwd (one model copy), split by phase."""
+
+    forward: float
+    backward: float
+    recompute: float
+    attention_forward: float
+    """Included in forward; kept apart because it runs in the attention kernel."""
+
+    @property
+    def executed(self) -> float:
+        return self.forward + self.backward + self.recompute
+
+    @property
+    def model(self) -> float:
+        return self.forward + self.backward
+
+
+def training_flops_per_token(lay: memory.Layout, plan: Any, seq_len: float | None = None) -> TrainingFlops:
+    """Forward, backward and recomputation FLOPs per token.
+
+    1. Forward: 2 per weight (decoder linears + lm_head) + attention + adapters (Kaplan Table 1).
+    2. Backward: every matmul the gradient flows through computes its input gradient (1x its forward);
+       a trained weight also computes its weight gradient (another 1x): full training is 2x forward
+       (Kaplan: backward = 2x forward, so 6N per token), a frozen base with adapters is ~1x
+       forward + the adapters' 2x. Attention backward is 2x its forward (the model-FLOPs count;
+       flash's recomputation of QK^T is hardware work and enters the time, not this count).
+    3. Recomputation: gradient checkpointing re-runs each decoder layer's forward once (Korthikanti
+       et al. 2022, section 5), only in the layers backward traverses.
+    """
+    arch = lay.arch
+    S = plan.seq_len if seq_len is None else seq_len
+    causal = lay.attention != "eager"
+    phi = backward_depth_fraction(lay)
+    head = 2.0 * arch.vocab_size * arch.hidden_size
+    mm = forward_matmul_flops_per_token(arch)
+    attn = attention_flops_per_token(arch, S, causal)
+    adapt = adapter_flops_per_token(lay, plan)
+    fwd = mm + attn + adapt
+    layers_fwd = (mm - head) + attn + adapt
+    bwd = head + phi * (mm - head) + phi * 2.0 * attn + trained_matmul_flops_per_token(lay) + 2.0 * adapt
+    rec = phi * layers_fwd if lay.checkpointing else 0.0
+    return TrainingFlops(forward=fwd, backward=bwd, recompute=rec, attention_forward=attn)
+
+
+def ring_allreduce_seconds(nbytes: float, n: int, gbps: float) -> float:
+    """Ring all-reduce: each rank sends and receives 2(n-1)/n of the buffer [ring]."""
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    return 2.0 * (n - 1) / n * nbytes / (gbps * 1e9)
+
+
+def ring_gather_seconds(nbytes: float, n: int, gbps: float) -> float:
+    """Reduce-scatter or all-gather of a buffer of ``nbytes`` (full size): (n-1)/n of it per rank [ring]."""
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    return (n - 1) / n * nbytes / (gbps * 1e9)
+
+
+def optimizer_bytes_per_param(optimizer: str, param_bytes: int, grad_bytes: int, adamw_kernel: str = "fused") -> float:
+    """Device memory traffic of one optimizer update, per trainable parameter (p = parameter and
+    state bytes, g = gradient bytes).
+
+    - adamw, fused ([torch_adamw]): one kernel reads param, grad and both moments and writes param and
+      both moments: (3p + g) read + 3p written -- fp32: 16 B read + 12 B written.
+    - adamw, foreach (torch/optim/adamw.py _multi_tensor_adamw): weight decay mul_ (r/w p), lerp_ of
+      exp_avg (r p, g; w p), mul_ and addcmul_ of exp_avg_sq (r/w p, then r p, 2g; w p), sqrt, div_,
+      add_ of a temporary (3 x r/w p), addcdiv_ of the param (r 3p, w p): 18p + 3g.
+    - adamw_8bit / paged_adamw_8bit ([bnb_adam8]): param and grad, two uint8 states with an fp32
+      absmax per 256 values each, read and written once.
+    - paged_adamw_32bit: the fused count with fp32 states.
+    - sgd (momentum 0): read param and grad, write param.
+    - adafactor (transformers optimization.py Adafactor.step, no first moment): about ten full-size
+      fp32 passes (grad**2, row/col means, approx_sq_grad, update, rms, clip, lr scale, decay, add)."""
+    p, g = param_bytes, grad_bytes
+    if optimizer == "adamw":
+        if adamw_kernel == "foreach":
+            return 18.0 * p + 3.0 * g
+        return (3 * p + g) + 3 * p
+    if optimizer == "paged_adamw_32bit":
+        return (p + g + 8) + (p + 8)
+    if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        st = 2 * (1 + 4 / 256)
+        return (p + g + st) + (p + st)
+    if optimizer == "sgd":
+        return p + g + p
+    if optimizer == "adafactor":
+        return 10 * 4.0
+    raise FtAdvisorError("optimizer", f"unknown {optimizer!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Memory traffic of the non-matmul work (Hugging Face eager implementations)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Dtypes:
+    c: int  # compute dtype of matmul inputs/outputs
+    resid: int  # residual stream / norm inputs
+    mlp: int  # linear outputs and MLP elementwise tensors
+    mixed: bool  # torch autocast with fp32 trainable weights
+
+
+def _dtypes(lay: memory.Layout) -> _Dtypes:
+    """Activation dtypes, following memory.activation_coefficients: the residual stream is fp32 when the
+    embedding trains under autocast (fp32 weights), under fp32, and next to a bitsandbytes base (peft's
+    prepare_model_for_kbit_training upcasts non-quantized weights); bitsandbytes linears return the
+    input's dtype, so a quantized model's MLP tensors are fp32 too."""
+    c = lay.c
+    mixed = lay.precision in ("bf16-mixed", "fp16-mixed")
+    quant = lay.quantization != "none" and lay.precision != "bf16-true"
+    resid = 4 if (lay.embed_trained and lay.precision != "bf16-true") or lay.precision == "fp32" or quant else c
+    mlp = 4 if quant or lay.precision == "fp32" else c
+    return _Dtypes(c=c, resid=resid, mlp=mlp, mixed=mixed)
+
+
+def _norm_bytes(arch: ArchSpec, dt: _Dtypes) -> float:
+    """One norm over h, forward, per token [hf_llama]. RMSNorm: upcast to fp32 (skipped when already
+    fp32), pow (r/w 4h), mean (r 4h), x*rsqrt (r/w 4h), downcast, weight multiply (r/w).
+    LayerNorm: one fused kernel (read + write) with the fp32 upcast autocast adds."""
+    h = arch.hidden_size
+    a = dt.resid
+    if arch.norm == "rmsnorm":
+        cast = 0 if a == 4 else (a + 4) * h + (4 + a) * h
+        return 20.0 * h + cast + 2.0 * a * h
+    return 2.0 * a * h + (0 if a == 4 else (a + 4) * h)
+
+
+def _attention_io_bytes(lay: memory.Layout, S: float) -> float:
+    """Attention kernel traffic per token per layer, forward [hf_llama]. SDPA/flash read q, k, v and
+    write o. Eager (eager_attention_forward): repeat_kv copies, scores written, mask added, fp32
+    softmax, cast back, read by the AV matmul: about (7c + 8) bytes per head per key position."""
+    arch = lay.arch
+    c = lay.c
+    nh, kv, d = arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
+    if lay.attention == "eager":
+        return c * (2 * kv * d + 2 * nh * d) + c * nh * d * 2 + nh * S * (7.0 * c + 8.0)
+    return c * (2 * nh + 2 * kv) * d
+
+
+def _linear_extra_bytes(lay: memory.Layout, spec: Any, quantized: str, adapted: bool) -> tuple[float, float]:
+    """Extra traffic around one linear instance, forward: (bytes per token, bytes per forward call).
+
+    - bitsandbytes Linear4bit/Linear8bitLt next to an fp32 residual stream: x.to(compute dtype)
+      (r 4, w c) and the output .to(input dtype) (r c, w 4) [bnb_4bit].
+    - LoRA [peft_lora]: x cast to the adapter dtype when they differ (bf16 activations, fp32 adapters
+      under autocast: r 2 w 4, then autocast's cast back r 4 w 2), dropout's copy and mask when
+      p > 0, lora_B's output written, * scaling (r/w), + result (r 2, w 1): 6c per output feature.
+    - DoRA [peft_dora]: ~12 more passes over the output for (m/||.|| - 1) * base + m/||.|| * lora * s
+      and the add; per call eye(in) in the adapter dtype (written, read, cast: ~10 in^2), B(A(eye))
+      written, s * BA and W + s * BA, the row norm: ~10 in^2 + 7c in*out.
+    """
+    dt = _dtypes(lay)
+    c, m_ = dt.c, dt.mlp
+    per_tok = 0.0
+    per_call = 0.0
+    if quantized != "none" and m_ != c:
+        per_tok += (m_ + c) * spec.in_features + (c + m_) * spec.out_features
+    if adapted:
+        if dt.mixed and m_ == c:
+            per_tok += 12.0 * spec.in_features
+        elif dt.mixed:
+            per_tok += 6.0 * spec.in_features
+        if lay.dropout:
+            per_tok += (2.0 * c + 1.0) * spec.in_features
+        per_tok += 6.0 * c * spec.out_features
+        if lay.technique.method.dora:
+            per_tok += 12.0 * c * spec.out_features
+            per_call += 10.0 * spec.in_features**2 + 7.0 * c * spec.in_features * spec.out_features
+    return per_tok, per_call
+
+
+def _loss_bytes(lay: memory.Layout) -> tuple[float, float]:
+    """Per token, over the vocabulary [hf_llama ForCausalLMLoss]: forward logits.float() (r c, w 4)
+    and log_softmax (r/w 4); backward nll's gradient fill (w 4), log_softmax backward (r 8, w 4) and
+    the cast back (r 4, w c). Nothing to cast under fp32."""
+    c = lay.c
+    V = lay.arch.vocab_size
+    up = 0 if c == 4 else (c + 4)
+    return (up + 8.0) * V, (4.0 + 12.0 + up) * V
+
+
+def elementwise_bytes_per_token(lay: memory.Layout, plan: Any, seq_len: float | None = None) -> dict[str, float]:
+    """Bytes moved per token, forward, by kernels that are not weight matmuls (the sum of what
+    :func:`layer_program` spreads over its ops).
+
+    Returns ``{"layer": one dense decoder layer, "moe_layer": one MoE layer, "top": embedding, final
+    norm and loss forward, "loss_backward": loss backward, "per_call": bytes per forward call of the
+    whole model that do not scale with tokens (DoRA's weight norms)}``. The backward of an elementwise
+    op reads its upstream gradient and saved inputs and writes one gradient per input: taken as 2x
+    the forward's bytes (an assumption; recorded in the estimate).
+    """
+    arch = lay.arch
+    S = plan.seq_len if seq_len is None else seq_len
+    dt = _dtypes(lay)
+    c, a_, m_ = dt.c, dt.resid, dt.mlp
+    h = arch.hidden_size
+    nh, kv, d = arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
+    L = arch.num_layers
+    norms = arch.norms_per_layer * _norm_bytes(arch, dt)
+    rotary = 10.0 * c * (nh + kv) * d  # q*cos + rotate_half(q)*sin on q and k: ~10 copies [hf_llama]
+    resid = 2 * 3.0 * a_ * h  # two residual adds (read 2, write 1)
+    mlp = (5.0 if arch.mlp_gated else 2.0) * m_ * arch.intermediate_size  # act(gate) * up, or act
+    base = norms + rotary + _attention_io_bytes(lay, S) + resid
+    dense = base + mlp
+    moe = base + _moe_bytes(lay)
+    extra = 0.0
+    per_call = 0.0
+    for role in lay.roles:
+        s = role.spec
+        t, k = _linear_extra_bytes(lay, s, role.quantized, role.adapted)
+        extra += s.count / L * _active_fraction(arch, s.group) * t
+        per_call += s.count * k
+    if lay.technique.method.name == "adapter":
+        extra += 2 * (2.0 * c * plan.adapter_bottleneck + 3.0 * a_ * h)
+    fwd_loss, bwd_loss = _loss_bytes(lay)
+    top = 2.0 * a_ * h + _norm_bytes(arch, dt) + fwd_loss
+    return {"layer": dense + extra, "moe_layer": moe + extra, "top": top, "loss_backward": bwd_loss,
+            "per_call": per_call}
+
+
+def _moe_bytes(lay: memory.Layout) -> float:
+    """An MoE block per token besides its matmuls: router softmax/top-k in fp32, and per routed copy a
+    gather, the gated activation, the routing weight and the scatter-add; the shared expert's MLP."""
+    arch = lay.arch
+    if not arch.is_moe:
+        return 0.0
+    c = lay.c
+    h = arch.hidden_size
+    E, k, Im = arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size
+    b = E * 4.0 * 3 + k * (2.0 * c * h + 5.0 * c * Im + 5.0 * c * h)
+    if arch.shared_expert_intermediate_size:
+        b += 5.0 * c * arch.shared_expert_intermediate_size + 3.0 * c * h
+    return b
+
+
+def ops_per_layer_forward(lay: memory.Layout, plan: Any) -> float:
+    """Host work of one dense decoder layer's forward in op units: one unit is one eager kernel of the
+    plain Llama layer, whose 38 (RMSNorm 8, q/k/v 3, rotary 10, SDPA 1, o_proj 1, residual add 1,
+    RMSNorm 8, gate/up 2, SiLU and multiply 2, down 1, residual add 1) the host-time constants are
+    measured on; LoRA and DoRA modules count at their measured cost (~4.1 and ~7.7 units), a
+    bitsandbytes linear ~5.4 more [hf_llama, peft_lora, peft_dora, bnb_4bit]."""
+    return sum(op.units for op, _ in layer_program(lay, plan, 1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# The step model: per-op work of a decoder layer, replayed through a host/GPU queue
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Parts:
+    compute: float = 0.0
+    memory: float = 0.0
+    launch: float = 0.0
+    comm: float = 0.0
+    optimizer: float = 0.0
+    generation: float = 0.0
+    offload: float = 0.0
+
+    def total(self) -> float:
+        return self.compute + self.memory + self.launch + self.comm + self.optimizer + self.generation + self.offload
+
+
+@dataclass(frozen=True)
+class _Machine:
+    peak: float  # FLOP/s
+    mm: float  # achievable matmul FLOP/s at the best shape
+    attn: float  # achievable attention FLOP/s
+    bw: float  # achievable bytes/s of elementwise kernels
+    dq_bw: float  # achievable bytes/s of dequantization
+    serial: bool  # kernels run on the dispatching cores (CPU): host and device time add up
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One eager kernel (or a run of identical small ones) of a forward pass."""
+
+    units: float  # host op units (see ops_per_layer_forward)
+    flops_mm: float = 0.0
+    flops_attn: float = 0.0
+    weight_bytes: float = 0.0
+    mem_bytes: float = 0.0
+    dq_bytes: float = 0.0
+    mm_tokens: float = 1.0  # rows of the GEMM (for the skinny-GEMM efficiency)
+    kind: str = "ew"  # ew | gemm | attn | adapter | dequant | host
+
+
+def _op_time(m: _Machine, op: _Op) -> tuple[float, float, float]:
+    """(compute, memory-bound, of which dequantization) GPU seconds of one op: a matmul at the
+    achievable rate for its rows, roofline against reading its weights; attention at its own rate;
+    traffic at its bandwidth."""
+    t_mm = op.flops_mm / (m.mm * matmul_shape_factor(op.mm_tokens)) if op.flops_mm else 0.0
+    t_w = op.weight_bytes / m.bw
+    compute = t_mm + (op.flops_attn / m.attn if op.flops_attn else 0.0)
+    dq = op.dq_bytes / m.dq_bw
+    mem = max(0.0, t_w - t_mm) + op.mem_bytes / m.bw + dq
+    return compute, mem, dq
+
+
+def _backward_op(op: _Op, trained_share: float, flash_bwd: float, grad_cast_bytes: float) -> _Op:
+    """The backward of a forward op: a matmul computes its input gradient (1x) and, for the trained
+    share of its weight, the weight gradient (another 1x) [kaplan]; attention flash_bwd x its forward
+    [fa2]; elementwise and adapter traffic 2x; a quantized base is dequantized again [bnb_4bit]."""
+    if op.kind == "gemm":
+        return _Op(op.units, flops_mm=op.flops_mm * (1.0 + trained_share), weight_bytes=op.weight_bytes,
+                   mem_bytes=grad_cast_bytes, mm_tokens=op.mm_tokens, kind="gemm")
+    if op.kind == "attn":
+        return _Op(op.units, flops_attn=op.flops_attn * flash_bwd, mem_bytes=2.0 * op.mem_bytes, kind="attn")
+    if op.kind == "dequant":
+        return _Op(op.units, dq_bytes=op.dq_bytes, mem_bytes=op.mem_bytes, kind="dequant")
+    return _Op(op.units, flops_mm=2.0 * op.flops_mm, mem_bytes=2.0 * op.mem_bytes, mm_tokens=op.mm_tokens,
+               kind=op.kind)
+
+
+def layer_program(lay: memory.Layout, plan: Any, tokens: float, moe_layer: bool = False,
+                  seq_len: float | None = None, decode_ctx: float | None = None) -> list[tuple[_Op, float]]:
+    """One decoder layer's forward as eager ops in execution order, each with the trained share of its
+    weight (for the backward): norm, attention-input linears, rotary, attention, output projection,
+    residual add, norm, MLP linears, activation, down projection, residual add [hf_llama] -- with
+    each linear's bitsandbytes dequantization and LoRA/DoRA branch after it [bnb_4bit, peft_lora,
+    peft_dora]. ``decode_ctx``: one generated token per sequence attending over that many cached
+    positions (KV-cache reads instead of attention over the sequence)."""
+    arch = lay.arch
+    dt = _dtypes(lay)
+    c, a_, m_ = dt.c, dt.resid, dt.mlp
+    h = arch.hidden_size
+    L = arch.num_layers
+    T = tokens
+    S = plan.seq_len if seq_len is None else seq_len
+    nh, kv, d = arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
+    r = plan.lora_r
+    ops: list[tuple[_Op, float]] = []
+    norm_units = (8 if a_ != 4 else 6) if arch.norm == "rmsnorm" else 2
+
+    def ew(units: float, nbytes: float) -> None:
+        if units <= 0:
+            return
+        ops.append((_Op(units, mem_bytes=nbytes), 0.0))
+
+    def linears(source: str) -> None:
+        for role in lay.roles:
+            sp = role.spec
+            if sp.input_source != source:
+                continue
+            inst = sp.count / L
+            rows = T
+            wfrac = 1.0
+            units = inst
+            if sp.group == "expert" and arch.num_experts:
+                inst = sp.count / max(arch.num_moe_layers, 1)
+                act = arch.experts_per_token / arch.num_experts
+                rows = max(T * act, 1.0)  # tokens per expert GEMM
+                wfrac = min(1.0, T * arch.experts_per_token / arch.num_experts)
+                units = min(inst, 4.0 * arch.experts_per_token)  # the experts-hit loop
+                flops = 2.0 * T * sp.in_features * sp.out_features * inst * act
+            else:
+                flops = 2.0 * T * sp.in_features * sp.out_features * inst
+            per_tok, per_call = _linear_extra_bytes(lay, sp, role.quantized, role.adapted)
+            n_w = sp.in_features * sp.out_features * inst * wfrac
+            if role.quantized != "none":
+                qb = memory.NF4_DQ_BYTES if lay.double_quant else memory.NF4_BYTES
+                if role.quantized == "int8":
+                    qb = memory.int8_bytes_per_param(sp.in_features)
+                cast = (m_ + c) * sp.in_features + (c + m_) * sp.out_features if m_ != c else 0.0
+                ops.append((_Op(units * HOST_BNB_OPS, dq_bytes=n_w * (qb + c), mem_bytes=T * inst * cast,
+                                kind="dequant"), 0.0))
+                per_tok -= cast
+            # autocast casts a trainable fp32 weight to the compute dtype on every forward call
+            wcast = (4 + c) * n_w * role.trained_fraction if (dt.mixed and role.trained_fraction) else 0.0
+            ops.append((_Op(units, flops_mm=flops, weight_bytes=c * n_w, mem_bytes=wcast, mm_tokens=rows,
+                            kind="gemm"), role.trained_fraction))
+            if role.adapted:
+                a_units = units * ((HOST_DORA_OPS if lay.technique.method.dora else HOST_LORA_OPS)
+                                   + (1 if lay.dropout else 0))
+                a_flops = 2.0 * T * r * (sp.in_features + sp.out_features) * inst * (rows / T)
+                ops.append((_Op(a_units, flops_mm=a_flops, mem_bytes=T * inst * (rows / T) * per_tok
+                                + inst * per_call, mm_tokens=rows, kind="adapter"), 0.0))
+
+    srcs = {ro.spec.input_source for ro in lay.roles}
+    # attention block
+    ew(arch.norms_per_layer and norm_units, _norm_bytes(arch, dt) * T)
+    linears("attn_in")
+    ew(10, 10.0 * c * (nh + kv) * d * T)
+    if decode_ctx is not None:
+        kv_bytes = 2.0 * kv * d * c * decode_ctx * T  # this layer's cache, once per generated token
+        ops.append((_Op(1, flops_attn=4.0 * nh * d * decode_ctx * T, mem_bytes=kv_bytes + c * (2 * nh + 2 * kv) * d * T,
+                        kind="attn"), 0.0))
+    else:
+        causal = lay.attention != "eager"
+        ops.append((_Op(6 if lay.attention == "eager" else 1,
+                        flops_attn=attention_flops_per_token(arch, S, causal) / L * T,
+                        mem_bytes=_attention_io_bytes(lay, S) * T, kind="attn"), 0.0))
+    linears("attn_out")
+    ew(1, 3.0 * a_ * h * T)
+    # MLP (or MoE) block
+    if "mlp_in" in srcs or "router_in" in srcs:
+        ew(max(arch.norms_per_layer - 1, 1) * norm_units if arch.norms_per_layer > 1 else norm_units,
+           _norm_bytes(arch, dt) * T * max(arch.norms_per_layer - 1, 1))
+    if moe_layer:
+        linears("router_in")
+        ew(12, (_moe_bytes(lay) - (5.0 * c * arch.shared_expert_intermediate_size if
+                                   arch.shared_expert_intermediate_size else 0.0)) * T * 0.5)
+        linears("expert_in")
+        linears("expert_mid")
+        ew(4, (_moe_bytes(lay)) * T * 0.5)
+        if arch.shared_expert_intermediate_size:
+            linears("shared_in")
+            ew(2, 5.0 * c * arch.shared_expert_intermediate_size * T)
+            linears("shared_mid")
+    else:
+        linears("mlp_in")
+        ew(2 if arch.mlp_gated else 1, (5.0 if arch.mlp_gated else 2.0) * m_ * arch.intermediate_size * T)
+        linears("mlp_mid")
+    ew(1, 3.0 * a_ * h * T)
+    if lay.technique.method.name == "adapter":
+        m = plan.adapter_bottleneck
+        for _ in range(2):  # Houlsby adapters after attention and after the MLP: down, act, up, add
+            ops.append((_Op(2, flops_mm=2.0 * T * 2 * h * m, weight_bytes=c * 2 * h * m, mm_tokens=T, kind="gemm"), 1.0))
+            ew(2, (2.0 * c * m + 3.0 * a_ * h) * T)
+    return ops
+
+
+def _lamini_program(lay: memory.Layout, plan: Any, tokens: float) -> list[tuple[_Op, float]]:
+    """A memory-expert layer (our module, ftadvisor/train/modules.py): key scores over E experts, the
+    top-k selected experts' rank-r down/up projections, weighted sum."""
+    h, c, r = lay.arch.hidden_size, lay.c, plan.lora_r
+    E, k = plan.lamini_num_experts, plan.lamini_top_k
+    T = tokens
+    return [
+        (_Op(2, flops_mm=2.0 * T * h * E, weight_bytes=c * h * E, mm_tokens=T, kind="gemm"), 1.0),
+        (_Op(4, mem_bytes=12.0 * E * T), 0.0),
+        (_Op(4, flops_mm=T * k * 4.0 * h * r, weight_bytes=c * k * T * 2 * h * r, mem_bytes=T * k * c * (2 * h + 2 * r),
+             mm_tokens=1.0, kind="adapter"), 1.0),
+    ]
+
+
+def _simulate(m: _Machine, passes: list[tuple[list[_Op], float, float]]) -> tuple[float, float, float, float]:
+    """Replay ops through an in-order GPU queue fed by a host that spends ``units x s_per_unit`` on each:
+    an op starts once it is dispatched and the previous op has finished. ``passes`` holds (ops, host
+    seconds per unit, repeats). Returns (compute, memory-bound, dequantization part of it, makespan)
+    seconds. Repeats of identical ops (the decoder layers) settle into a steady state after a
+    few and are then advanced linearly."""
+    t_host = 0.0
+    t_gpu = 0.0
+    comp = mem = dq = 0.0
+    for ops, per_unit, repeats in passes:
+        timed = [(op.units * per_unit, *_op_time(m, op)) for op in ops]
+        layer_c = sum(x[1] for x in timed)
+        layer_m = sum(x[2] for x in timed)
+        layer_d = sum(x[3] for x in timed)
+        n = int(round(repeats))
+        prev = None
+        for i in range(n):
+            h0, g0 = t_host, t_gpu
+            for hs, cs, ms, _ in timed:
+                t_host += hs
+                if m.serial:
+                    t_host += cs + ms
+                    t_gpu = t_host
+                else:
+                    t_gpu = max(t_host, t_gpu) + cs + ms
+            step = (t_host - h0, t_gpu - g0)
+            if prev is not None and math.isclose(step[0], prev[0], rel_tol=1e-9, abs_tol=1e-15) and \
+                    math.isclose(step[1], prev[1], rel_tol=1e-9, abs_tol=1e-15):
+                left = n - i - 1
+                t_host += left * step[0]
+                t_gpu += left * step[1]
+                break
+            prev = step
+        comp += n * layer_c
+        mem += n * layer_m
+        dq += n * layer_d
+    return comp, mem, dq, max(t_gpu, t_host)
+
+
+def _resolve(model: Any, hardware: Any, plan: Any) -> tuple[ModelProfile, HardwareProfile, TrainingPlan]:
+    from ftadvisor.estimator import make_plan
+    from ftadvisor.profiles import resolve_hardware, resolve_model
+
+    mp = resolve_model(model)
+    hw = resolve_hardware(hardware)
+    if isinstance(plan, TrainingPlan):
+        tp = plan
+    elif isinstance(plan, dict):
+        tp = make_plan(plan=plan)
+    elif isinstance(plan, str):
+        tp = make_plan(plan)
+    elif plan is None:
+        tp = make_plan()
+    else:
+        raise FtAdvisorError("plan", f"expected a TrainingPlan, a dict or a technique name, got {type(plan).__name__}")
+    return mp, hw, tp
+
+
+ADAMW_KERNELS = ("fused", "foreach")
+
+
+def estimate_speed(model: Any, hardware: Any = "a100-80gb", plan: Any = None, *,
+                   adamw_kernel: str = "fused") -> SpeedEstimate:
+    """Throughput of ``plan`` for ``model`` on ``hardware``.
+
+    ``model`` and ``hardware`` take what :func:`ftadvisor.estimate` takes (profile ids, aliases,
+    config dicts or paths, profiles); ``plan`` a TrainingPlan (build one with
+    ``ftadvisor.make_plan``), a dict of plan fields or a technique name. ``adamw_kernel``:
+    ``fused`` (transformers' default optim for torch >= 2.8) or ``foreach`` (what a hand-written
+    loop with ``torch.optim.AdamW()`` gets on CUDA).
+
+    >>> sp = estimate_speed("llama-3.1-8b", "h100", make_plan("qlora", seq_len=2048))  # doctest: +SKIP
+    >>> round(sp.tokens_per_second_per_gpu), round(sp.mfu, 2)                            # doctest: +SKIP
+    """
+    if adamw_kernel not in ADAMW_KERNELS:
+        raise FtAdvisorError("adamw_kernel", f"unknown {adamw_kernel!r}", ADAMW_KERNELS)
+    mp, hw, tp = _resolve(model, hardware, plan)
+    tech = parse_technique(tp.technique)
+    lay = memory.build_layout(mp.arch, tech, hw, tp)
+    return _estimate(mp, hw, tp, tech, lay, adamw_kernel)
+
+
+def _model_passes(lay: memory.Layout, tp: TrainingPlan, T: float, mode: str, flash_bwd: float,
+                  grad_cast_per_param: float, seq_len: float | None = None,
+                  decode_ctx: float | None = None) -> list[tuple[list[_Op], float, float]]:
+    """The passes of one micro-batch as (ops, host seconds per unit, repeats).
+
+    mode: "train" (forward recording autograd, recomputation under checkpointing, backward),
+    "nograd" (one forward without autograd), "decode" (one generated token per sequence)."""
+    arch = lay.arch
+    dt = _dtypes(lay)
+    c = lay.c
+    L = arch.num_layers
+    V, h = arch.vocab_size, arch.hidden_size
+    n_moe = arch.num_moe_layers
+    dense = layer_program(lay, tp, T, False, seq_len, decode_ctx)
+    moe = layer_program(lay, tp, T, True, seq_len, decode_ctx) if n_moe else []
+    fwd_loss, bwd_loss = _loss_bytes(lay)
+    head_tr = 1.0 if lay.lm_head_trained else 0.0
+    head_cast = (4 + c) * V * h if (dt.mixed and lay.lm_head_trained) else 0.0
+    pre = [_Op(2, mem_bytes=2.0 * dt.resid * h * T)]  # embedding gather (+ cast/scale)
+    post = [_Op(8 if arch.norm == "rmsnorm" else 2, mem_bytes=_norm_bytes(arch, dt) * T),
+            _Op(1, flops_mm=2.0 * T * V * h, weight_bytes=c * V * h, mem_bytes=head_cast, mm_tokens=T, kind="gemm")]
+    if mode == "train":
+        post.append(_Op(4, mem_bytes=fwd_loss * T))
+    lam = _lamini_program(lay, tp, T) if lay.lamini_layers else []
+    if mode in ("nograd", "decode"):
+        body = [(pre, HOST_NOGRAD_S_PER_OP, 1)]
+        body.append(([o for o, _ in dense], HOST_NOGRAD_S_PER_OP, L - n_moe))
+        if n_moe:
+            body.append(([o for o, _ in moe], HOST_NOGRAD_S_PER_OP, n_moe))
+        if lam:
+            body.append(([o for o, _ in lam], HOST_NOGRAD_S_PER_OP, lay.lamini_layers))
+        body.append((post, HOST_NOGRAD_S_PER_OP, 1))
+        return body
+    phi = backward_depth_fraction(lay)
+    passes = [(pre, HOST_FWD_S_PER_OP, 1), ([o for o, _ in dense], HOST_FWD_S_PER_OP, L - n_moe)]
+    if n_moe:
+        passes.append(([o for o, _ in moe], HOST_FWD_S_PER_OP, n_moe))
+    if lam:
+        passes.append(([o for o, _ in lam], HOST_FWD_S_PER_OP, lay.lamini_layers))
+    passes.append((post, HOST_FWD_S_PER_OP, 1))
+    # backward: loss and lm_head, then the traversed layers in reverse, each recomputed first under
+    # checkpointing [korthikanti]
+    bwd_post = [_Op(4, mem_bytes=bwd_loss * T),
+                _Op(1, flops_mm=2.0 * T * V * h * (1.0 + head_tr), weight_bytes=c * V * h,
+                    mem_bytes=grad_cast_per_param * V * h * head_tr, mm_tokens=T, kind="gemm"),
+                _Op(8 if arch.norm == "rmsnorm" else 2, mem_bytes=2.0 * _norm_bytes(arch, dt) * T)]
+    passes.append((bwd_post, HOST_BWD_S_PER_OP, 1))
+
+    def bwd_layer(prog: list[tuple[_Op, float]]) -> list[_Op]:
+        out = []
+        for op, tr in reversed(prog):
+            n_w = op.weight_bytes / c if op.kind == "gemm" else 0.0
+            out.append(_backward_op(op, tr, flash_bwd, grad_cast_per_param * n_w * tr))
+        return out
+
+    # Backward traverses the top phi of the layers (all of them unless only Lamini's top memory
+    # layers train); under checkpointing each traversed layer's forward runs again first.
+    blocks = [(dense, round(phi * (L - n_moe)))]
+    if n_moe:
+        blocks.append((moe, round(phi * n_moe)))
+    if lam:
+        blocks.append((lam, lay.lamini_layers))
+    for prog, n in blocks:
+        if n <= 0:
+            continue
+        if lay.checkpointing:
+            passes.append(([o for o, _ in prog], HOST_FWD_S_PER_OP, n))
+        passes.append((bwd_layer(prog), HOST_BWD_S_PER_OP, n))
+    return passes
+
+
+def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Technique,
+              lay: memory.Layout, adamw_kernel: str = "fused") -> SpeedEstimate:
+    arch = lay.arch
+    obj = tech.objective
+    meth = tech.method
+    p = memory.count_params(lay, tp)
+    eff = EFFICIENCY[hardware_class(hw)]
+    peak, peak_name = peak_flops(hw, tp.precision)
+    bw = hw.hbm_bandwidth_gbps * 1e9
+    mach = _Machine(peak=peak, mm=peak * eff.matmul, attn=peak * eff.attention, bw=bw * eff.bandwidth,
+                    dq_bw=bw * eff.dequant, serial=hw.vendor == "cpu")
+    assumptions: list[str] = [
+        f"Hugging Face eager stack (transformers + peft + trl, no torch.compile), {tp.attention} attention; "
+        f"matmuls at {eff.matmul:.0%} of the {peak_name} peak (less for few tokens per micro-batch), fused "
+        f"attention at {eff.attention:.0%}, elementwise kernels at {eff.bandwidth:.0%} of "
+        f"{hw.hbm_bandwidth_gbps:g} GB/s ({eff.hw_class})",
+        "host dispatch of the eager stack as measured on a 2025 server core (Python 3.12, torch 2.11, "
+        "transformers 5.17), replayed through the GPU's in-order queue; a slower host lowers small-batch "
+        "throughput",
+        "backward of non-matmul kernels moves 2x their forward bytes",
+    ]
+    if peak_name.startswith("fp32_tflops ("):
+        assumptions.append(f"{hw.name} lacks {tp.precision.split('-')[0]} tensor units: FP32 peak used")
+    N = tp.num_gpus
+    G = tp.gradient_accumulation_steps
+    seqs = tp.micro_batch_size * obj.sequences_per_example
+    S = tp.seq_len
+    T = seqs * S  # tokens per micro-batch per GPU
+    c = lay.c
+    L = arch.num_layers
+    phi = backward_depth_fraction(lay)
+    fl = training_flops_per_token(lay, tp)
+    mm_fwd = forward_matmul_flops_per_token(arch)
+    adapt = adapter_flops_per_token(lay, tp)
+    attn_f = fl.attention_forward
+    dt = _dtypes(lay)
+    flash_bwd = 2.5 if lay.attention != "eager" else 2.0  # [fa2]: flash recomputes QK^T in backward
+    # Under *-mixed the bf16 gradient of each trainable weight is cast to fp32 and accumulated into
+    # .grad (read c, write 4; read 4 more when accumulating) -- autograd's AccumulateGrad.
+    grad_cast = ((c + 4) + 8.0 * (G - 1) / G) if dt.mixed else 0.0
+
+    parts = _Parts()
+    copies_trained = 2 if obj.value_model else 1
+    ppo_epochs = 4 if obj.name == "ppo" else 1  # trl PPOConfig.num_ppo_epochs default [trl_rl]
+    mb_times = G * copies_trained * ppo_epochs
+    comp, mem, dq_s, span = _simulate(mach, _model_passes(lay, tp, T, "train", flash_bwd, grad_cast))
+    if meth.dora and lay.dropout:
+        # peft's DoRA with dropout > 0 runs the base linear again on the dropped input (variants.py)
+        extra = sum(2.0 * r.spec.in_features * r.spec.out_features * r.spec.count for r in lay.roles if r.adapted)
+        t_extra = T * extra * (2 + (1 if lay.checkpointing else 0)) / mach.mm
+        comp += t_extra
+        span += t_extra
+    parts.compute += comp * mb_times
+    parts.memory += mem * mb_times
+    parts.launch += max(0.0, span - comp - mem) * mb_times
+    fused_s = (comp + dq_s) * mb_times
+    if lay.checkpointing:
+        assumptions.append("gradient checkpointing re-runs every decoder layer's forward in backward "
+                           "(Hugging Face per-layer checkpointing)")
+
+    # --- extra no-grad forwards (reference, reward, value/policy scoring) --------------------------------
+    ref_needed = obj.reference == "always" or (obj.reference == "if_kl" and tp.grpo_beta > 0)
+    nograd_passes = 0
+    if obj.name == "dpo":
+        nograd_passes = 0 if tp.dpo_precompute_ref else 1
+    elif obj.name == "ppo":
+        nograd_passes = 4  # policy logprobs, reference, value, reward after each rollout [trl_rl]
+    elif obj.name == "grpo":
+        nograd_passes = 1 if ref_needed else 0
+    # A PEFT reference is the same base with adapters disabled; a full-weight method keeps a copy.
+    ng_c, ng_m, ng_dq, ng_span = _simulate(mach, _model_passes(lay, tp, T, "nograd", flash_bwd, 0.0))
+    if nograd_passes:
+        parts.compute += ng_c * G * nograd_passes
+        parts.memory += ng_m * G * nograd_passes
+        parts.launch += max(0.0, ng_span - ng_c - ng_m) * G * nograd_passes
+        fused_s += (ng_c + ng_dq) * G * nograd_passes
+    ref_pass_s_per_token = ng_span / T if (obj.name == "dpo" and tp.dpo_precompute_ref) else 0.0
+
+    nograd_flops_tok = mm_fwd + adapt + attn_f
+    flops_exec_tok = fl.executed * copies_trained * ppo_epochs + nograd_passes * nograd_flops_tok
+    flops_model_tok = fl.model * copies_trained * ppo_epochs + nograd_passes * nograd_flops_tok
+    if flash_bwd != 2.0:
+        flops_exec_tok += 0.5 * attn_f * phi * copies_trained * ppo_epochs
+
+    # --- generation (PPO/GRPO) ----------------------------------------------------------------------------
+    gen_tokens_per_s = None
+    samples_local = G * seqs  # sequences trained per step per GPU
+    if obj.generation:
+        n_new = min(tp.rl_max_new_tokens, S - 1)
+        prompt = S - n_new
+        B_total = tp.micro_batch_size * G  # completions generated per step per GPU
+        B = B_total if obj.name == "grpo" else min(B_total, 64)
+        rounds = math.ceil(B_total / B)
+        # prefill: a no-grad forward over the B prompts
+        prefill = _simulate(mach, _model_passes(lay, tp, B * prompt, "nograd", flash_bwd, 0.0, seq_len=prompt))[3]
+        # decoding: one token per sequence reading every weight (a quantized base dequantized: the
+        # batched bitsandbytes path) and the KV cache [kv_decode]; plus generate's own host work
+        ctx = prompt + n_new / 2.0
+        step_passes = _model_passes(lay, tp, B, "decode", flash_bwd, 0.0, seq_len=1, decode_ctx=ctx)
+        step_passes.insert(0, ([_Op(1.0)], HOST_GENERATE_STEP_S, 1))
+        step = _simulate(mach, step_passes)[3]
+        gen = rounds * (prefill + n_new * step)
+        parts.generation += gen
+        gen_tokens_per_s = B_total * n_new / gen if gen > 0 else None
+        samples_local = B_total
+        assumptions.append(
+            f"generation with transformers generate and a KV cache, {B} sequences at a time "
+            f"({'all of' if obj.name == 'grpo' else 'chunks of 64 of'} micro-batch x accumulation), "
+            f"~{HOST_GENERATE_STEP_S * 1e3:.0f} ms of host work per decoding step; a vLLM server would be many "
+            "times faster")
+        if obj.name == "ppo":
+            assumptions.append("PPO: value model trained with the policy, 4 PPO epochs per rollout, 4 no-grad "
+                               "scoring forwards (trl defaults)")
+
+    # --- optimizer step ------------------------------------------------------------------------------------
+    zero_like = lay.zero or lay.sharding == "fsdp"
+    sharded_opt = lay.sharding in ("zero1", "zero2", "zero3", "fsdp")
+    P_tr = p.trainable * copies_trained
+    P_local = P_tr / N if sharded_opt else P_tr
+    pbytes = 4 if zero_like else lay.trainable_bytes
+    gbytes = 4 if (zero_like or dt.mixed) else lay.trainable_bytes
+    opt_bytes = optimizer_bytes_per_param(tp.optimizer, pbytes, gbytes, adamw_kernel) * P_local
+    if tp.max_grad_norm:
+        opt_bytes += 3.0 * gbytes * P_local  # clip_grad_norm_: norms read, then scale in place
+    if tp.precision == "fp16-mixed":
+        opt_bytes += 2.0 * gbytes * P_local  # GradScaler unscale_ reads and writes the gradients
+    if lay.zero and dt.mixed:
+        opt_bytes += (4 + c) * P_local  # DeepSpeed copies fp32 masters back to the bf16 working weights
+    n_tensors = _trainable_tensors(lay) * copies_trained
+    # host: fused/foreach kernels launch per chunk of tensors; bitsandbytes and Adafactor loop in Python
+    per_tensor_units = 2.0 if ("8bit" in tp.optimizer or "32bit" in tp.optimizer) else (
+        15.0 if tp.optimizer == "adafactor" else 0.05)
+    opt_host = (20.0 + per_tensor_units * n_tensors) * HOST_NOGRAD_S_PER_OP
+    if lay.cpu_offload:
+        parts.optimizer += opt_bytes / (HOST_DRAM_GBPS * 1e9)
+        link, link_name = host_link_gbps(hw)
+        # gradients down (c per parameter of this rank's shard), updated parameters back up [zero_offload]
+        parts.offload += 2.0 * c * P_local / (link * 1e9)
+        if lay.sharding in ("zero3", "fsdp"):
+            # parameters live on the host: each gather first copies this rank's shard up (forward, backward)
+            passes = 2 + (1 if lay.checkpointing and lay.sharding == "fsdp" else 0)
+            parts.offload += G * passes * c * p.total / N / (link * 1e9)
+        assumptions.append(f"CPU offload: optimizer on the host at {HOST_DRAM_GBPS:g} GB/s DRAM (assumed), "
+                           f"host link {link:g} GB/s ({link_name})")
+    else:
+        parts.optimizer += _simulate(mach, [([_Op(1.0, mem_bytes=opt_bytes)], opt_host, 1)])[3]
+
+    # Paged optimizer state that does not fit: unified memory pages it in and out once per step.
+    if tp.optimizer.startswith("paged") and hw.vendor != "cpu":
+        spill = _paged_spill_bytes(lay, tp, hw)
+        if spill > 0:
+            link, link_name = host_link_gbps(hw)
+            parts.offload += 2.0 * spill / (link * 1e9)
+            assumptions.append(f"{spill / 2**30:.1f} GiB of paged optimizer state does not fit on the device and "
+                               f"moves over {link_name} twice per step")
+
+    # --- communication -------------------------------------------------------------------------------------
+    if N > 1:
+        parts.comm += _communication_seconds(lay, tp, p, hw, parts, mb_times, copies_trained, assumptions)
+
+    total = parts.total()
+    tokens_step_local = G * T
+    tok_s_gpu = tokens_step_local / total
+    fused_total = fused_s + parts.comm + parts.optimizer + parts.generation + parts.offload
+    mfu = flops_model_tok * tok_s_gpu / peak
+    hfu = flops_exec_tok * tok_s_gpu / peak
+    comps = {"compute": parts.compute, "memory_bound": parts.memory, "launch_overhead": parts.launch,
+             "communication": parts.comm, "optimizer": parts.optimizer, "generation": parts.generation,
+             "offload": parts.offload}
+    bottleneck = max(comps, key=comps.get)
+    sec_per_sample = total / (samples_local * N) if obj.generation else None
+    if lay.dropout:
+        assumptions.append("LoRA dropout > 0: each adapted module writes its own dropped copy of the input")
+    if meth.dora:
+        assumptions.append("DoRA: peft recomputes ||W + sBA|| for every adapted module on every forward call")
+    if lay.quantization != "none":
+        assumptions.append(f"{lay.quantization} base: dequantized once per forward call and again in backward "
+                           "(bitsandbytes), compute-dtype copy read by the matmul")
+    if tp.optimizer == "adamw":
+        assumptions.append(f"adamw = torch {adamw_kernel} AdamW"
+                           + (" (transformers' default optim for torch >= 2.8)" if adamw_kernel == "fused" else ""))
+    if not tp.packing:
+        assumptions.append("throughput counts padded positions (seq_len per sequence); pack to avoid padding")
+    srcs = ["kaplan", "palm_mfu", "mamf", "hf_llama", "torch_adamw"]
+    if lay.checkpointing:
+        srcs.append("korthikanti")
+    if lay.attention != "eager":
+        srcs += ["fa2", "fa3"]
+    if meth.lora_like:
+        srcs.append("peft_lora")
+    if meth.dora:
+        srcs.append("peft_dora")
+    if lay.quantization != "none":
+        srcs.append("bnb_4bit")
+    if "8bit" in tp.optimizer:
+        srcs.append("bnb_adam8")
+    if N > 1:
+        srcs += ["ring", "ddp" if lay.sharding == "ddp" else ("fsdp" if lay.sharding == "fsdp" else "zero")]
+    if lay.cpu_offload:
+        srcs.append("zero_offload")
+    if obj.generation:
+        srcs += ["kv_decode", "trl_rl"]
+    srcs.append("device_h200")
+    return SpeedEstimate(
+        model_id=mp.id,
+        hardware_id=hw.id,
+        technique=tech.name,
+        tokens_per_second_per_gpu=tok_s_gpu,
+        tokens_per_second_total=tok_s_gpu * N,
+        fused_tokens_per_second_per_gpu=tokens_step_local / fused_total,
+        tokens_per_optimizer_step=tokens_step_local * N,
+        seconds_per_optimizer_step=total,
+        mfu=mfu,
+        hfu=hfu,
+        flops_per_token=flops_exec_tok,
+        model_flops_per_token=flops_model_tok,
+        peak_tflops=peak / 1e12,
+        compute_seconds=parts.compute,
+        memory_bound_seconds=parts.memory,
+        launch_overhead_seconds=parts.launch,
+        communication_seconds=parts.comm,
+        optimizer_seconds=parts.optimizer,
+        generation_seconds=parts.generation,
+        offload_seconds=parts.offload,
+        bottleneck=bottleneck,
+        samples_per_optimizer_step=samples_local * N,
+        seconds_per_sample=sec_per_sample,
+        generated_tokens_per_second=gen_tokens_per_s,
+        reference_pass_seconds_per_token=ref_pass_s_per_token,
+        efficiency_class=eff.hw_class,
+        assumptions=tuple(assumptions),
+        sources=tuple(f"{k}: {SOURCES[k]}" for k in dict.fromkeys(srcs)),
+    )
+
+
+def _trainable_tensors(lay: memory.Layout) -> float:
+    """Number of trainable tensors (what per-tensor optimizer kernels loop over)."""
+    arch = lay.arch
+    n = 0.0
+    for role in lay.roles:
+        n += role.spec.count * role.trained_fraction * (2 if role.spec.bias else 1)
+        if role.adapted:
+            n += role.spec.count * (3 if lay.technique.method.dora else 2)
+    n += arch.num_layers * arch.norms_per_layer * lay.norm_trained_fraction
+    if lay.embed_trained:
+        n += 2
+    if lay.technique.method.name == "adapter":
+        n += arch.num_layers * 2 * 4
+    n += lay.lamini_layers * 3
+    return max(n, 1.0)
+
+
+def _paged_spill_bytes(lay: memory.Layout, tp: TrainingPlan, hw: HardwareProfile) -> float:
+    """Paged optimizer bytes beyond the card: device total (as ftadvisor.estimate computes it) minus
+    the card's memory, at most the paged state."""
+    ev = memory.evaluate(lay, tp)
+    allocated = max(sum(comp.values()) for comp in ev.phases.values())
+    reserved = allocated * (1 + memory.DEFAULT_ALLOCATOR_SLACK)
+    total = reserved + hw.runtime_overhead_gib * 2**30 + ev.paged_bytes
+    return max(0.0, min(ev.paged_bytes, total - hw.memory_bytes))
+
+
+def _communication_seconds(lay: memory.Layout, tp: TrainingPlan, p: Any, hw: HardwareProfile, parts: _Parts,
+                           mb_times: int, copies: int, assumptions: list[str]) -> float:
+    """Exposed data-parallel communication per optimizer step.
+
+    Link: intra-node bandwidth on one node; with several nodes a ring crosses the network, so the
+    per-GPU inter-node bandwidth bounds it -- both at LINK_FRACTION of the profile figure.
+    - DDP: all-reduce of the gradients once per step (no_sync on accumulation micro-batches),
+      bucketed and overlapped with the last micro-batch's backward [ddp]; the last bucket
+      (25 MB) is exposed.
+    - ZeRO-1: reduce-scatter of gradients (overlapped with backward) + all-gather of the updated
+      parameters after the step (exposed) [zero].
+    - ZeRO-2: reduce-scatter on every micro-batch (partitioned gradients), all-gather after the step.
+    - ZeRO-3 / FSDP: every micro-batch all-gathers the parameters in forward and again in backward
+      and reduce-scatters the gradients; prefetch overlaps them with compute [fsdp], so only what
+      exceeds the compute of the pass is exposed. Frozen weights are gathered too.
+    """
+    N = tp.num_gpus
+    G = tp.gradient_accumulation_steps
+    multi = tp.num_nodes > 1
+    gbps = (hw.inter_node_bandwidth_gbps if multi else hw.intra_node_bandwidth_gbps) * LINK_FRACTION
+    link = f"{'inter' if multi else 'intra'}-node {gbps / LINK_FRACTION:g} GB/s x {LINK_FRACTION:.0%}"
+    c = lay.c
+    mixed = lay.precision in ("bf16-mixed", "fp16-mixed")
+    P_tr = p.trainable * copies
+    compute_mb = (parts.compute + parts.memory) / max(mb_times, 1)  # one micro-batch of compute
+    bwd_share = 2.0 / 3.0  # backward is ~2/3 of a micro-batch's work (Kaplan: backward = 2x forward)
+    s = lay.sharding
+    if s == "ddp":
+        gb = (4 if mixed or lay.precision == "fp32" else lay.trainable_bytes) * P_tr
+        t = ring_allreduce_seconds(gb, N, gbps)
+        exposed = max(0.0, t - bwd_share * compute_mb) + ring_allreduce_seconds(min(gb, 25e6), N, gbps)
+        assumptions.append(f"DDP: gradient all-reduce once per step over {link}, overlapped with backward")
+        return exposed
+    if s in ("zero1", "zero2"):
+        rs = ring_gather_seconds(c * P_tr, N, gbps)
+        ag = ring_gather_seconds(c * P_tr, N, gbps)
+        if s == "zero2":
+            exposed = G * max(0.0, rs - bwd_share * compute_mb) + ag
+        else:
+            exposed = max(0.0, rs - bwd_share * compute_mb) + ag
+        assumptions.append(f"{s}: gradient reduce-scatter overlapped with backward, parameter all-gather after "
+                           f"the step exposed, over {link}")
+        return exposed
+    # zero3 / fsdp
+    total_w = c * p.total * copies
+    ag = ring_gather_seconds(total_w, N, gbps)
+    rs = ring_gather_seconds(c * P_tr, N, gbps)
+    fwd_c = compute_mb / 3.0
+    bwd_c = compute_mb - fwd_c
+    per_mb = max(0.0, ag - fwd_c) + max(0.0, ag + rs - bwd_c)
+    assumptions.append(f"{s}: parameters all-gathered in forward and backward on every micro-batch, gradients "
+                       f"reduce-scattered, prefetched and overlapped with compute, over {link}")
+    return mb_times * per_mb
+
+
+# --------------------------------------------------------------------------------------------
+# Time and cost
+# --------------------------------------------------------------------------------------------
+
+
+def _check_size(name: str, value: Any, allow_zero: bool = False) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        raise FtAdvisorError(name, f"must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise FtAdvisorError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def estimate_time_cost(
+    speed: SpeedEstimate,
+    hardware: Any,
+    plan: TrainingPlan,
+    *,
+    dataset_tokens: float | None = None,
+    examples: float | None = None,
+    avg_tokens_per_example: float | None = None,
+    epochs: float = 1.0,
+    hourly_price_usd: float | None = None,
+) -> TimeCostEstimate:
+    """Wall-clock hours, GPU-hours and cost of training on a dataset.
+
+    Give ``dataset_tokens`` (tokens of the whole dataset, as the trainer sees them) or ``examples``
+    (rows: texts for SFT, pairs for DPO/ORPO, prompts for PPO/GRPO), optionally with
+    ``avg_tokens_per_example``. Without packing every sequence is padded to ``plan.seq_len``;
+    with packing only real tokens are processed. PPO/GRPO time is per completion: each prompt
+    yields ``grpo_num_generations`` completions (GRPO) or one (PPO).
+    """
+    from ftadvisor.profiles import resolve_hardware
+
+    hw = resolve_hardware(hardware)
+    if not isinstance(speed, SpeedEstimate):
+        raise FtAdvisorError("speed", f"expected a SpeedEstimate from estimate_speed, got {type(speed).__name__}")
+    if not isinstance(plan, TrainingPlan):
+        raise FtAdvisorError("plan", f"expected a TrainingPlan, got {type(plan).__name__}")
+    dataset_tokens = _check_size("dataset_tokens", dataset_tokens, allow_zero=True)
+    examples = _check_size("examples", examples, allow_zero=True)
+    avg = _check_size("avg_tokens_per_example", avg_tokens_per_example)
+    ep = _check_size("epochs", epochs)
+    price_override = _check_size("hourly_price_usd", hourly_price_usd, allow_zero=True)
+    if dataset_tokens is None and examples is None:
+        raise FtAdvisorError("dataset_tokens", "give dataset_tokens or examples (with avg_tokens_per_example)",
+                             ["dataset_tokens", "examples"])
+    tech = parse_technique(plan.technique)
+    obj = tech.objective
+    S = plan.seq_len
+    spe = obj.sequences_per_example
+    notes: list[str] = []
+
+    if examples is None and avg is not None:
+        examples = dataset_tokens / avg
+    if obj.generation:
+        # RL: examples are prompts; each becomes completions of seq_len positions.
+        prompt_len = max(S - plan.rl_max_new_tokens, 1)
+        if examples is None:
+            examples = dataset_tokens / prompt_len
+            notes.append(f"prompts counted as dataset_tokens / prompt length {prompt_len} (seq_len - rl_max_new_tokens)")
+        per_prompt = plan.grpo_num_generations if obj.name == "grpo" else 1
+        samples = examples * per_prompt * ep
+        positions = samples * S
+        seconds_per_sample = speed.seconds_per_optimizer_step / max(speed.samples_per_optimizer_step, 1e-12)
+        steps = math.ceil(samples / speed.samples_per_optimizer_step) if samples else 0
+        notes.append(f"{per_prompt} completion(s) per prompt of up to {plan.rl_max_new_tokens} new tokens")
+    else:
+        seconds_per_sample = None
+        if plan.packing:
+            if dataset_tokens is None:
+                if avg is None:
+                    raise FtAdvisorError("avg_tokens_per_example", "needed with examples when packing (how many tokens to pack)")
+                dataset_tokens = examples * avg
+            positions = dataset_tokens * ep
+            notes.append("packed: only real tokens are processed")
+        else:
+            if examples is None:
+                # tokens only, no example count: assume sequences filled to seq_len
+                positions = dataset_tokens * ep
+                notes.append("no example count: assumed every sequence fills seq_len (pass examples to count padding)")
+            else:
+                positions = examples * spe * S * ep
+                if avg is not None and avg < spe * S:
+                    notes.append(f"each example padded to seq_len {S}: {1 - avg / (spe * S):.0%} of positions are "
+                                 "padding (packing or a shorter seq_len would save that time)")
+                if avg is not None and avg > spe * S:
+                    notes.append(f"examples longer than seq_len {S} are truncated")
+        steps = math.ceil(positions / speed.tokens_per_optimizer_step) if positions else 0
+    seconds = steps * speed.seconds_per_optimizer_step
+    if obj.name == "dpo" and plan.dpo_precompute_ref and speed.reference_pass_seconds_per_token:
+        seconds += positions / ep * speed.reference_pass_seconds_per_token / plan.num_gpus
+        notes.append("reference log-probs precomputed once before training (one forward per example)")
+    hours = seconds / 3600.0
+    gpu_hours = hours * plan.num_gpus
+    if price_override is not None:
+        price, src = price_override, "given by the caller"
+    elif hw.hourly_price_usd is not None:
+        price, src = hw.hourly_price_usd, f"{hw.id} profile default: {hw.price_note.strip()}"
+    else:
+        price, src = None, f"no price: {hw.id} has no default and none was given"
+    cost = gpu_hours * price if price is not None else None
+    return TimeCostEstimate(
+        wall_clock_hours=hours,
+        gpu_hours=gpu_hours,
+        cost_usd=cost,
+        hourly_price_usd=price,
+        price_source=src,
+        optimizer_steps=steps,
+        tokens_processed=positions,
+        epochs=ep,
+        seconds_per_sample=seconds_per_sample,
+        assumptions=tuple(notes),
+    )
+
+
+__all__ = [
+    "EFFICIENCY",
+    "SOURCES",
+    "Efficiency",
+    "SpeedEstimate",
+    "TimeCostEstimate",
+    "TrainingFlops",
+    "adapter_flops_per_token",
+    "attention_flops_per_token",
+    "estimate_speed",
+    "estimate_time_cost",
+    "forward_matmul_flops_per_token",
+    "hardware_class",
+    "optimizer_bytes_per_param",
+    "peak_flops",
+    "ring_allreduce_seconds",
+    "ring_gather_seconds",
+    "training_flops_per_token",
+]
