@@ -1,7 +1,7 @@
 """The user's training data for ``ftadvisor launch``: load, detect the format, check it fits the technique.
 
     from ftadvisor.datasets import load_data, check_for_technique
-    data = load_data("examples/data/chat.jsonl")        # -> UserData(format="chat", records=[...])
+    data = load_data("examples/data/chat.jsonl")        # -> UserData(format="messages", records=[...])
     check_for_technique(data, "dpo+lora")                # FtAdvisorError: needs preference pairs ...
 
 Sources: a local ``.jsonl``/``.ndjson``, ``.json``, ``.csv`` or ``.parquet`` file, or a Hugging
@@ -11,8 +11,10 @@ ids (``datasets``) import anything heavy, and only when such a source is given.
 
 The formats are the dataset types trl documents ("Dataset formats and types" in the trl docs):
 conversational ``messages``, ``prompt``/``completion``, plain ``text``, preference
-``prompt``/``chosen``/``rejected`` and prompt-only; plus ``question``/``answer`` facts (the
-shape Lamini-style memory tuning is trained on), which are turned into prompt/completion pairs.
+``prompt``/``chosen``/``rejected`` and prompt-only (``prompt``, optional ``answer``); plus
+pre-tokenized ``input_ids`` and ``question``/``answer`` facts (the shape Lamini-style memory
+tuning trains on). Which objective takes which format is the engine's table
+(``ftadvisor.train.data.ACCEPTS``); converting records for the trainers is the engine's job.
 """
 
 from __future__ import annotations
@@ -36,30 +38,29 @@ class DataFormat:
     summary: str
 
 
-# Detection order matters: the most specific shape first (a preference record also has a
-# prompt; a prompt/completion record would otherwise read as prompt-only).
+# The same names and detection order as the training engine (ftadvisor/train/data.py), most
+# specific first: a preference record also has a prompt, a prompt/completion record would
+# otherwise read as prompt-only.
 FORMATS: dict[str, DataFormat] = {
     f.name: f
     for f in [
-        DataFormat("chat", ("messages",), (), "conversations: messages = [{role, content}, ...]"),
-        DataFormat("preference", ("prompt", "chosen", "rejected"), (), "preference pairs: prompt, chosen, rejected"),
+        DataFormat("messages", ("messages",), (), "chat: messages = [{role, content}, ...]"),
+        DataFormat("preference", ("prompt", "chosen", "rejected"), (), "preference pairs"),
         DataFormat("prompt_completion", ("prompt", "completion"), (), "prompt and completion"),
-        DataFormat("facts", ("question", "answer"), (), "facts: question and answer"),
+        DataFormat("tokens", ("input_ids",), ("labels",), "pre-tokenized ids"),
+        DataFormat("qa", ("question", "answer"), (), "facts: question and answer"),
         DataFormat("text", ("text",), (), "plain text"),
-        DataFormat("prompts", ("prompt",), ("answer",), "prompts for RL (optional reference answer)"),
+        DataFormat("prompt", ("prompt",), ("answer",), "prompts for RL, optional reference answer"),
     ]
 }
 
-# Which formats each objective trains on (trl: SFTTrainer takes language modeling, prompt-completion
-# and conversational data; DPOTrainer/ORPOTrainer preference data; GRPOTrainer/PPOTrainer prompt-only).
-# Facts become prompt/completion for SFT and prompt(+answer) for RL.
-OBJECTIVE_FORMATS: dict[str, tuple[str, ...]] = {
-    "sft": ("chat", "prompt_completion", "text", "facts"),
-    "dpo": ("preference",),
-    "orpo": ("preference",),
-    "ppo": ("prompts", "facts"),
-    "grpo": ("prompts", "facts"),
-}
+
+def objective_formats(objective: str) -> tuple[str, ...]:
+    """The formats the engine trains ``objective`` on (its table, so launch and engine agree)."""
+    from ftadvisor.train.data import ACCEPTS
+
+    return ACCEPTS[objective]
+
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
@@ -86,7 +87,7 @@ class UserData:
 
 
 def describe_formats(names: Iterable[str] | None = None) -> list[str]:
-    """``['chat (messages)', 'preference (prompt, chosen, rejected)', ...]`` for messages."""
+    """``["messages (messages)", "preference (prompt, chosen, rejected)", ...]`` for error messages."""
     out = []
     for n in names if names is not None else FORMATS:
         f = FORMATS[n]
@@ -227,7 +228,7 @@ def load_data(source: str | Path, limit: int | None = None) -> UserData:
             records, where = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path)
         except UnicodeDecodeError as err:
             raise FtAdvisorError("data", f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    elif _HUB_ID.match(text) and not path.suffix.lower() in _SUFFIXES:
+    elif _HUB_ID.match(text) and path.suffix.lower() not in _SUFFIXES:
         records, where = _read_hub(text)
     else:
         raise FtAdvisorError("data", f"no such file {text!r} (nor a Hugging Face dataset id of the form owner/name)")
@@ -300,8 +301,8 @@ def _text_or_messages(value: Any, where: str, name: str) -> None:
 
 
 def _validate(rec: dict[str, Any], fmt: str, where: str) -> None:
-    if fmt == "chat":
-        _messages(rec["messages"], where, "messages", need_assistant=True)
+    if fmt == "messages":
+        _messages(rec["messages"], where, "messages", need_assistant=False)
     elif fmt == "preference":
         for k in ("prompt", "chosen", "rejected"):
             _text_or_messages(rec[k], where, k)
@@ -310,26 +311,27 @@ def _validate(rec: dict[str, Any], fmt: str, where: str) -> None:
     elif fmt == "prompt_completion":
         _text_or_messages(rec["prompt"], where, "prompt")
         _text_or_messages(rec["completion"], where, "completion")
-    elif fmt == "facts":
+    elif fmt == "tokens":
+        for k in ("input_ids", "labels"):
+            v = rec.get(k)
+            if k == "labels" and v is None:
+                continue
+            if not isinstance(v, list) or not v or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                raise FtAdvisorError("data", f"{where}: {k!r} must be a non-empty list of integer token ids")
+    elif fmt == "qa":
         _text(rec["question"], where, "question")
         _text(rec["answer"], where, "answer", allow_number=True)
     elif fmt == "text":
         _text(rec["text"], where, "text")
-    elif fmt == "prompts":
+    elif fmt == "prompt":
         _text_or_messages(rec["prompt"], where, "prompt")
         if rec.get("answer") is not None:
             _text(rec["answer"], where, "answer", allow_number=True)
 
 
 # --------------------------------------------------------------------------------------------
-# Technique fit and conversion for the training engine
+# Technique fit
 # --------------------------------------------------------------------------------------------
-
-
-def accepted_formats(technique: str) -> tuple[str, ...]:
-    from ftadvisor.techniques import parse_technique
-
-    return OBJECTIVE_FORMATS[parse_technique(technique).objective.name]
 
 
 def check_for_technique(data: UserData, technique: str) -> list[str]:
@@ -337,7 +339,8 @@ def check_for_technique(data: UserData, technique: str) -> list[str]:
     from ftadvisor.techniques import parse_technique
 
     tech = parse_technique(technique)
-    ok = OBJECTIVE_FORMATS[tech.objective.name]
+    objective = tech.objective.name
+    ok = objective_formats(objective)
     if data.format not in ok:
         have = set(data.fields)
         needs = [f"{n} (missing {', '.join(k for k in FORMATS[n].required if k not in have)})" for n in ok]
@@ -348,43 +351,14 @@ def check_for_technique(data: UserData, technique: str) -> list[str]:
             list(ok),
         )
     warnings = []
-    if tech.method.name == "lamini" and data.format != "facts":
+    if objective == "sft" and data.format == "messages":
+        for rec, loc in zip(data.records, data.locations):
+            if not any(m["role"] == "assistant" for m in rec["messages"]):
+                raise FtAdvisorError("data", f"{data.source} {loc}: 'messages' has no assistant turn to learn from")
+    if tech.method.name == "lamini" and data.format != "qa":
         warnings.append(
             f"Lamini-style memory tuning is meant to memorise facts (question/answer records); got {data.format} data"
         )
-    if tech.objective.name in ("ppo", "grpo") and not any(r.get("answer") is not None for r in data.records):
-        warnings.append(f"{tech.objective.name} prompts carry no 'answer': the reward cannot check correctness")
+    if objective in ("ppo", "grpo") and data.format == "prompt" and not any(r.get("answer") for r in data.records):
+        warnings.append(f"{objective} prompts carry no 'answer': a reward that checks answers has nothing to check")
     return warnings
-
-
-def facts_prompt(question: str) -> str:
-    # A plain Q/A template (no chat template needed, so it works with any tokenizer).
-    return f"Question: {question.strip()}\nAnswer:"
-
-
-def to_engine_records(data: UserData, technique: str) -> list[dict[str, Any]]:
-    """Records in the trl dataset type the technique's trainer reads (fields outside it dropped)."""
-    from ftadvisor.techniques import parse_technique
-
-    objective = parse_technique(technique).objective.name
-    out: list[dict[str, Any]] = []
-    for r in data.records:
-        if data.format == "chat":
-            rec = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
-        elif data.format == "preference":
-            rec = {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-        elif data.format == "prompt_completion":
-            rec = {"prompt": r["prompt"], "completion": r["completion"]}
-        elif data.format == "text":
-            rec = {"text": r["text"]}
-        elif data.format == "facts":
-            if objective in ("ppo", "grpo"):
-                rec = {"prompt": facts_prompt(r["question"]), "answer": str(r["answer"]).strip()}
-            else:
-                rec = {"prompt": facts_prompt(r["question"]), "completion": " " + str(r["answer"]).strip()}
-        else:  # prompts
-            rec = {"prompt": r["prompt"]}
-            if r.get("answer") is not None:
-                rec["answer"] = str(r["answer"]).strip()
-        out.append(rec)
-    return out

@@ -1,0 +1,1016 @@
+"""``ftadvisor launch``: turn a plan into a run directory, check it, and train with the shared engine.
+
+    ftadvisor launch examples/plans/lora-tiny-cpu.yaml --data examples/data/chat.jsonl \\
+        --model /tmp/tiny-llama --output runs/demo [--dry-run]
+    python -m ftadvisor.launch runs/demo [--resume]      # what command.sh runs (once per process)
+
+Two halves:
+
+1. :func:`prepare` (the CLI face calls it) resolves the plan, loads and checks the data against the
+   technique, detects (or takes) the hardware, asks :func:`ftadvisor.estimate` whether the plan
+   fits, and writes an editable run directory -- ``plan.yaml``, ``accelerate.yaml`` (plus
+   ``ds_config.json`` for DeepSpeed ZeRO), ``command.sh`` and ``estimate.json`` -- before any model
+   is loaded. Every check that can fail on user input fails here.
+2. :func:`main` (``python -m ftadvisor.launch RUN_DIR``) reads that directory back, repeats the
+   cheap checks (the directory may have been edited), and hands model, plan and data to
+   ``ftadvisor.train.engine``: the launcher never applies a technique itself. Rank 0 draws the
+   progress bar, saves the final model in Hugging Face format under ``RUN_DIR/final``, writes
+   ``result.json`` and appends a calibration record (measured peak memory and throughput next to
+   the prediction).
+
+Nothing here imports torch, transformers or accelerate at module level: ``import ftadvisor``
+and ``ftadvisor estimate`` stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ftadvisor.errors import FtAdvisorError
+from ftadvisor.schema import Estimate, HardwareProfile, TrainingPlan
+
+GIB = 2**30
+
+PLAN_FILE = "plan.yaml"
+ACCELERATE_FILE = "accelerate.yaml"
+DEEPSPEED_FILE = "ds_config.json"
+COMMAND_FILE = "command.sh"
+ESTIMATE_FILE = "estimate.json"
+LOG_FILE = "train_log.jsonl"
+RESULT_FILE = "result.json"
+FINAL_DIR = "final"
+CHECKPOINT_DIR = "checkpoints"
+# What a run writes; ``--overwrite`` removes these and nothing else.
+RUN_ARTIFACTS = (PLAN_FILE, ACCELERATE_FILE, DEEPSPEED_FILE, COMMAND_FILE, ESTIMATE_FILE, LOG_FILE, RESULT_FILE,
+                 FINAL_DIR, CHECKPOINT_DIR)
+
+
+class RunSettings(BaseModel):
+    """How long and how to train; everything that is not a cost-model knob (those are in TrainingPlan)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    max_steps: int | None = Field(default=None, ge=1)
+    """Optimizer steps to run; None trains ``num_epochs`` over the data."""
+    num_epochs: float = Field(default=1.0, gt=0)
+    """Passes over the data when ``max_steps`` is None."""
+    learning_rate: float | None = Field(default=None, gt=0)
+    """Peak learning rate; None takes the engine's default for the technique."""
+    seed: int = 0
+    """Random seed (data order, adapter initialisation, sampling)."""
+    save_steps: int | None = Field(default=None, ge=1)
+    """Save a resumable checkpoint every this many optimizer steps; None: the engine's default."""
+    trust_remote_code: bool = False
+    """Allow the model repository's own Python code to run (off unless ``--trust-remote-code``)."""
+    force: bool = False
+    """Train even when the estimator predicts the plan does not fit (``--force``)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: auto (CUDA when present), cpu or cuda."""
+    random_init: bool = False
+    """Build the model from its config with random weights instead of loading weights (smoke tests)."""
+    reward: str | None = None
+    """PPO/GRPO reward: built-in name(s) (exact_match, length, format; comma-joined) or a reward-model
+    directory; None lets the engine choose (exact_match when the data has answers, else length)."""
+    record_calibration: bool = True
+    """Append the measured peak memory and throughput to the calibration results."""
+    results_root: str | None = None
+    """Folder of calibration results; None: the calibration store's default."""
+
+
+RUN_FIELDS = tuple(RunSettings.model_fields)
+
+
+class RunSpec(BaseModel):
+    """Everything ``plan.yaml`` holds: what to train, on what, with which plan and run settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    model: str
+    """Local model directory, model profile id or Hugging Face id."""
+    data: str
+    """Training data: a .jsonl/.json/.csv/.parquet file or a Hugging Face dataset id."""
+    gpu: str | None = None
+    """Hardware profile to check the plan against; None detects it when the run starts."""
+    plan: TrainingPlan
+    """The fully resolved training plan (every field, defaults included)."""
+    run: RunSettings = RunSettings()
+    """Run settings."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading plans and run directories
+# --------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path, field: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FtAdvisorError(field, f"no such file {str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise FtAdvisorError(field, f"{path} is not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise FtAdvisorError(field, f"{path} must hold a mapping of plan fields")
+    return data
+
+
+def _validation(err: ValidationError, where: str) -> FtAdvisorError:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "value"
+    return FtAdvisorError(f"{where}{loc}", f"{first['msg']} (got {first.get('input')!r})")
+
+
+def build_spec(
+    plan_file: str | os.PathLike | None = None,
+    *,
+    data: str | None = None,
+    model: str | None = None,
+    gpu: str | None = None,
+    num_gpus: int | None = None,
+    sets: dict[str, Any] | None = None,
+    max_steps: int | None = None,
+    trust_remote_code: bool = False,
+    force: bool = False,
+) -> RunSpec:
+    """Merge a plan YAML, ``--set`` values and the command-line options into a validated :class:`RunSpec`.
+
+    The YAML may be flat (plan fields, plus ``model``, ``data``, ``gpu`` and a ``run:`` mapping) or
+    a run directory's ``plan.yaml`` (``plan:`` nested); command-line values win over the file.
+    """
+    from ftadvisor.estimator import PLAN_FIELDS, make_plan
+
+    raw: dict[str, Any] = _read_yaml(Path(plan_file), "plan") if plan_file is not None else {}
+    raw = dict(raw)
+    plan_fields: dict[str, Any] = dict(raw.pop("plan", None) or {})
+    run_fields: dict[str, Any] = dict(raw.pop("run", None) or {})
+    file_model = raw.pop("model", None)
+    file_data = raw.pop("data", None)
+    file_gpu = raw.pop("gpu", raw.pop("hardware", None))
+    for k, v in raw.items():  # flat form: the rest are plan or run fields
+        (run_fields if k in RUN_FIELDS else plan_fields)[k] = v
+    for k, v in (sets or {}).items():
+        k = k.strip().replace("-", "_")
+        if k in RUN_FIELDS:
+            run_fields[k] = v
+        elif k in PLAN_FIELDS:
+            plan_fields[k] = v
+        else:
+            from ftadvisor.errors import closest
+
+            near = closest(k, list(PLAN_FIELDS) + list(RUN_FIELDS))
+            raise FtAdvisorError("--set", f"{k!r} is neither a plan nor a run field"
+                                 + (f"; did you mean {', '.join(near)}" if near else ""))
+    if num_gpus is not None:
+        plan_fields["num_gpus"] = num_gpus
+    if max_steps is not None:
+        run_fields["max_steps"] = max_steps
+    if trust_remote_code:
+        run_fields["trust_remote_code"] = True
+    if force:
+        run_fields["force"] = True
+    if isinstance(plan_fields.get("lora_targets"), str) and "," in plan_fields["lora_targets"]:
+        plan_fields["lora_targets"] = [x.strip() for x in plan_fields["lora_targets"].split(",")]
+    model = model or file_model
+    data = data or file_data
+    if not model:
+        raise FtAdvisorError("--model", "no model given (a local model directory, a profile id or a Hugging Face id)")
+    if not data:
+        raise FtAdvisorError("--data", "no data given (a .jsonl/.json/.csv/.parquet file or a Hugging Face dataset id)")
+    plan = make_plan(plan=plan_fields)
+    try:
+        run = RunSettings(**run_fields)
+    except ValidationError as err:
+        raise _validation(err, "run.") from None
+    # Local paths are stored absolute, so the run directory works from any working directory.
+    model_s = str(model)
+    if Path(model_s).expanduser().exists():
+        model_s = str(Path(model_s).expanduser().resolve())
+    data_s = str(data)
+    if Path(data_s).expanduser().exists():
+        data_s = str(Path(data_s).expanduser().resolve())
+    return RunSpec(model=model_s, data=data_s, gpu=gpu or file_gpu, plan=plan, run=run)
+
+
+def load_spec(run_dir: str | os.PathLike) -> RunSpec:
+    """Read ``RUN_DIR/plan.yaml`` back (after a user edit, too) with the same checks as on launch."""
+    path = Path(run_dir) / PLAN_FILE
+    raw = _read_yaml(path, "run_dir")
+    unknown = sorted(set(raw) - {"model", "data", "gpu", "plan", "run"})
+    if unknown:
+        raise FtAdvisorError(f"{PLAN_FILE}", f"unknown key {unknown[0]!r}", ["model", "data", "gpu", "plan", "run"])
+    from ftadvisor.estimator import make_plan
+
+    plan = make_plan(plan=dict(raw.get("plan") or {}))
+    try:
+        run = RunSettings(**(raw.get("run") or {}))
+    except ValidationError as err:
+        raise _validation(err, f"{PLAN_FILE}: run.") from None
+    for k in ("model", "data"):
+        if not raw.get(k):
+            raise FtAdvisorError(f"{PLAN_FILE}", f"has no {k!r}")
+    return RunSpec(model=str(raw["model"]), data=str(raw["data"]), gpu=raw.get("gpu"), plan=plan, run=run)
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware
+# --------------------------------------------------------------------------------------------
+
+
+def host_memory_bytes() -> int | None:
+    """Physical RAM of this machine (POSIX sysconf), or None where unavailable."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return None
+
+
+def _norm_device(name: str) -> str:
+    s = name.lower()
+    for word in ("nvidia", "geforce", "tesla", "amd", "instinct", "(r)", "(tm)"):
+        s = s.replace(word, " ")
+    return "".join(ch for ch in s if ch.isalnum())
+
+
+def match_device(name: str, total_bytes: int) -> HardwareProfile | None:
+    """The hardware profile for a device name as ``torch.cuda.get_device_name`` reports it.
+
+    A profile matches when its model token (the id before the first dash: ``h100``, ``a100``,
+    ``rtx4090``, ``l40s``) starts the normalised name; the longest token wins (``l40s`` over
+    ``l4``); "PCIe" in the name picks a PCIe variant where there is one (the SXM one otherwise);
+    then the variant nearest in memory (A100 40 GB vs 80 GB).
+    """
+    from ftadvisor.profiles import hardware_profiles
+
+    norm = _norm_device(name)
+    cands = []
+    for hw in hardware_profiles().values():
+        if hw.vendor == "cpu":
+            continue
+        token = hw.id.split("-")[0]
+        if norm.startswith(token):
+            cands.append((len(token), hw))
+    if not cands:
+        return None
+    best = max(n for n, _ in cands)
+    cands = [hw for n, hw in cands if n == best]
+    pcie = [hw for hw in cands if "pcie" in hw.id]
+    if "pcie" in norm and pcie:
+        cands = pcie
+    elif "pcie" not in norm and len(pcie) < len(cands):
+        cands = [hw for hw in cands if hw not in pcie]
+    return min(cands, key=lambda hw: abs(hw.memory_bytes - total_bytes))
+
+
+_CUDA_QUERY = (
+    "import json, torch\n"
+    "ok = torch.cuda.is_available()\n"
+    "props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())] if ok else []\n"
+    "print(json.dumps([[p.name, p.total_memory] for p in props]))\n"
+)
+
+
+def cuda_devices(in_process: bool) -> list[tuple[str, int]]:
+    """(name, total bytes) of each visible CUDA device as torch reports it; [] without CUDA or torch.
+
+    The launcher asks in a short-lived subprocess: querying device properties initialises CUDA, and a
+    launcher that waits for its training child must not hold a CUDA context (hundreds of MiB) on the
+    GPU the child trains on. The training process itself asks in process, for the device it uses.
+    """
+    if in_process:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        i = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(i)
+        return [(props.name, props.total_memory)] * torch.cuda.device_count()
+    import subprocess
+
+    try:
+        out = subprocess.run([sys.executable, "-c", _CUDA_QUERY], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise FtAdvisorError("--gpu", f"could not query CUDA devices ({err}); name the hardware with --gpu") from None
+    if out.returncode != 0:
+        if "No module named 'torch'" in out.stderr:
+            return []
+        raise FtAdvisorError("--gpu", "could not query CUDA devices (" + (out.stderr.strip().splitlines() or ["?"])[-1]
+                             + "); name the hardware with --gpu")
+    return [(name, int(total)) for name, total in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+def detect_hardware(gpu: str | None, device: str = "auto", in_process: bool = False) -> tuple[HardwareProfile, str, int]:
+    """The hardware profile to check against, a one-line note on how it was found, and the number of
+    CUDA devices found (0 when ``--gpu`` names the hardware or there is no CUDA).
+
+    ``gpu`` (``--gpu``) wins. Otherwise the CUDA device as torch reports it (its measured memory
+    replaces the profile's, e.g. for MIG slices), or the ``cpu`` profile with this machine's RAM.
+    """
+    from ftadvisor.profiles import hardware_profiles, resolve_hardware
+
+    if gpu:
+        hw = resolve_hardware(gpu)
+        if hw.vendor == "cpu" and (ram := host_memory_bytes()):
+            # the cpu profile's memory is a placeholder for "host RAM": use this machine's
+            hw = hw.model_copy(update={"memory_gib": ram / GIB})
+        return hw, f"--gpu {gpu} -> {hw.id}", 0
+    devices = cuda_devices(in_process) if device != "cpu" else []
+    if devices:
+        name, total = devices[0]
+        hw = match_device(name, total)
+        if hw is None:
+            raise FtAdvisorError(
+                "--gpu", f"detected {name!r} ({total / GIB:.1f} GiB) matches no hardware profile; "
+                "name the closest one with --gpu", sorted(hardware_profiles()))
+        hw = hw.model_copy(update={"memory_gib": total / GIB})
+        return hw, f"torch.cuda: {name}, {total / GIB:.1f} GiB x {len(devices)} -> {hw.id}", len(devices)
+    hw = resolve_hardware("cpu")
+    ram = host_memory_bytes()
+    if ram:
+        hw = hw.model_copy(update={"memory_gib": ram / GIB})
+    return hw, f"no CUDA device: cpu profile with this machine's {hw.memory_gib:.1f} GiB of RAM", 0
+
+
+# --------------------------------------------------------------------------------------------
+# Fit check
+# --------------------------------------------------------------------------------------------
+
+_COMPONENT_WORDS = {
+    "weights_bytes": "weights",
+    "gradients_bytes": "gradients",
+    "optimizer_state_bytes": "optimizer state",
+    "master_weights_bytes": "master weights",
+    "activations_bytes": "activations",
+    "logits_bytes": "logits",
+    "extra_models_bytes": "reference/reward/value models",
+    "generation_cache_bytes": "generation KV cache",
+    "quantization_workspace_bytes": "dequantization workspace",
+    "communication_bytes": "communication buffers",
+    "framework_overhead_bytes": "framework overhead",
+}
+
+
+def biggest_component(est: Estimate) -> tuple[str, int]:
+    mem = est.memory.model_dump()
+    key = max(_COMPONENT_WORDS, key=lambda k: mem[k])
+    return _COMPONENT_WORDS[key], int(mem[key])
+
+
+def fit_message(est: Estimate, hw: HardwareProfile) -> str:
+    name, size = biggest_component(est)
+    m = est.memory
+    return (
+        f"{est.technique} of {est.model_id} does not fit on {hw.name}: predicted {m.device_total_bytes / GIB:.1f} GiB "
+        f"per GPU vs {hw.memory_gib:.1f} GiB capacity; biggest component: {name} {size / GIB:.1f} GiB "
+        f"(peak during {m.peak_phase}). Change the plan (ftadvisor estimate shows the alternatives) or pass --force"
+    )
+
+
+def resolve_model_profile(model: str, trust_remote_code: bool = False):
+    """The cost model's view of ``model``: a profile id, a local config, or a hub config (network)."""
+    from ftadvisor.profiles import resolve_model
+
+    try:
+        return resolve_model(model)
+    except FtAdvisorError:
+        if Path(model).expanduser().exists() or model.count("/") != 1:
+            raise
+    # A hub id that no profile carries: fetch only its config.json (no weights).
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(model, "config.json")
+    except Exception as err:  # noqa: BLE001 - offline, gated, missing repo
+        raise FtAdvisorError(
+            "--model", f"{model!r} is no profile and its config.json could not be fetched from the hub "
+            f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); pass a local model directory"
+        ) from None
+    return resolve_model(path)
+
+
+def predict(spec: RunSpec, hw: HardwareProfile) -> Estimate:
+    from ftadvisor.estimator import estimate
+
+    return estimate(resolve_model_profile(spec.model), hw, plan=spec.plan)
+
+
+def check_layout_on_cpu(plan: TrainingPlan) -> None:
+    """FSDP and DeepSpeed ZeRO cannot run without GPUs through accelerate and the HF Trainer.
+
+    accelerate switches a run to FSDP only when its distributed type is a GPU-like one (MULTI_GPU,
+    MULTI_XPU, ...; ``AcceleratorState.__init__`` in accelerate/state.py); several CPU processes are
+    MULTI_CPU (gloo), for which the FSDP plugin is dropped and the run would silently become plain
+    DDP. (torch's own ``fully_shard`` does work on CPU with gloo; accelerate does not use it there.)
+    DeepSpeed needs an accelerator, and is not part of the tested stack.
+    """
+    if plan.sharding == "fsdp":
+        raise FtAdvisorError(
+            "sharding", "fsdp needs CUDA GPUs: without them accelerate runs several processes as MULTI_CPU (gloo) "
+            "and drops the FSDP plugin (accelerate/state.py), so this would silently train as DDP; use "
+            "sharding=ddp here, or --dry-run to write the run directory for a GPU machine", ["ddp", "none"])
+    if plan.sharding in ("zero1", "zero2", "zero3"):
+        raise FtAdvisorError(
+            "sharding", f"{plan.sharding} (DeepSpeed) needs CUDA GPUs; use sharding=ddp here, or --dry-run to write "
+            "the run directory for a GPU machine", ["ddp", "none"])
+
+
+def _check_reward(spec: RunSpec) -> None:
+    """PPO scores rollouts with a frozen reward model that must exist before anything loads
+    (the engine's ``build_reward_model``: ``run.reward`` or ``plan.ppo_reward_model``, a directory)."""
+    from ftadvisor.techniques import parse_technique
+
+    objective = parse_technique(spec.plan.technique).objective.name
+    ref = spec.run.reward or spec.plan.ppo_reward_model
+    if objective == "ppo":
+        if ref is None and not spec.run.random_init:
+            raise FtAdvisorError("reward", "ppo needs a reward model: --set reward=DIR (a sequence-classification "
+                                 "checkpoint directory) or plan field ppo_reward_model")
+        if ref is not None and not Path(str(ref)).expanduser().is_dir():
+            raise FtAdvisorError("reward", f"ppo reward model {ref!r} is not a directory")
+
+
+def preflight(spec: RunSpec, dry_run: bool = False, in_process: bool = False) -> dict[str, Any]:
+    """Every check before a model is loaded, in order: data vs technique, hardware, layout, fit.
+
+    Raises FtAdvisorError. In a dry run a plan predicted not to fit (or a GPU-only layout on a CPU
+    machine) only warns; so does a misfit with ``spec.run.force``.
+    """
+    from ftadvisor.datasets import check_for_technique, load_data
+
+    data = load_data(spec.data)
+    warnings = check_for_technique(data, spec.plan.technique)
+    _check_reward(spec)
+    hw, hw_note, n_cuda = detect_hardware(spec.gpu, spec.run.device, in_process=in_process)
+    if hw.vendor == "cpu" and not dry_run:
+        check_layout_on_cpu(spec.plan)
+    per_node = spec.plan.num_gpus // spec.plan.num_nodes
+    if n_cuda and per_node > n_cuda and not dry_run:
+        raise FtAdvisorError("num_gpus", f"the plan runs {per_node} processes per node but this machine has "
+                             f"{n_cuda} CUDA device(s)")
+    est = predict(spec, hw)
+    if not est.fits:
+        if not (spec.run.force or dry_run):
+            raise FtAdvisorError("plan", fit_message(est, hw))
+        warnings.append(("forced: " if spec.run.force else "") + fit_message(est, hw).split(". Change")[0])
+    return {"data": data, "warnings": warnings + list(est.warnings), "hardware": hw, "hardware_note": hw_note,
+            "estimate": est}
+
+
+# --------------------------------------------------------------------------------------------
+# Accelerate / DeepSpeed configuration
+# --------------------------------------------------------------------------------------------
+
+
+def mixed_precision(plan: TrainingPlan) -> str:
+    # accelerate's mixed_precision names; "true" bf16 and fp32 run without autocast.
+    return {"bf16-mixed": "bf16", "fp16-mixed": "fp16"}.get(plan.precision, "no")
+
+
+def deepspeed_config(plan: TrainingPlan) -> dict[str, Any]:
+    """A DeepSpeed config for ZeRO-1/2/3 with "auto" values that transformers fills from its arguments.
+
+    Keys and the "auto" convention: transformers ``integrations/deepspeed.py``
+    (HfTrainerDeepSpeedConfig.trainer_config_process / trainer_config_finalize); bucket sizes left
+    "auto" become hidden_size^2 there, which is what the memory model counts for ZeRO buffers.
+    """
+    stage = {"zero1": 1, "zero2": 2, "zero3": 3}[plan.sharding]
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
+                            "reduce_bucket_size": "auto"}
+    if stage == 3:
+        zero.update({
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            # the final save writes one consolidated 16-bit model (HF format) instead of shards
+            "stage3_gather_16bit_weights_on_model_save": True,
+        })
+    if plan.cpu_offload:
+        # ZeRO-Offload (Ren et al. 2021): optimizer state (and under stage 3 the parameters) on the host.
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+    }
+
+
+def accelerate_config(plan: TrainingPlan, ds_config_path: str | None = None) -> dict[str, Any]:
+    """The ``accelerate launch --config_file`` contents for the plan's layout.
+
+    Keys are those of accelerate's ``ClusterConfig`` (``accelerate/commands/config/config_args.py``)
+    as ``accelerate config`` writes them (``commands/config/cluster.py``).
+    """
+    cfg: dict[str, Any] = {
+        "compute_environment": "LOCAL_MACHINE",
+        "num_machines": plan.num_nodes,
+        "machine_rank": 0,
+        "num_processes": plan.num_gpus,  # accelerate counts processes over all machines
+        "mixed_precision": mixed_precision(plan),
+        "use_cpu": False,
+        "debug": False,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "main_training_function": "main",
+        "enable_cpu_affinity": False,
+    }
+    if plan.num_nodes > 1:
+        # each node runs the same command with its own machine_rank; set the first node's address
+        cfg["main_process_ip"] = "FIRST_NODE_ADDRESS"
+        cfg["main_process_port"] = 29500
+    if plan.num_gpus == 1 and plan.sharding in ("none", "ddp"):
+        cfg["distributed_type"] = "NO"
+    elif plan.sharding in ("none", "ddp"):
+        cfg["distributed_type"] = "MULTI_GPU"
+    elif plan.sharding == "fsdp":
+        cfg["distributed_type"] = "FSDP"
+        cfg["fsdp_config"] = {
+            "fsdp_version": 2,  # accelerate's recommended FSDP (per-parameter sharding, fully_shard)
+            "fsdp_reshard_after_forward": True,  # = FULL_SHARD (parameters sharded between uses)
+            "fsdp_offload_params": bool(plan.cpu_offload),
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # one unit per decoder layer (_no_split_modules)
+            "fsdp_state_dict_type": "FULL_STATE_DICT",  # the final save is a plain HF checkpoint
+            "fsdp_cpu_ram_efficient_loading": True,
+            # gradient checkpointing comes from the plan through the trainer, not from FSDP's wrapper
+            "fsdp_activation_checkpointing": False,
+        }
+    else:  # zero1/2/3
+        cfg["distributed_type"] = "DEEPSPEED"
+        cfg["deepspeed_config"] = {
+            "deepspeed_config_file": ds_config_path or DEEPSPEED_FILE,
+            # build ZeRO-3 partitioned parameters at load time instead of full copies on each GPU
+            "zero3_init_flag": plan.sharding == "zero3",
+        }
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# The run directory
+# --------------------------------------------------------------------------------------------
+
+
+def _package_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def launch_command(run_dir: Path, plan: TrainingPlan, resume: bool = False) -> list[str]:
+    """The command that runs ``run_dir``: plain Python for one process, ``accelerate launch`` otherwise."""
+    py = sys.executable
+    tail = ["-m", "ftadvisor.launch", str(run_dir)] + (["--resume"] if resume else [])
+    if plan.num_gpus == 1 and plan.sharding in ("none", "ddp"):
+        return [py, *tail]
+    return [py, "-m", "accelerate.commands.launch", "--config_file", str(run_dir / ACCELERATE_FILE), *tail]
+
+
+def command_script(run_dir: Path, plan: TrainingPlan) -> str:
+    cmd = shlex.join(launch_command(run_dir, plan))
+    lines = [
+        "#!/usr/bin/env bash",
+        "# Run (or re-run) this ftadvisor launch. Edit plan.yaml / accelerate.yaml first if you like;",
+        "# add --resume to continue from the last checkpoint in checkpoints/.",
+        "set -euo pipefail",
+    ]
+    pkg = _package_root()
+    if (pkg / "ftadvisor").is_dir():
+        lines.append(f"export PYTHONPATH={shlex.quote(str(pkg))}${{PYTHONPATH:+:$PYTHONPATH}}")
+    if plan.num_nodes > 1:
+        lines.append("# Multi-node: run this on every node with --machine_rank N added after --config_file, and set")
+        lines.append("# main_process_ip in accelerate.yaml to the first node's address.")
+    lines.append(f'{cmd} "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def check_output_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse a non-empty output directory unless ``overwrite`` (or ``resume`` of the run in it)."""
+    if out.exists() and not out.is_dir():
+        raise FtAdvisorError("--output", f"{out} exists and is not a directory")
+    if resume:
+        if not (out / PLAN_FILE).is_file():
+            raise FtAdvisorError("--resume", f"{out} holds no run to resume (no {PLAN_FILE})")
+        return
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FtAdvisorError("--output", f"{out} is not empty; pass --overwrite to replace the run in it "
+                             "(or --resume to continue it)")
+
+
+def clear_run_artifacts(out: Path) -> None:
+    """Remove what an earlier run wrote (``--overwrite``); files ftadvisor did not write stay."""
+    for name in RUN_ARTIFACTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def write_run_dir(out: Path, spec: RunSpec, est: Estimate | None, hw: HardwareProfile | None, hw_note: str) -> list[str]:
+    """Write plan.yaml, accelerate.yaml (+ ds_config.json), command.sh and estimate.json; return the command."""
+    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    cmd = launch_command(out, spec.plan)
+    header = (
+        "# ftadvisor run: edit and re-run with\n"
+        f"#   {shlex.join(cmd)}\n"
+        "# plan: every TrainingPlan field (ftadvisor/schema.py); run: RunSettings (ftadvisor/launch.py)\n"
+    )
+    body = spec.model_dump(mode="json")
+    (out / PLAN_FILE).write_text(header + yaml.safe_dump(body, sort_keys=False))
+    ds_path = None
+    if spec.plan.sharding in ("zero1", "zero2", "zero3"):
+        ds_path = str(out / DEEPSPEED_FILE)
+        (out / DEEPSPEED_FILE).write_text(json.dumps(deepspeed_config(spec.plan), indent=2) + "\n")
+    acc = accelerate_config(spec.plan, ds_path)
+    header = "# accelerate launch --config_file for this run (written by ftadvisor launch from plan.yaml)\n"
+    if hw is not None and hw.vendor == "cpu" and spec.plan.num_gpus > 1:
+        header += ("# No CUDA here: accelerate's torchrun launcher starts the processes and each trains on the CPU\n"
+                   "# over gloo (ftadvisor.launch sets ACCELERATE_USE_CPU in them).\n")
+    (out / ACCELERATE_FILE).write_text(header + yaml.safe_dump(acc, sort_keys=False))
+    script = out / COMMAND_FILE
+    script.write_text(command_script(out, spec.plan))
+    script.chmod(0o755)
+    payload = {
+        "hardware": {"id": hw.id if hw else None, "name": hw.name if hw else None,
+                     "memory_gib": hw.memory_gib if hw else None, "how": hw_note},
+        "estimate": est.model_dump(mode="json") if est is not None else None,
+    }
+    (out / ESTIMATE_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+    return cmd
+
+
+def prepare(
+    plan_file: str | os.PathLike | None,
+    *,
+    data: str | None,
+    model: str | None,
+    output: str | os.PathLike,
+    gpu: str | None = None,
+    num_gpus: int | None = None,
+    sets: dict[str, Any] | None = None,
+    max_steps: int | None = None,
+    dry_run: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    force: bool = False,
+    echo=print,
+) -> tuple[Path, list[str]]:
+    """Check everything and write the run directory; return it and the command that trains it.
+
+    A plan that does not fit stops here (FtAdvisorError) unless ``force``; a dry run only warns.
+    """
+    out = Path(output).expanduser()
+    if resume and plan_file is None and (out / PLAN_FILE).is_file():
+        spec = load_spec(out)  # ftadvisor launch --output DIR --resume: the run as it was written
+        updates: dict[str, Any] = {}
+        if max_steps is not None:
+            updates["max_steps"] = max_steps
+        if force:
+            updates["force"] = True
+        if updates:
+            spec = spec.model_copy(update={"run": spec.run.model_copy(update=updates)})
+    else:
+        spec = build_spec(plan_file, data=data, model=model, gpu=gpu, num_gpus=num_gpus, sets=sets,
+                          max_steps=max_steps, trust_remote_code=trust_remote_code, force=force)
+    check_output_dir(out, overwrite, resume)
+    pre = preflight(spec, dry_run=dry_run)
+    user_data, hw, hw_note, est = pre["data"], pre["hardware"], pre["hardware_note"], pre["estimate"]
+    if overwrite and not resume and out.is_dir():
+        clear_run_artifacts(out)
+    cmd = write_run_dir(out, spec, est, hw, hw_note)
+    m = est.memory
+    echo(f"data: {user_data.source}: {len(user_data)} {user_data.format} records")
+    echo(f"hardware: {hw_note}")
+    echo(f"estimate: {est.technique}, {m.device_total_bytes / GIB:.2f} GiB per GPU of {hw.memory_gib:.1f} "
+         f"({'fits' if est.fits else 'DOES NOT FIT'}), {est.trainable_params:,} trainable parameters")
+    for w in pre["warnings"]:
+        echo(f"note: {w}")
+    echo(f"run directory: {out.resolve()}")
+    if resume:
+        cmd = cmd + ["--resume"]
+    echo("command: " + shlex.join(cmd))
+    return out.resolve(), cmd
+
+
+# --------------------------------------------------------------------------------------------
+# The run itself: python -m ftadvisor.launch RUN_DIR
+# --------------------------------------------------------------------------------------------
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _last_step_event(log_path: Path) -> dict[str, Any] | None:
+    """The engine's most recent ``{"event": "step", ...}`` line in the JSON-lines log."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 8192))
+            tail = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(tail):
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if ev.get("event") == "step":
+            return ev
+    return None
+
+
+def _progress_callback(log_path: Path, rich_bar: bool):
+    """A trainer callback showing step, loss, tokens/s and ETA: a rich progress bar on a terminal,
+    one plain line per logged step otherwise. Loss and tokens/s are the engine's own numbers (its
+    step log is written by a callback that runs before this one)."""
+    from rich.console import Console
+    from transformers import TrainerCallback
+
+    console = Console(stderr=True)
+    live = rich_bar and console.is_terminal
+
+    class Progress(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+            self.task = None
+            self.shown = -1
+
+        def on_train_begin(self, args, state, control, **kw):
+            if not live:
+                console.print(f"training: {state.max_steps} steps (from step {state.global_step})", highlight=False)
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            self.bar = Bar(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                           TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="-", tps="-")
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            ev = _last_step_event(log_path)
+            if ev is None or ev.get("step") != state.global_step or ev["step"] == self.shown:
+                return
+            self.shown = ev["step"]
+            loss, tps, eta = ev.get("loss"), ev.get("tokens_per_s") or 0.0, ev.get("eta_s")
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
+            else:
+                eta_s = f"{eta:.0f}s" if eta is not None else "-"
+                console.print(f"step {state.global_step}/{state.max_steps}  loss {loss:.4f}  {tps:,.0f} tok/s  ETA {eta_s}",
+                              highlight=False)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
+
+    return Progress()
+
+
+def _save_final(session, run_dir: Path, rank0: bool) -> Path:
+    """The trained model/adapter in Hugging Face format under RUN_DIR/final.
+
+    Sharded layouts (FSDP, ZeRO) must gather the weights on every process, which the trainer's
+    ``save_model`` does (accelerate's state-dict gathering; only the main process writes). Otherwise
+    rank 0 calls the engine's ``save``, which also writes our adapter/memory-expert modules.
+    """
+    from ftadvisor.train import engine
+
+    final = run_dir / FINAL_DIR
+    sharded = session.plan.sharding in ("fsdp", "zero1", "zero2", "zero3") and _world_size() > 1
+    if sharded:
+        session.trainer.save_model(str(final))
+        if rank0:
+            session.tokenizer.save_pretrained(final)
+    elif rank0:
+        engine.save(session, str(run_dir))
+    return final
+
+
+def _check_distributed(session, plan: TrainingPlan) -> None:
+    """The layout accelerate actually set up must be the planned one (no silent fallback)."""
+    dist = str(session.trainer.accelerator.distributed_type).split(".")[-1]
+    want = {"fsdp": ("FSDP",), "zero1": ("DEEPSPEED",), "zero2": ("DEEPSPEED",), "zero3": ("DEEPSPEED",)}.get(plan.sharding)
+    if want is None and _world_size() > 1:
+        want = ("MULTI_GPU", "MULTI_CPU", "MULTI_XPU", "MULTI_NPU", "MULTI_HPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_SDAA")
+    if want is not None and dist not in want:
+        raise FtAdvisorError("sharding", f"the plan asks for {plan.sharding} over {_world_size()} processes, but "
+                             f"accelerate set up {dist}; run through command.sh (accelerate launch with accelerate.yaml)")
+
+
+def _environment(session, spec: RunSpec, hw_note: str) -> dict[str, Any]:
+    import platform
+    from importlib import metadata
+
+    env: dict[str, Any] = {"python": platform.python_version(), "host": platform.node(), "hardware_detection": hw_note,
+                           "processes": _world_size(), "device": session.device}
+    for pkg in ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes"):
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            env[pkg] = None
+    if session.device.startswith("cuda"):
+        import torch
+
+        env["device_name"] = torch.cuda.get_device_name(torch.cuda.current_device())
+        env["cuda"] = torch.version.cuda
+    try:
+        import resource
+
+        # ru_maxrss is KiB on Linux (getrusage(2))
+        env["host_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    except (ImportError, OSError):  # pragma: no cover - non-POSIX
+        pass
+    return env
+
+
+def _measurement(result, session) -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "backend": "cuda" if session.device.startswith("cuda") else "cpu",
+        "peak_allocated_bytes": result.peak_allocated_bytes if result else None,
+        "peak_reserved_bytes": result.peak_reserved_bytes if result else None,
+        "device_total_bytes": None,
+        # seconds of each optimizer step (the first includes warm-up: compilation, allocator growth)
+        "step_seconds": list(result.step_seconds) if result else [],
+        "tokens_per_second": result.tokens_per_s if result else None,
+        "method": "torch.cuda.max_memory_allocated/reserved after reset_peak_memory_stats (the engine)",
+    }
+    if session.device.startswith("cuda"):
+        import torch
+
+        # what nvidia-smi would show for device 0 now: the allocator keeps its reserved blocks after
+        # training, so this is the reserved peak plus the CUDA context and library workspaces
+        free, total = torch.cuda.mem_get_info(torch.cuda.current_device())
+        m["device_total_bytes"] = total - free
+    else:
+        m["method"] = "cpu: no device allocator; only throughput is measured"
+    return m
+
+
+def _record(spec: RunSpec, pre: dict[str, Any], session, result, status: str, error: str | None, wall: float,
+            started: str) -> Path | None:
+    """Append this run to the calibration results (``ftadvisor.calibration.store``)."""
+    from ftadvisor.calibration.store import append_result, results_root
+
+    est: Estimate = pre["estimate"]
+    hw: HardwareProfile = pre["hardware"]
+    root = Path(spec.run.results_root) if spec.run.results_root else results_root()
+    cfg_model: dict[str, Any] = {"ref": spec.model}
+    try:
+        cfg_model["config"] = dict(resolve_model_profile(spec.model).config)
+    except FtAdvisorError:
+        pass
+    record = {
+        "case_id": f"launch-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+        "label": f"{est.technique} {est.model_id} ({spec.data})",
+        "status": status,
+        "source": "launch",
+        "model": cfg_model,
+        "plan": spec.plan.model_dump(mode="json"),
+        "hardware": hw.id,
+        "backend": "cuda" if session is not None and session.device.startswith("cuda") else "cpu",
+        "prediction": est.model_dump(mode="json"),
+        "measurement": _measurement(result, session) if session is not None else None,
+        "environment": _environment(session, spec, pre["hardware_note"]) if session is not None else {},
+        "error": error,
+        "started_at": started,
+        "wall_s": wall,
+    }
+    return append_result(root, hw.id, record)
+
+
+def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train the run in ``run_dir`` with the shared engine (once per process under accelerate).
+
+    Rank 0 logs to ``train_log.jsonl`` (the engine's JSON lines), shows progress, saves
+    ``final/``, writes ``result.json`` and appends the calibration record.
+    """
+    from ftadvisor.calibration.store import now_iso
+
+    run_dir = Path(run_dir).resolve()
+    spec = load_spec(run_dir)
+    rank0 = _rank() == 0
+    if _world_size() > 1:
+        import torch
+
+        if spec.run.device == "cpu" or not torch.cuda.is_available():
+            # several processes without CUDA: accelerate uses gloo only when told the run is on the CPU
+            # (accelerate/state.py _prepare_backend; transformers/training_args.py reads the same flag)
+            os.environ["ACCELERATE_USE_CPU"] = "true"
+    if os.environ.get("LOCAL_RANK") is not None and spec.run.device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # so each rank queries (and trains on) its own GPU
+    pre = preflight(spec, in_process=True)
+    if rank0:
+        for w in pre["warnings"]:
+            print(f"note: {w}", file=sys.stderr)
+    ckpt = run_dir / CHECKPOINT_DIR
+    if resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not ckpt.is_dir() or get_last_checkpoint(str(ckpt)) is None:
+            raise FtAdvisorError("--resume", f"no checkpoint in {ckpt} to resume from (set save_steps to write some)")
+    from ftadvisor.train.engine import TrainJob, build, run
+
+    log_path = run_dir / LOG_FILE
+    job = TrainJob(
+        model=spec.model, plan=spec.plan, data=pre["data"].records, random_init=spec.run.random_init,
+        output_dir=str(ckpt), max_steps=spec.run.max_steps, num_epochs=spec.run.num_epochs,
+        learning_rate=spec.run.learning_rate, seed=spec.run.seed, log_path=str(log_path) if rank0 else None,
+        save_steps=spec.run.save_steps, resume=resume, trust_remote_code=spec.run.trust_remote_code,
+        device=spec.run.device, reward=spec.run.reward, save_final=False,
+    )
+    started, t0 = now_iso(), time.perf_counter()
+    session = result = None
+    try:
+        from transformers import set_seed
+
+        # Seed python, numpy and torch before the model is built, so that new trainable weights (LoRA's
+        # A matrices, adapters, memory experts) start the same way in every run of this directory:
+        # HF Trainer seeds only when it is created, after the engine has applied the technique.
+        set_seed(spec.run.seed)
+        session = build(job)
+        _check_distributed(session, spec.plan)
+        callbacks = [_progress_callback(log_path, progress)] if rank0 else []
+        result = run(session, callbacks=callbacks)
+        final = _save_final(session, run_dir, rank0)
+    except Exception as err:
+        if rank0 and spec.run.record_calibration and not isinstance(err, FtAdvisorError):
+            oom = "out of memory" in str(err).lower() or type(err).__name__ == "OutOfMemoryError"
+            try:
+                _record(spec, pre, session, result, "oom" if oom else "crash", f"{type(err).__name__}: {err}"[-2000:],
+                        time.perf_counter() - t0, started)
+            except Exception as rec_err:  # noqa: BLE001 - never hide the training error behind this one
+                print(f"note: could not record the failed run: {rec_err}", file=sys.stderr)
+        raise
+    summary: dict[str, Any] = {}
+    if rank0:
+        est: Estimate = pre["estimate"]
+        summary = {
+            "steps": result.steps, "losses": result.losses, "tokens_seen": result.tokens_seen, "wall_s": result.wall_s,
+            "tokens_per_s": result.tokens_per_s, "step_seconds": result.step_seconds,
+            "peak_allocated_bytes": result.peak_allocated_bytes, "peak_reserved_bytes": result.peak_reserved_bytes,
+            "trainable_params": session.trainable_params, "total_params": session.total_params,
+            "predicted_trainable_params": est.trainable_params,
+            "predicted_peak_allocated_bytes": est.memory.peak_allocated_bytes,
+            "final_dir": str(final), "processes": _world_size(), "resumed": resume, "device": session.device,
+            "world_size": session.trainer.accelerator.num_processes,
+            "distributed_type": str(session.trainer.accelerator.distributed_type).split(".")[-1],
+        }
+        if spec.run.record_calibration:
+            path = _record(spec, pre, session, result, "ok", None, time.perf_counter() - t0, started)
+            summary["calibration_record"] = str(path)
+        (run_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        first, last = (result.losses[0], result.losses[-1]) if result.losses else (None, None)
+        print(f"done: {result.steps} steps, loss {first} -> {last}, {result.tokens_per_s:,.0f} tokens/s", file=sys.stderr)
+        if result.peak_allocated_bytes is not None:
+            print(f"peak allocated {result.peak_allocated_bytes / GIB:.2f} GiB "
+                  f"(predicted {est.memory.peak_allocated_bytes / GIB:.2f} GiB)", file=sys.stderr)
+        print(f"saved: {final}", file=sys.stderr)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ftadvisor.launch", description="Train the run in RUN_DIR.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in RUN_DIR/checkpoints")
+    parser.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    args = parser.parse_args(argv)
+    try:
+        execute(args.run_dir, resume=args.resume, progress=not args.no_progress)
+    except FtAdvisorError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
