@@ -1362,8 +1362,8 @@ def estimate_time_cost(
 
     Give ``dataset_tokens`` (tokens of the whole dataset, as the trainer sees them) or ``examples``
     (rows: texts for SFT, pairs for DPO/ORPO, prompts for PPO/GRPO), optionally with
-    ``avg_tokens_per_example``. Without packing every sequence is padded to ``plan.seq_len``;
-    with packing only real tokens are processed. PPO/GRPO time is per completion: each prompt
+    ``avg_tokens_per_example``. Without packing each micro-batch is padded to its longest
+    sequence (see the code for the length assumption); with packing only real tokens are processed. PPO/GRPO time is per completion: each prompt
     yields ``grpo_num_generations`` completions (GRPO) or one (PPO).
     """
     from ftadvisor.profiles import resolve_hardware
@@ -1415,12 +1415,21 @@ def estimate_time_cost(
                 # tokens only, no example count: assume sequences filled to seq_len
                 positions = dataset_tokens * ep
                 notes.append("no example count: assumed every sequence fills seq_len (pass examples to count padding)")
-            else:
+            elif avg is None:
                 positions = examples * spe * S * ep
-                if avg is not None and avg < spe * S:
-                    notes.append(f"each example padded to seq_len {S}: {1 - avg / (spe * S):.0%} of positions are "
-                                 "padding (packing or a shorter seq_len would save that time)")
-                if avg is not None and avg > spe * S:
+                notes.append(f"no average length given: every sequence counted as seq_len {S} (an upper bound)")
+            else:
+                # trl's collators pad each micro-batch to its longest sequence, not to seq_len. With
+                # lengths spread uniformly on [0, 2 * avg] (our assumption; pass dataset_tokens or
+                # pack for exact counts) the longest of n has expected length 2 * avg * n / (n + 1).
+                per_seq = avg / spe
+                n = plan.micro_batch_size * spe
+                padded = min(S, per_seq if n == 1 else 2 * per_seq * n / (n + 1))
+                positions = examples * spe * padded * ep
+                if padded > per_seq:
+                    notes.append(f"micro-batches padded to their longest sequence: ~{1 - per_seq / padded:.0%} of "
+                                 "positions are padding (assumes lengths spread evenly up to twice the average)")
+                if per_seq > S:
                     notes.append(f"examples longer than seq_len {S} are truncated")
         steps = math.ceil(positions / speed.tokens_per_optimizer_step) if positions else 0
     seconds = steps * speed.seconds_per_optimizer_step

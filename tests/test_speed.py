@@ -330,12 +330,17 @@ def test_time_and_cost_by_hand():
                      sharding="ddp")
     sp = estimate_speed(LLAMA31_8B, "h100", plan)
     assert sp.tokens_per_optimizer_step == 2 * 2048 * 4 * 2
-    # 10,000 examples padded to 2048 positions, 2 epochs: 40,960,000 positions / 32,768 -> 1,250 steps
+    # 10,000 examples of 700 tokens on average, micro-batches of 2 padded to their longest: with
+    # lengths uniform on [0, 1400] the longer of two averages 1400 * 2/3 = 933.3 positions;
+    # 2 epochs: 18,666,667 positions / 32,768 per step -> 570 steps
     tc = estimate_time_cost(sp, "h100", plan, examples=10_000, avg_tokens_per_example=700, epochs=2)
     assert isinstance(tc, TimeCostEstimate)
-    assert tc.tokens_processed == 10_000 * 2048 * 2
-    assert tc.optimizer_steps == 1250
-    assert tc.wall_clock_hours == pytest.approx(1250 * sp.seconds_per_optimizer_step / 3600)
+    assert tc.tokens_processed == pytest.approx(10_000 * 1400 * 2 / 3 * 2)
+    assert tc.optimizer_steps == 570
+    # without an average length every sequence counts as seq_len (an upper bound)
+    ub = estimate_time_cost(sp, "h100", plan, examples=10_000, epochs=2)
+    assert ub.tokens_processed == 10_000 * 2048 * 2 and ub.optimizer_steps == 1250
+    assert tc.wall_clock_hours == pytest.approx(570 * sp.seconds_per_optimizer_step / 3600)
     assert tc.gpu_hours == pytest.approx(2 * tc.wall_clock_hours)
     assert tc.cost_usd == pytest.approx(tc.gpu_hours * 2.99)  # h100-sxm profile default price
     assert any("padding" in a for a in tc.assumptions)
