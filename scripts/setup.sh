@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install ftadvisor with pinned dependencies.
-#   scripts/setup.sh          core only (estimate, recommend)
+#   scripts/setup.sh          core only (estimate, recommend, profiles, tui)
+#   scripts/setup.sh train    core + training stack (launch, calibrate)
 #   scripts/setup.sh dev      core + training stack + test tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
