@@ -1,5 +1,131 @@
-"""``ftadvisor calibrate``: run sweeps, fit corrections, report (see ftadvisor/calibration/)."""
+"""``ftadvisor calibrate``: run sweeps, fit corrections, report (see ftadvisor/calibration/).
+
+    ftadvisor calibrate cpu-tiny                     # = calibrate run cpu-tiny
+    ftadvisor calibrate run gpu-default --only lora --only qlora
+    ftadvisor calibrate fit --hardware cpu
+    ftadvisor calibrate report --hardware cpu --cases
+
+Only typer is imported here; each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, help="Measure techniques on this hardware and fit corrections.")
+from ftadvisor.errors import FtAdvisorError
+
+
+class _DefaultRun(TyperGroup):
+    """``ftadvisor calibrate SWEEP`` means ``ftadvisor calibrate run SWEEP``."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_DefaultRun,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Measure techniques on this hardware and fit corrections: `ftadvisor calibrate SWEEP` runs a sweep.",
+)
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command("run")
+def run_cmd(
+    sweep: str = typer.Argument(..., help="Sweep name (calibration/sweeps/NAME.yaml) or path to a sweep file."),
+    hardware: Optional[str] = typer.Option(None, "--hardware", "-g", help="Hardware profile id (default: the sweep's, 'auto' detects)."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="Measurement backend: auto, cuda, cpu, trace."),
+    only: list[str] = typer.Option([], "--only", help="Run only these techniques or case ids (repeatable)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Cases run at once (CPU backends; memory is per process)."),
+    fork: bool = typer.Option(False, "--fork", help="Fork cases from a server that imported torch once (faster CPU sweeps)."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default calibration/results)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cases (and which are already recorded) and exit."),
+) -> None:
+    """Run a sweep: each case in its own process, with a timeout; resumes where it stopped."""
+    from ftadvisor.calibration import store
+    from ftadvisor.calibration.sweep import expand, load_sweep, with_backend
+
+    try:
+        sw = load_sweep(sweep)
+        if dry_run:
+            from ftadvisor.calibration.measure import resolve_backend
+
+            cases = expand(sw, source=sw.name, backend=backend)
+            cases = [with_backend(c, resolve_backend(c.backend)) if c.backend == "auto" else c for c in cases]
+            from ftadvisor.calibration.runner import detect_hardware
+            from ftadvisor.profiles import resolve_hardware
+
+            hw = hardware or sw.hardware
+            if hw == "auto":
+                hw = "cpu" if all(c.backend != "cuda" for c in cases) else detect_hardware()
+            root = results or store.results_root()
+            done = store.completed_ids(store.results_path(root, resolve_hardware(hw).id, sw.name))
+            for c in cases:
+                mark = "done" if c.case_id in done else "todo"
+                typer.echo(f"{c.case_id}  {mark}  {c.backend:<5}  {c.label}")
+            return
+        from ftadvisor.calibration.runner import run_sweep
+
+        summary = run_sweep(sw, hardware=hardware, backend=backend, results_root=results, only=only or None,
+                            jobs=jobs, isolation="fork" if fork else "subprocess")
+    except FtAdvisorError as err:
+        _fail(err)
+        return
+    ran = len(summary.outcomes)
+    counts: dict[str, int] = {}
+    for o in summary.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing to run"
+    typer.echo(f"{summary.sweep} on {summary.hardware}: {ran} run ({detail}), {summary.skipped_done} already recorded; "
+               f"results in {summary.results_path}")
+
+
+@app.command("fit")
+def fit_cmd(
+    hardware: Optional[str] = typer.Option(None, "--hardware", "-g", help="Fit this hardware only (default: every one with results)."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default calibration/results)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Corrections folder (default calibration/corrections)."),
+) -> None:
+    """Fit corrections from the results: calibration/corrections/<hardware>.yaml."""
+    try:
+        from ftadvisor.calibration.corrections import read_corrections
+        from ftadvisor.calibration.fit import fit
+
+        paths = fit(results, hardware, out)
+    except FtAdvisorError as err:
+        _fail(err)
+        return
+    for p in paths:
+        c = read_corrections(p)
+        d = c.default
+        typer.echo(f"{p}: {d.samples} samples, {len(c.techniques)} techniques, peak MdAPE "
+                   f"{d.mdape_before:.1f}% -> {d.mdape_after:.1f}% (pooled), allocator slack "
+                   f"{'-' if c.allocator_slack is None else f'{c.allocator_slack:.3f}'}")
+
+
+@app.command("report")
+def report_cmd(
+    hardware: Optional[str] = typer.Option(None, "--hardware", "-g", help="Only this hardware."),
+    cases: bool = typer.Option(False, "--cases", help="Also list every case."),
+    details: bool = typer.Option(False, "--details", help="Measured phases and largest tensors at each case's peak."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default calibration/results)."),
+    corrections: Optional[Path] = typer.Option(None, "--corrections", help="Corrections folder (default calibration/corrections)."),
+) -> None:
+    """Predicted vs measured per technique, before/after correction, and a scatter plot."""
+    try:
+        from ftadvisor.calibration.report import render
+
+        render(results, hardware, cases=cases, details=details, corrections_dir=corrections)
+    except FtAdvisorError as err:
+        _fail(err)

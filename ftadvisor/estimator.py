@@ -63,13 +63,38 @@ def make_plan(technique: str | None = None, plan: TrainingPlan | dict | None = N
         raise FtAdvisorError(field, f"{first['msg']} (got {first.get('input')!r})", choices) from None
 
 
-def _pack(model: ModelProfile, hw: HardwareProfile, plan: TrainingPlan, lay: memory.Layout, ev: memory.Evaluation) -> Estimate:
+def _corrected(hw: HardwareProfile, lay: memory.Layout, ev: memory.Evaluation) -> tuple[float | None, tuple[str, ...]]:
+    """Apply the hardware's calibration corrections (calibration/corrections/<hw>.yaml) to every
+    phase in place; returns the fitted allocator slack (or None) and the notes to report."""
+    from ftadvisor.calibration.corrections import apply_corrections, load_corrections
+
+    corr = load_corrections(hw.id)
+    if corr is None:
+        return None, ()
+    notes = set()
+    for phase, comps in ev.phases.items():
+        ev.phases[phase], note = apply_corrections(comps, lay.technique.name, corr)
+        if note:
+            notes.add(note)
+    return corr.allocator_slack, tuple(sorted(notes))
+
+
+def _fitted_slack(hw: HardwareProfile) -> float | None:
+    from ftadvisor.calibration.corrections import load_corrections
+
+    corr = load_corrections(hw.id)
+    return corr.allocator_slack if corr is not None else None
+
+
+def _pack(model: ModelProfile, hw: HardwareProfile, plan: TrainingPlan, lay: memory.Layout, ev: memory.Evaluation,
+          calibrated: bool = True) -> Estimate:
+    fitted_slack, notes = _corrected(hw, lay, ev) if calibrated else (None, ())
     totals = {name: sum(comp.values()) for name, comp in ev.phases.items()}
     phase = max(totals, key=totals.get)
     comps = {k: int(round(v)) for k, v in ev.phases[phase].items()}
     allocated = sum(comps.values())
     cpu = hw.vendor == "cpu"
-    slack = 0.0 if cpu else memory.DEFAULT_ALLOCATOR_SLACK
+    slack = 0.0 if cpu else (fitted_slack if fitted_slack is not None else memory.DEFAULT_ALLOCATOR_SLACK)
     reserved = int(round(allocated * (1 + slack)))
     runtime = 0 if cpu else int(hw.runtime_overhead_gib * 2**30)
     paged = int(round(ev.paged_bytes))
@@ -103,6 +128,7 @@ def _pack(model: ModelProfile, hw: HardwareProfile, plan: TrainingPlan, lay: mem
         fits=fits,
         headroom_bytes=cap - device_total,
         warnings=tuple(warnings),
+        corrections=notes,
     )
 
 
@@ -112,6 +138,7 @@ def estimate(
     technique: str | None = None,
     plan: TrainingPlan | dict | None = None,
     *,
+    calibrated: bool = True,
     with_speed: bool = False,
     goal: str | None = None,
     examples: float | None = None,
@@ -123,7 +150,8 @@ def estimate(
 ) -> Estimate:
     """Estimate per-GPU memory for fine-tuning ``model`` on ``hardware``; optionally speed, time,
     cost (given a dataset size) and expected quality (given a goal: chat, domain, code, math,
-    preference, rl, facts).
+    preference, rl, facts). ``calibrated=False`` skips the hardware's calibration corrections
+    (``calibration/corrections/<hardware>.yaml``) and returns the purely analytic figures.
 
     >>> est = estimate("llama-3.1-8b", "rtx4090-24gb", "qlora", seq_len=2048)
     >>> est.fits, est.memory.device_total_bytes / 2**30   # doctest: +SKIP
@@ -136,7 +164,7 @@ def estimate(
     tech = parse_technique(tp.technique)
     lay = memory.build_layout(mp.arch, tech, hw, tp)
     ev = memory.evaluate(lay, tp)
-    est = _pack(mp, hw, tp, lay, ev)
+    est = _pack(mp, hw, tp, lay, ev, calibrated=calibrated)
     sized = dataset_tokens is not None or examples is not None
     if not (with_speed or sized or goal):
         return est
@@ -242,12 +270,14 @@ def estimate_grid(
         for k, arr in flat.items():
             setattr(ns, k, arr)
         ev = memory.evaluate(lay, ns)
+        _corrected(hw, lay, ev)
         totals = {name: sum(np.broadcast_to(np.asarray(v, dtype=np.float64), (n_num,)) for v in comp.values())
                   for name, comp in ev.phases.items()}
         stacked = np.stack(list(totals.values()))
         allocated = stacked.max(axis=0)
         cpu = hw.vendor == "cpu"
-        reserved = allocated * (1 + (0.0 if cpu else memory.DEFAULT_ALLOCATOR_SLACK))
+        fitted = _fitted_slack(hw)
+        reserved = allocated * (1 + (0.0 if cpu else (fitted if fitted is not None else memory.DEFAULT_ALLOCATOR_SLACK)))
         runtime = 0.0 if cpu else hw.runtime_overhead_gib * 2**30
         paged = np.broadcast_to(np.asarray(ev.paged_bytes, dtype=np.float64), (n_num,))
         total = reserved + runtime + paged

@@ -687,12 +687,24 @@ def loss_logits_bytes(lay: Layout, T, T_loss):
     # taking .loss (measured, scripts/check_memory_cpu.py). The forward side (bf16 logits + fp32
     # upcast + log-softmax output, c + 8) is never larger.
     logits_total = T_loss * V * 12
+    if obj.name == "orpo":
+        # ORPO's NLL term adds a cross-entropy over the chosen half: its fp32 log-softmax
+        # (trl ORPOTrainer). (trl's log-prob gather for DPO/ORPO peaked at 16 B/logit on the CPU but
+        # at ~12 on an H200 run; the analytic term keeps 12 and calibration corrects per device.)
+        logits_total = logits_total + T_loss / 2 * V * 4
     if obj.name == "sft" and lay.sft_chunked_loss:
         # trl >= 1.x SFTTrainer defaults to loss_type="chunked_nll" (trl/trainer/sft_trainer.py,
         # _CHUNKED_LM_HEAD_CHUNK_SIZE = 256): the lm_head and the cross-entropy run over chunks of
         # 256 tokens under checkpointing, so only one chunk's logits exist at a time, plus the
-        # reordered copy of the final hidden states and its gradient.
-        logits_total = _num.minimum(T_loss, SFT_CE_CHUNK_TOKENS) * V * 12 + 2 * T * h * c
+        # reordered copy of the final hidden states and its gradient. Each chunk computes
+        # h.float() @ w.float().t(): an fp32 copy of the lm_head weight and, under autocast, its
+        # low-precision cast (V x h x (4 + c)); measured on CPU and consistent with an H200 run.
+        head_store = lay.trainable_bytes if lay.lm_head_trained else lay.frozen_bytes
+        w_copies = V * h * ((4 if head_store == 2 else 0) + (c if lay.precision in ("bf16-mixed", "fp16-mixed") else 0))
+        # The copies and a chunk's full set of fp32 tensors are not alive together: at the 8B scale
+        # the peak held the copies plus ~2 B per chunk logit, on a tiny model the chunk's 12 B.
+        chunk = _num.minimum(T_loss, SFT_CE_CHUNK_TOKENS) * V
+        logits_total = _num.maximum(chunk * 12, w_copies + chunk * 2) + 2 * T * h * c
     if obj.name == "ppo":
         logits_total = logits_total + (T - T_loss) * V * c  # full-sequence logits before slicing the response
 
@@ -737,6 +749,10 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     trainable = p.trainable + value_trainable
     frozen_copy = frozen_copy_bytes(lay)
     extra = frozen_copy * (1 if lay.reference_copy else 0)
+    if obj.name == "dpo" and lay.technique.method.lora_like and not plan.dpo_precompute_ref:
+        # trl's DPOTrainer adds a frozen copy of the adapter as the "ref" adapter of a PEFT model
+        # (trl/trainer/dpo_trainer.py) -- adapter weights in the compute dtype.
+        extra = extra + p.trainable * c
     if obj.reward_model:
         extra = extra + frozen_copy - head * lay.c + h * lay.c
     if value:
@@ -868,7 +884,10 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     qws = p.quant_largest_linear * c
     if lay.technique.method.dora:
         big = max((r_.spec.in_features * r_.spec.out_features for r_ in lay.roles if r_.adapted), default=0)
-        qws = qws + big * 8
+        # ... and pushes an in x in identity through the LoRA matrices to form B @ A
+        # (peft/tuners/lora/dora.py get_weight_norm path; measured 392 MiB for Llama-8B's down_proj)
+        eye = max((r_.spec.in_features ** 2 for r_ in lay.roles if r_.adapted), default=0)
+        qws = qws + big * 8 + eye * c
 
     # 7. Gradients alive during backward: with accumulation the previous micro-batches'
     #    gradients; otherwise the first gradient backward allocates, the lm_head's (V x h).

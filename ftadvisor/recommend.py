@@ -223,8 +223,7 @@ def recommend(
     quality_per_time_doubling: float = 0.05,
 ) -> Recommendation:
     """Ranked fine-tuning plans for this model, hardware, goal and data (see the module docstring)."""
-    from ftadvisor.quality import estimate_quality
-    from ftadvisor.speed import estimate_speed, estimate_time_cost
+    from ftadvisor.speed import estimate_speed
 
     if goal not in GOALS:
         raise FtAdvisorError("goal", f"unknown {goal!r}", GOALS)
@@ -248,10 +247,9 @@ def recommend(
     if data_kind != goal_data:
         notes.append(f"goal {goal!r} usually trains on {goal_data} data; planning for the {data_kind} data you have")
     S = _seq_len_for(mp, seq_len, avg_tokens)
-    if dataset_tokens is None and examples is not None:
-        dataset_tokens = examples * (avg_tokens or S * 0.5)
-        if avg_tokens is None:
-            notes.append(f"assumed {S // 2} tokens per example (half of seq_len {S}); pass avg_tokens to refine")
+    if examples is not None and avg_tokens is None and dataset_tokens is None:
+        notes.append(f"no average example length given: time and cost count every example as seq_len {S} "
+                     "tokens (an upper bound); pass avg_tokens to refine")
     r = RANK_FOR_GOAL[goal]
     cap = hw.memory_bytes * (1 - memory_headroom)
 
@@ -299,15 +297,12 @@ def recommend(
             if best is None:
                 continue
             plan, sp = best
-            est = estimate(mp, hw, plan=plan)
-            tc = estimate_time_cost(sp, hw, plan, dataset_tokens=dataset_tokens, epochs=epochs,
-                                    hourly_price_usd=hourly_price_usd) if dataset_tokens else None
-            q = estimate_quality(tech, goal, examples=examples, lora_r=plan.lora_r if lora_like else None,
-                                 total_params=est.total_params, quantization=est_quant(plan, method))
-            est = est.model_copy(update={"speed": sp, "time_cost": tc, "quality": q})
+            est = evaluate_plan(mp, hw, plan, goal=goal, examples=examples, avg_tokens=avg_tokens,
+                                dataset_tokens=dataset_tokens, epochs=epochs, hourly_price_usd=hourly_price_usd)
+            tc, q = est.time_cost, est.quality
             best_fitting_by_method[tech] = est
             reasons = [DATA_REASON[data_kind]] if objective != "sft" or method == "full" else []
-            reasons += _method_reasons(method, est, hw, lora_fits=_technique_name(objective, "lora") in best_fitting_by_method)
+            reasons += _method_reasons(mp, method, est, hw, lora_fits=_technique_name(objective, "lora") in best_fitting_by_method)
             if lora_like:
                 reasons.append(RANK_REASON[r])
             reasons.append(_knob_reason(plan, est, hw))
@@ -341,10 +336,23 @@ def recommend(
                           plans=plans, rejected=tuple(rejected), notes=tuple(notes))
 
 
-def est_quant(plan: TrainingPlan, method: str) -> str | None:
-    if plan.quantization:
-        return plan.quantization
-    return "nf4" if method == "qlora" else None
+def evaluate_plan(
+    model: str | dict | ModelProfile,
+    hardware: str | HardwareProfile,
+    plan: TrainingPlan | dict,
+    *,
+    goal: str = "chat",
+    examples: int | None = None,
+    avg_tokens: float | None = None,
+    dataset_tokens: float | None = None,
+    epochs: float = 1.0,
+    hourly_price_usd: float | None = None,
+) -> Estimate:
+    """One plan scored exactly as :func:`recommend` scores it: memory, speed, time and cost (when a
+    dataset size is given) and expected quality for ``goal``. The TUI calls this when a knob changes."""
+    return estimate(model, hardware, plan=plan, with_speed=True, goal=goal, examples=examples,
+                    avg_tokens=avg_tokens, dataset_tokens=dataset_tokens, epochs=epochs,
+                    hourly_price_usd=hourly_price_usd)
 
 
 def _largest_micro_batches(cols, cap: float) -> list[int]:
@@ -363,11 +371,11 @@ def _gib(x: float) -> str:
     return f"{x / GIB:.1f} GiB"
 
 
-def _method_reasons(method: str, est: Estimate, hw: HardwareProfile, lora_fits: bool = True) -> list[str]:
+def _method_reasons(mp: ModelProfile, method: str, est: Estimate, hw: HardwareProfile, lora_fits: bool = True) -> list[str]:
     m = est.memory
     out = []
     if method == "qlora":
-        lora = estimate(est.model_id, hw, est.plan.technique.replace("qlora", "lora"),
+        lora = estimate(mp, hw, est.plan.technique.replace("qlora", "lora"),
                         **est.plan.model_dump(exclude={"technique", "quantization"}))
         if not lora_fits:
             out.append(f"QLoRA because LoRA needs {_gib(lora.memory.device_total_bytes)} even at these settings "

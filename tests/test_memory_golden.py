@@ -168,26 +168,34 @@ def test_checkpointing_and_sequence_length_behave():
 
 
 def test_logits_include_fp32_upcast():
-    # tokens * vocab * 12 bytes: at the loss' backward three fp32 T x V tensors are alive (kept
-    # log-softmax output, the gradient from nll_loss, the new gradient); measured on CPU.
-    # DPO computes full logits for chosen + rejected (trl DPOTrainer).
+    # Plain HF loss: tokens * vocab * 12 bytes -- at the loss' backward three fp32 T x V tensors are
+    # alive (kept log-softmax output, the gradient from nll_loss, the new gradient); measured on CPU.
+    mp = fa.resolve_model(LLAMA31_8B)
+    hw = fa.resolve_hardware("h100-sxm")
+    plain = fa.make_plan("lora", sft_chunked_loss=False)
+    lay = memory.build_layout(mp.arch, fa.parse_technique("lora"), hw, plain)
+    assert memory.loss_logits_bytes(lay, 4096, 4096) == 4096 * 128256 * 12
+    # DPO works on full logits for chosen + rejected.
     est = fa.estimate(LLAMA31_8B, "h100-sxm", "dpo+lora", gradient_checkpointing=True, seq_len=4096, micro_batch_size=1)
     assert est.memory.logits_bytes == 2 * 4096 * 128256 * 12
     # trl's SFTTrainer computes the loss in chunks of 256 tokens (loss_type="chunked_nll" default):
     # one chunk's logits plus the reordered hidden states and their gradient.
-    mp = fa.resolve_model(LLAMA31_8B)
+    # Each chunk also upcasts the lm_head weight to fp32 and autocast casts it back to bf16.
     plan = fa.make_plan("lora", seq_len=4096, micro_batch_size=2)
-    lay = memory.build_layout(mp.arch, fa.parse_technique("lora"), fa.resolve_hardware("h100-sxm"), plan)
+    lay = memory.build_layout(mp.arch, fa.parse_technique("lora"), hw, plan)
     T = 2 * 4096
-    assert memory.loss_logits_bytes(lay, T, T) == 256 * 128256 * 12 + 2 * T * 4096 * 2
+    chunk = 256 * 128256
+    copies = 128256 * 4096 * (4 + 2)
+    assert memory.loss_logits_bytes(lay, T, T) == max(12 * chunk, copies + 2 * chunk) + 2 * T * 4096 * 2
 
 
 def test_objectives_add_their_models():
     lora = fa.estimate(LLAMA31_8B, "h100-sxm", "lora", gradient_checkpointing=True)
     dpo_lora = fa.estimate(LLAMA31_8B, "h100-sxm", "dpo+lora", gradient_checkpointing=True)
     dpo_full = fa.estimate(LLAMA31_8B, "h100-sxm", "dpo", gradient_checkpointing=True)
-    # DPO+LoRA: reference = base with adapters disabled (no copy); chosen+rejected double the tokens
-    assert dpo_lora.memory.extra_models_bytes == 0
+    # DPO+LoRA: reference = base with adapters disabled; trl keeps a frozen bf16 copy of the adapter
+    # as the "ref" adapter; chosen+rejected double the tokens
+    assert dpo_lora.memory.extra_models_bytes == 41_943_040 * 2
     sft_dpo = fa.estimate(LLAMA31_8B, "h100-sxm", "dpo+lora", gradient_checkpointing=True, micro_batch_size=2)
     assert dpo_lora.memory.activations_bytes == pytest.approx(sft_dpo.memory.activations_bytes / 2, rel=0.01)
     # full DPO keeps a bf16 reference copy: 2 bytes per parameter

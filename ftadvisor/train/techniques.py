@@ -550,6 +550,13 @@ def _ppo(session, records, common):
             ids = tok(p, add_special_tokens=False)["input_ids"]
         tokenized.append({"input_ids": list(ids)})
     ds = _dataset(tokenized)
+    if plan.gradient_checkpointing:
+        # trl's PPOTrainer runs its own loop, so the Trainer never switches checkpointing on; the
+        # memory model assumes the plan's setting for the policy and the value model alike.
+        for m in (session.model, value):
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(m, "enable_input_require_grads"):
+                m.enable_input_require_grads()
     return PPOTrainer(
         args=args,
         processing_class=tok,

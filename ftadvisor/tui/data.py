@@ -17,15 +17,28 @@ from typing import Any
 CHARS_PER_TOKEN = 4.0
 
 # The launcher's formats (ftadvisor.datasets.FORMATS) -> the recommender's data kinds
-# (ftadvisor.recommend.DATA_KINDS): prompt/completion pairs are instruction data like chat.
-KIND_OF_FORMAT = {
-    "chat": "chat",
-    "prompt_completion": "chat",
-    "preference": "preference",
-    "text": "text",
-    "facts": "facts",
-    "prompts": "prompts",
-}
+# (ftadvisor.recommend.DATA_KINDS), by the fields a format requires (the first field found
+# decides): prompt/completion pairs are instruction data like chat, pre-tokenized ids are text.
+KIND_BY_FIELD = (
+    ("messages", "chat"),
+    ("chosen", "preference"),
+    ("completion", "chat"),
+    ("question", "facts"),
+    ("text", "text"),
+    ("input_ids", "text"),
+    ("prompt", "prompts"),
+)
+
+
+def kind_of_format(fmt: str) -> str:
+    """The recommender's data kind for one of the launcher's dataset formats."""
+    from ftadvisor.datasets import FORMATS
+
+    fields = set(FORMATS[fmt].required) if fmt in FORMATS else set()
+    for name, kind in KIND_BY_FIELD:
+        if name in fields:
+            return kind
+    return "text"
 
 SAMPLE = 2000
 """Records measured for the average length (all of them in smaller files)."""
@@ -35,7 +48,7 @@ SAMPLE = 2000
 class DataInfo:
     path: str
     format: str
-    """Format as the launcher names it (chat, preference, prompt_completion, text, facts, prompts)."""
+    """Format as the launcher names it (``ftadvisor.datasets.FORMATS``)."""
     kind: str
     """Data kind the recommender plans for."""
     examples: int
@@ -64,9 +77,9 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def sequences(record: dict[str, Any], fmt: str) -> list[str]:
-    """The text(s) one record becomes as training sequences."""
-    if fmt == "preference":
+def sequences(record: dict[str, Any]) -> list[str]:
+    """The text(s) one record becomes as training sequences (a preference pair: two)."""
+    if "chosen" in record and "rejected" in record:
         prompt = "\n".join(_strings(record.get("prompt")))
         return [prompt + "\n" + "\n".join(_strings(record.get(k))) for k in ("chosen", "rejected")]
     return ["\n".join(_strings(record))]
@@ -94,12 +107,18 @@ def describe(path: str, model_dir: str | None = None) -> DataInfo:
     from ftadvisor.datasets import load_data
 
     data = load_data(path)
-    texts = [t for rec in data.records[:SAMPLE] for t in sequences(rec, data.format)]
-    tok = _tokenizer_for(model_dir)
-    if tok is not None:
-        lengths = [len(e.ids) for e in tok.encode_batch(texts)]
+    sample = data.records[:SAMPLE]
+    if sample and all(isinstance(r.get("input_ids"), list) for r in sample):
+        lengths = [float(len(r["input_ids"])) for r in sample]  # pre-tokenized: exact
+        exact = True
     else:
-        lengths = [len(t) / CHARS_PER_TOKEN for t in texts]
+        texts = [t for rec in sample for t in sequences(rec)]
+        tok = _tokenizer_for(model_dir)
+        exact = tok is not None
+        if tok is not None:
+            lengths = [float(len(e.ids)) for e in tok.encode_batch(texts)]
+        else:
+            lengths = [len(t) / CHARS_PER_TOKEN for t in texts]
     avg = sum(lengths) / max(1, len(lengths))
-    return DataInfo(path=str(path), format=data.format, kind=KIND_OF_FORMAT.get(data.format, "text"),
-                    examples=len(data), avg_tokens=max(1.0, avg), exact_tokens=tok is not None)
+    return DataInfo(path=str(path), format=data.format, kind=kind_of_format(data.format),
+                    examples=len(data), avg_tokens=max(1.0, avg), exact_tokens=exact)

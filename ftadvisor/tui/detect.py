@@ -1,18 +1,20 @@
 """Find the GPUs on this machine and the hardware profile each one matches.
 
 Detection tries, in order, NVML through ``pynvml`` (nvidia-ml-py), the ``nvidia-smi`` command
-(the same NVML figures), and ``torch.cuda`` (which also covers ROCm builds). Each is imported or
-run only here, only when called, and the TUI calls this from a worker thread so start-up never
-waits on it. Nothing found means host-only training: the ``cpu`` profile is suggested.
+(the same NVML figures), and ``torch.cuda`` (which also covers ROCm builds) asked in a child
+process. Each is imported or run only here, only when called, and the TUI calls this from a
+worker thread after the first screen is drawn, so start-up never waits on it. Nothing found means host-only training: the ``cpu`` profile is suggested.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -95,17 +97,25 @@ def _from_nvidia_smi() -> list[DetectedGPU] | None:
     return parse_nvidia_smi(res.stdout)
 
 
+_TORCH_PROBE = (
+    "import json, torch\n"
+    "n = torch.cuda.device_count() if torch.cuda.is_available() else 0\n"
+    "print(json.dumps([[torch.cuda.get_device_properties(i).name, torch.cuda.get_device_properties(i).total_memory]"
+    " for i in range(n)]))\n"
+)
+
+
 def _from_torch() -> list[DetectedGPU] | None:
+    """Ask torch.cuda in a child interpreter: importing torch takes seconds and a lot of memory, and
+    in a thread of the TUI it would hold the GIL while the first screen is being drawn."""
     if importlib.util.find_spec("torch") is None:
         return None
     try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return []
-        return [DetectedGPU(torch.cuda.get_device_properties(i).name, int(torch.cuda.get_device_properties(i).total_memory))
-                for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - a broken install must not stop the wizard
+        res = subprocess.run([sys.executable, "-c", _TORCH_PROBE], capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            return None
+        return [DetectedGPU(str(name), int(mem)) for name, mem in json.loads(res.stdout.strip().splitlines()[-1])]
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError, TypeError):
         return None
 
 

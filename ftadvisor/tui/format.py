@@ -19,6 +19,17 @@ def gib(n_bytes: float | None, digits: int = 1) -> str:
     return f"{n_bytes / GIB:.{digits}f}"
 
 
+def size(n_bytes: float | None) -> str:
+    """Bytes in the largest binary unit that keeps a digit before the point: ``20.5 GiB``, ``345 MiB``."""
+    if n_bytes is None:
+        return "-"
+    for unit, div in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n_bytes) >= div:
+            val = n_bytes / div
+            return f"{val:.1f} {unit}" if val < 100 else f"{val:.0f} {unit}"
+    return f"{n_bytes:.0f} B"
+
+
 def count(n: float | None) -> str:
     """A parameter or example count in short form: ``8.03B``, ``41.9M``, ``12.0K``."""
     if n is None:
@@ -32,10 +43,10 @@ def count(n: float | None) -> str:
 
 
 def rate(tokens_per_s: float | None) -> str:
-    """Tokens per second: ``950``, ``12.3K``."""
+    """Tokens per second: ``950``, ``12,345``, ``1.23M``."""
     if tokens_per_s is None:
         return "-"
-    return count(tokens_per_s) if tokens_per_s >= 1000 else f"{tokens_per_s:.0f}"
+    return count(tokens_per_s) if tokens_per_s >= 100_000 else f"{tokens_per_s:,.0f}"
 
 
 def duration(hours: float | None) -> str:
@@ -56,6 +67,8 @@ def money(usd: float | None) -> str:
     """US dollars: ``$0.42``, ``$12``, ``$1,234``; ``-`` when unknown."""
     if usd is None:
         return "-"
+    if 0 < usd < 0.005:
+        return "<$0.01"
     if usd < 10:
         return f"${usd:.2f}"
     return f"${usd:,.0f}"
@@ -109,10 +122,10 @@ def stacked_bar(parts: Sequence[tuple[str, float, str]], capacity: float, width:
     out = Text()
     pos = 0
     for (_, _, colour), n in zip(parts, shares):
-        for _ in range(n):
-            over = pos >= cap_cells
-            out.append("█", style=f"{colour} on red" if over else colour)
-            pos += 1
+        inside = max(0, min(n, cap_cells - pos))  # cells of this segment within the card's capacity
+        out.append("█" * inside, style=colour)
+        out.append("█" * (n - inside), style=f"{colour} on red")
+        pos += n
     if pos < width:
         out.append("·" * (width - pos), style="dim")
     return out

@@ -153,7 +153,8 @@ class Run:
         """The last ``n`` lines the process printed."""
         try:
             with open(self.output_path, encoding="utf-8", errors="replace") as fh:
-                return [line.rstrip("\n") for line in deque(fh, maxlen=n)]
+                # A progress bar redraws its line with carriage returns: keep what is on screen last.
+                return [line.rstrip("\r\n").rsplit("\r", 1)[-1] for line in deque(fh, maxlen=n)]
         except FileNotFoundError:
             return []
 
@@ -165,6 +166,25 @@ class Run:
             os.killpg(self.proc.pid, sig)  # the process leads its own group (start_new_session)
         except ProcessLookupError:
             pass
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _stop_stragglers(self, grace_s: float = 3.0) -> None:
+        """Processes the run started that outlived it (a background child ignoring SIGINT, say)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not self._group_alive():
+                return
+            self._signal(sig)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and self._group_alive():
+                time.sleep(0.05)
 
     def cancel(self, grace_s: float = 10.0) -> int | None:
         """Stop the run and everything it started; returns the exit code (None if it would not die)."""
@@ -178,6 +198,8 @@ class Run:
                 break
             except subprocess.TimeoutExpired:
                 continue
+        if self.returncode is not None:
+            self._stop_stragglers()
         self.poll()
         return self.returncode
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ftadvisor.schema import HardwareProfile, ModelProfile
@@ -42,7 +42,6 @@ class WizardState:
     budget_usd: float | None = None
     version: int = 0
     """Bumped on every change, so the plans screen knows when to ask again."""
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def touch(self) -> None:
         self.version += 1

@@ -1,0 +1,3 @@
+from ftadvisor.tui import main
+
+main()
