@@ -127,7 +127,8 @@ class Layout:
         return self.sharding in ("zero1", "zero2", "zero3")
 
 
-def _resolve_targets(arch: ArchSpec, targets) -> set[str]:
+def resolve_lora_targets(arch: ArchSpec, targets) -> set[str]:
+    """peft target_modules names for plan.lora_targets (shared by the estimator and the engine)."""
     names = {lin.name for lin in arch.linears}
     if targets == "all-linear" or targets == ("all-linear",):
         # peft's "all-linear" targets every nn.Linear but the output layer (peft/tuners/tuners_utils.py
@@ -174,7 +175,7 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         warnings.append("quantized base under zero3/fsdp: bitsandbytes weights are sharded only with recent accelerate/peft; "
                         "the estimate assumes they shard like bf16 weights")
 
-    targets = _resolve_targets(arch, plan.lora_targets) if m.lora_like else set()
+    targets = resolve_lora_targets(arch, plan.lora_targets) if m.lora_like else set()
     half_layers = round(arch.num_layers * plan.half_ft_fraction) if m.name == "half_ft" else 0
     if m.name == "half_ft" and half_layers == 0:
         raise FtAdvisorError("half_ft_fraction", f"trains no layer of {arch.num_layers}")
@@ -495,7 +496,6 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
     c = lay.c
     h = arch.hidden_size
     a, kv, d = arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
-    tb = lay.trainable_bytes
     mixed_fp32_weights = lay.precision in ("bf16-mixed", "fp16-mixed")
     resid = 4 if (lay.embed_trained and lay.precision != "bf16-true") or lay.precision == "fp32" else 2
     if lay.quantization != "none" and lay.precision != "bf16-true":

@@ -22,7 +22,6 @@ How it searches (all through the same pure estimator the CLI uses):
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 

@@ -1044,7 +1044,6 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
     S = tp.seq_len
     T = seqs * S  # tokens per micro-batch per GPU
     c = lay.c
-    L = arch.num_layers
     phi = backward_depth_fraction(lay)
     fl = training_flops_per_token(lay, tp)
     mm_fwd = forward_matmul_flops_per_token(arch)

@@ -116,32 +116,12 @@ class Context:
 
 
 def lora_target_names(ctx: Context) -> list[str]:
-    """peft ``target_modules`` for the plan: 'all-linear' = every decoder nn.Linear except routed
-    experts and routers (memory.py ``_resolve_targets``); explicit names as given."""
-    targets = ctx.plan.lora_targets
-    # One name can be several kinds of linear (Qwen2-MoE: gate_proj is a routed expert and a shared
-    # expert); peft matches by name, and routed experts are fused parameters, not nn.Linear, in
-    # transformers 5, so a name is adaptable when some linear of that name is not a routed expert/router.
-    groups: dict[str, set[str]] = {}
-    for lin in ctx.arch.linears:
-        groups.setdefault(lin.name, set()).add(lin.group)
-    linear_names = sorted(n for n, g in groups.items() if g - {"expert", "router"})
-    if targets == "all-linear" or targets == ("all-linear",):
-        return linear_names
-    if isinstance(targets, str):
-        targets = tuple(t.strip() for t in targets.split(",") if t.strip())
-    bad = [t for t in targets if t not in groups]
-    if bad:
-        raise FtAdvisorError("lora_targets", f"{', '.join(bad)} not in this model", ["all-linear", *sorted(groups)])
-    fused = [t for t in targets if t not in linear_names]
-    if fused:
-        raise FtAdvisorError(
-            "lora_targets",
-            f"{', '.join(fused)} are routed experts/routers, stored as fused parameters (not nn.Linear) in "
-            "transformers 5; peft target_modules cannot adapt them",
-            ["all-linear", *linear_names],
-        )
-    return sorted(set(targets))
+    """peft ``target_modules`` for the plan: the estimator's own resolution (one rule for both:
+    'all-linear' = every decoder nn.Linear except routed experts and routers, which are fused
+    parameters in transformers 5; explicit names checked against the model)."""
+    from ftadvisor.memory import resolve_lora_targets
+
+    return sorted(resolve_lora_targets(ctx.arch, ctx.plan.lora_targets))
 
 
 def _freeze_all(model: nn.Module) -> None:
