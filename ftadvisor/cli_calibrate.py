@@ -76,6 +76,9 @@ def run_cmd(
                 typer.echo(f"{c.case_id}  {mark}  {c.backend:<5}  {c.label}")
             return
         from ftadvisor.calibration.runner import run_sweep
+        from ftadvisor.stack import require_training_stack
+
+        require_training_stack("calibrate")
 
         summary = run_sweep(sw, hardware=hardware, backend=backend, results_root=results, only=only or None,
                             jobs=jobs, isolation="fork" if fork else "subprocess")

@@ -48,6 +48,13 @@ def launch(
         return
     if dry_run:
         return
+    from ftadvisor.stack import require_training_stack
+
+    try:
+        require_training_stack("launch")
+    except FtAdvisorError as err:
+        _fail(err)
+        return
     sys.stdout.flush()
     try:
         code = subprocess.call(cmd)

@@ -80,3 +80,17 @@ def test_profiles_list_and_show():
     assert out.returncode == 0 and "llama-3.1-405b" in out.stdout and "h200" in out.stdout
     out = run("profiles", "show", "mixtral-8x7b")
     assert json.loads(out.stdout)["derived"]["total_params"] == 46_702_792_704
+
+
+def test_launch_without_training_stack_is_one_line(tmp_path):
+    # A core-only install: the training packages are hidden from the child interpreter.
+    code = (
+        "import importlib.util, sys\n"
+        "real = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda n, *a: None if n in ('torch', 'trl') else real(n, *a)\n"
+        "from ftadvisor.stack import require_training_stack\n"
+        "from ftadvisor.errors import FtAdvisorError\n"
+        "try:\n    require_training_stack('launch')\nexcept FtAdvisorError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "launch: needs the training stack; missing torch, trl" in out.stdout
