@@ -270,6 +270,11 @@ def test_run_follows_log_and_partial_lines(tmp_path):
 
 
 def test_run_cancel_stops_the_whole_group(fake_train, tmp_path):
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started from a background job, this process ignores SIGINT and so do its children (exec
+        # keeps ignored signals): cancel then falls back to SIGTERM after the grace period, which
+        # test_launch_follow_switch_cancel_and_quit covers; the SIGINT timing cannot be tested here.
+        pytest.skip("SIGINT is ignored in this process (background job)")
     run_dir = tmp_path / "run"
     run = Run(["sh", str(fake_train), str(run_dir), "100", "0.2"], run_dir, run_dir / "train_log.jsonl")
     run.start()
