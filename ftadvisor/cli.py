@@ -250,6 +250,10 @@ def estimate(
     warned = {w for r in results for w in r.warnings}
     for w in sorted(warned):
         console.print(f"[yellow]note:[/] {w}")
+    corrected = sorted({c for r in results for c in r.corrections})
+    if corrected:
+        console.print(f"[cyan]calibrated:[/] {len(corrected)} correction(s) from calibration/corrections/{hw.id}.yaml "
+                      "applied (see --json 'corrections'; calibrated=False in the API for the bare model)")
     console.print("[dim]Change knobs with --set field=value (seq_len, micro_batch_size, gradient_checkpointing, lora_r, "
                   "sharding, optimizer ...); --json for the full breakdown.[/]")
 

@@ -135,3 +135,26 @@ def test_cli_estimate_does_not_load_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY:"
+
+
+def test_estimator_applies_hardware_corrections(tmp_path, monkeypatch):
+    # A corrections file doubling activations for LoRA on the h100-sxm profile, with a fitted slack.
+    corr = tmp_path / "corrections"
+    corr.mkdir()
+    (corr / "h100-sxm.yaml").write_text(
+        "schema_version: 1\nhardware: h100-sxm\ncreated_at: '2026-11-29T00:00:00+00:00'\nsources: [x.jsonl]\n"
+        "backends: [cuda]\nallocator_slack: 0.02\nallocator_slack_samples: 3\n"
+        "default: {activations_scale: 1.0, overhead_scale: 1.0, residual_bytes: 0, samples: 3}\n"
+        "techniques:\n  lora: {activations_scale: 2.0, overhead_scale: 1.0, residual_bytes: 1048576, samples: 3}\n"
+    )
+    monkeypatch.setenv("FTADVISOR_CALIBRATION", str(tmp_path))
+    bare = fa.estimate("llama-3.1-8b", "h100", "lora", seq_len=4096, gradient_checkpointing=False, calibrated=False)
+    cal = fa.estimate("llama-3.1-8b", "h100", "lora", seq_len=4096, gradient_checkpointing=False)
+    assert not bare.corrections and cal.corrections and "h100-sxm.yaml [lora]" in cal.corrections[0]
+    # same peak phase here (fwd/bwd): activations and logits doubled, 1 MiB residual added, slack 2% not 8%
+    b, c = bare.memory, cal.memory
+    assert c.activations_bytes == 2 * b.activations_bytes and c.logits_bytes == 2 * b.logits_bytes
+    assert c.peak_allocated_bytes == b.peak_allocated_bytes + b.activations_bytes + b.logits_bytes + 1048576
+    assert cal.memory.peak_reserved_bytes == round(cal.memory.peak_allocated_bytes * 1.02)
+    other = fa.estimate("llama-3.1-8b", "h100", "qlora", seq_len=4096, calibrated=True)
+    assert "[default]" in other.corrections[0]
