@@ -918,10 +918,13 @@ def test_snapshot_run_and_quit(fake_train, tmp_path, monkeypatch):
             await _shoot(pilot, "run")
             slow = Run(["sleep", "100"], Path("runs/slow"), Path("runs/slow/train_log.jsonl"))  # prints nothing: a still picture
             app.start_run(slow)
+            await pilot.pause(0.7)  # one poll tick (0.5 s) so the Run view shows the new job
             await settle(pilot)
             await pilot.press("ctrl+q")
-            await settle(pilot)
+            await wait_until(pilot, lambda: bool(app.screen.query("#stay")), 10)
             app.screen.query_one("#stay").focus()
+            await pilot.pause(0.3)
+            await settle(pilot)
             await _shoot(pilot, "quit")
             await pilot.press("escape")
             slow.cancel(grace_s=5)
