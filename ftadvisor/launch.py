@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftadvisor.errors import FtAdvisorError
+from ftadvisor.profiles import match_device as _match_device
 from ftadvisor.schema import Estimate, HardwareProfile, TrainingPlan
 
 GIB = 2**30
@@ -234,41 +235,7 @@ def host_memory_bytes() -> int | None:
         return None
 
 
-def _norm_device(name: str) -> str:
-    s = name.lower()
-    for word in ("nvidia", "geforce", "tesla", "amd", "instinct", "(r)", "(tm)"):
-        s = s.replace(word, " ")
-    return "".join(ch for ch in s if ch.isalnum())
-
-
-def match_device(name: str, total_bytes: int) -> HardwareProfile | None:
-    """The hardware profile for a device name as ``torch.cuda.get_device_name`` reports it.
-
-    A profile matches when its model token (the id before the first dash: ``h100``, ``a100``,
-    ``rtx4090``, ``l40s``) starts the normalised name; the longest token wins (``l40s`` over
-    ``l4``); "PCIe" in the name picks a PCIe variant where there is one (the SXM one otherwise);
-    then the variant nearest in memory (A100 40 GB vs 80 GB).
-    """
-    from ftadvisor.profiles import hardware_profiles
-
-    norm = _norm_device(name)
-    cands = []
-    for hw in hardware_profiles().values():
-        if hw.vendor == "cpu":
-            continue
-        token = hw.id.split("-")[0]
-        if norm.startswith(token):
-            cands.append((len(token), hw))
-    if not cands:
-        return None
-    best = max(n for n, _ in cands)
-    cands = [hw for n, hw in cands if n == best]
-    pcie = [hw for hw in cands if "pcie" in hw.id]
-    if "pcie" in norm and pcie:
-        cands = pcie
-    elif "pcie" not in norm and len(pcie) < len(cands):
-        cands = [hw for hw in cands if hw not in pcie]
-    return min(cands, key=lambda hw: abs(hw.memory_bytes - total_bytes))
+match_device = _match_device  # the shared matcher (ftadvisor/profiles.py)
 
 
 _CUDA_QUERY = (

@@ -149,3 +149,31 @@ def resolve_hardware(hardware: str | HardwareProfile) -> HardwareProfile:
     if hid is None:
         raise unknown("gpu", hardware, hardware_profiles())
     return hardware_profiles()[hid]
+
+
+def _device_words(text: str) -> set[str]:
+    import re
+
+    words = [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
+    # adjacent pairs joined as well, so "GeForce RTX 4090" also yields "rtx4090"
+    return set(words + [a + b for a, b in zip(words, words[1:])])
+
+
+def match_device(device_name: str, memory_bytes: float) -> HardwareProfile | None:
+    """The hardware profile for a device name as nvidia-smi, NVML or torch.cuda report it, or None.
+
+    A profile's family is the first part of its id (``a100`` of ``a100-80gb``) and must appear as a
+    word of the device name; among several (A100 40/80 GB, H100 SXM/PCIe) the one whose memory is
+    closest wins, and a "PCIe" in the name picks the PCIe card (nvidia-smi names PCIe parts
+    explicitly and SXM parts not at all). The one matcher behind launch, calibrate and the TUI.
+    """
+    words = _device_words(device_name)
+    best: tuple[float, HardwareProfile] | None = None
+    for p in hardware_profiles().values():
+        if p.vendor == "cpu" or p.id.split("-")[0] not in words:
+            continue
+        pcie_mismatch = ("pcie" in words) != ("pcie" in p.id)
+        score = abs(p.memory_bytes - memory_bytes) / 2**30 + (1000 if pcie_mismatch else 0)
+        if best is None or score < best[0]:
+            best = (score, p)
+    return best[1] if best else None

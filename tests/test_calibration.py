@@ -226,16 +226,14 @@ def test_exit_classification(tmp_path):
 
 def test_hardware_detection_matches_nvidia_smi_names():
     from ftadvisor.calibration.runner import match_hardware
-    from ftadvisor.profiles import hardware_profiles
 
-    hp = hardware_profiles()
-    assert match_hardware("NVIDIA H100 80GB HBM3", 79.6, hp) == "h100-sxm"
-    assert match_hardware("NVIDIA A100-SXM4-40GB", 39.4, hp) == "a100-40gb"
-    assert match_hardware("NVIDIA A100-SXM4-80GB", 79.2, hp) == "a100-80gb"
-    assert match_hardware("NVIDIA GeForce RTX 4090", 23.99, hp) == "rtx4090-24gb"
-    assert match_hardware("NVIDIA H200", 140.4, hp) == "h200"
+    assert match_hardware("NVIDIA H100 80GB HBM3", 79.6) == "h100-sxm"
+    assert match_hardware("NVIDIA A100-SXM4-40GB", 39.4) == "a100-40gb"
+    assert match_hardware("NVIDIA A100-SXM4-80GB", 79.2) == "a100-80gb"
+    assert match_hardware("NVIDIA GeForce RTX 4090", 23.99) == "rtx4090-24gb"
+    assert match_hardware("NVIDIA H200", 140.4) == "h200"
     with pytest.raises(FtAdvisorError):
-        match_hardware("Some Unknown Accelerator", 10, hp)
+        match_hardware("Some Unknown Accelerator", 10)
 
 
 # --- corrections -------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ pytest.importorskip("textual")
 from rich.text import Text  # noqa: E402
 
 from ftadvisor.tui import detect as det_mod  # noqa: E402
-from ftadvisor.tui.detect import Detection, DetectedGPU, match_profile, parse_nvidia_smi  # noqa: E402
+from ftadvisor.tui.detect import Detection, DetectedGPU, parse_nvidia_smi  # noqa: E402
 from ftadvisor.tui.format import allot, capacity_bar, count, duration, money, rate, size, stacked_bar  # noqa: E402
 from ftadvisor.tui.runs import Run  # noqa: E402
 
@@ -159,9 +159,10 @@ def test_capacity_bar_and_numbers():
     ],
 )
 def test_match_profile(name, mib, expected):
-    from ftadvisor.profiles import hardware_profiles
+    from ftadvisor.profiles import match_device
 
-    assert match_profile(name, mib * 2**20, hardware_profiles().values()) == expected
+    hw = match_device(name, mib * 2**20)
+    assert (hw.id if hw else None) == expected
 
 
 def test_detect_uses_first_backend_that_answers(monkeypatch):

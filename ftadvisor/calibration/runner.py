@@ -52,8 +52,6 @@ def detect_hardware() -> str:
     against the profiles, else ``cpu``."""
     import shutil
 
-    from ftadvisor.profiles import hardware_profiles
-
     smi = shutil.which("nvidia-smi")
     if not smi:
         return "cpu"
@@ -66,41 +64,19 @@ def detect_hardware() -> str:
     if out.returncode != 0 or not rows:
         return "cpu"
     name, mem_mib = [x.strip() for x in rows[0].split(",")[:2]]
-    return match_hardware(name, float(mem_mib) / 1024, hardware_profiles())
+    return match_hardware(name, float(mem_mib) / 1024)
 
 
-def match_hardware(device_name: str, memory_gib: float, profiles: dict) -> str:
-    """The profile whose name/aliases best match an nvidia-smi device name, ties broken by the
-    memory size closest to ``memory_gib``. FtAdvisorError when nothing matches."""
-    import re
+def match_hardware(device_name: str, memory_gib: float) -> str:
+    """The profile id for an nvidia-smi device name (the shared matcher in ftadvisor/profiles.py);
+    FtAdvisorError when nothing matches."""
+    from ftadvisor.profiles import hardware_profiles, match_device
 
-    def norm(s: str) -> str:
-        return re.sub(r"[^a-z0-9]", "", s.lower().replace("nvidia", "").replace("geforce", ""))
-
-    dev = norm(device_name)
-    best = None
-    for pid, prof in profiles.items():
-        if prof.vendor == "cpu":
-            continue
-        keys = {norm(prof.name), norm(pid), *(norm(a) for a in prof.aliases)}
-        # the model number: "h100", "a100", "rtx4090", "l40s" ...
-        core = re.findall(r"[a-z]+\d+[a-z]*", norm(pid.split("-")[0]))
-        hit = any(k and (k in dev or dev in k) for k in keys) or any(c in dev for c in core)
-        if not hit:
-            continue
-        score = abs(prof.memory_gib - memory_gib)
-        # Form factor: nvidia-smi names PCIe and NVL parts explicitly ("NVIDIA H100 PCIe") and SXM
-        # parts not at all ("NVIDIA H100 80GB HBM3"), so no word means SXM.
-        ff_dev = next((ff for ff in ("pcie", "nvl", "sxm") if ff in dev), "sxm")
-        ff_prof = next((ff for ff in ("pcie", "nvl", "sxm") if ff in norm(prof.name) + norm(pid)), None)
-        if ff_prof is not None and ff_prof != ff_dev:
-            score += 1.0
-        if best is None or score < best[0]:
-            best = (score, pid)
-    if best is None:
+    hw = match_device(device_name, memory_gib * 2**30)
+    if hw is None:
         raise FtAdvisorError("hardware", f"no profile matches the GPU {device_name!r} ({memory_gib:.0f} GiB); "
-                                         "name one in the sweep or with --hardware", sorted(profiles))
-    return best[1]
+                                         "name one in the sweep or with --hardware", sorted(hardware_profiles()))
+    return hw.id
 
 
 # --- parent side -----------------------------------------------------------------------------

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import re
 import shutil
 import subprocess
 import sys
@@ -122,44 +120,10 @@ def _from_torch() -> list[DetectedGPU] | None:
 BACKENDS = {"nvml": _from_nvml, "nvidia-smi": _from_nvidia_smi, "torch": _from_torch}
 
 
-def host_memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _tokens(text: str) -> list[str]:
-    words = [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
-    # Adjacent pairs joined as well, so "GeForce RTX 4090" also yields "rtx4090".
-    return words + [a + b for a, b in zip(words, words[1:])]
-
-
-def match_profile(gpu_name: str, memory_bytes: int, profiles: Iterable) -> str | None:
-    """The hardware profile id for a device name and memory size, or None if nothing matches.
-
-    A profile's family is the first part of its id (``a100`` of ``a100-80gb``), which must appear
-    as a word of the device name; among several (A100 40 and 80 GB, H100 SXM and PCIe) the one
-    whose memory is closest wins, and a ``PCIe`` in the name picks the PCIe card.
-    """
-    words = set(_tokens(gpu_name))
-    best: tuple[float, str] | None = None
-    for p in profiles:
-        if p.vendor == "cpu":
-            continue
-        family = p.id.split("-")[0]
-        if family not in words:
-            continue
-        pcie_mismatch = ("pcie" in words) != ("pcie" in p.id)
-        score = abs(p.memory_gib * 2**30 - memory_bytes) / 2**30 + (1000 if pcie_mismatch else 0)
-        if best is None or score < best[0]:
-            best = (score, p.id)
-    return best[1] if best else None
-
-
 def detect(backends: Iterable[str] = ("nvml", "nvidia-smi", "torch")) -> Detection:
     """Look for GPUs (first backend that answers wins) and suggest a profile."""
-    from ftadvisor.profiles import hardware_profiles
+    from ftadvisor.launch import host_memory_bytes
+    from ftadvisor.profiles import match_device
 
     host = host_memory_bytes()
     for name in backends:
@@ -168,7 +132,8 @@ def detect(backends: Iterable[str] = ("nvml", "nvidia-smi", "torch")) -> Detecti
             continue
         if not gpus:
             break
-        pid = match_profile(gpus[0].name, gpus[0].memory_bytes, hardware_profiles().values())
+        match = match_device(gpus[0].name, gpus[0].memory_bytes)
+        pid = match.id if match else None
         desc = f"{len(gpus)}× {gpus[0].name} ({gpus[0].memory_bytes / 2**30:.0f} GiB) via {name}"
         if pid is None:
             note = f"found {desc}; no profile matches it: pick the closest card below"
