@@ -298,12 +298,17 @@ def recommend(
 
     hw = resolve_hardware(rec.hardware_id)
     console = Console()
+    from rich import box
+
     t = Table(title=f"{rec.model_id} on {rec.num_gpus}× {hw.name} — goal {rec.goal}, {rec.data_kind} data",
-              title_justify="left", pad_edge=False, padding=(0, 1))
-    for col, kw in (("#", {"justify": "right"}), ("technique", {}), (f"GiB/{hw.memory_gib:.0f}", {"justify": "right"}),
-                    ("tok/s", {"justify": "right"}), ("time", {"justify": "right"}),
-                    ("cost", {"justify": "right"}), ("quality", {}), ("knobs", {})):
-        t.add_column(col, no_wrap=True, **kw)
+              title_justify="left", pad_edge=False, padding=(0, 1), box=None, show_header=True)
+    # fixed widths for the figures; the knobs column wraps, so nothing is cut at 80 columns
+    for col, width, kw in (("#", 2, {"justify": "right"}), ("technique", 9, {}),
+                           (f"GiB/{hw.memory_gib:.0f}", 6, {"justify": "right"}), ("tok/s", 6, {"justify": "right"}),
+                           ("time", 6, {"justify": "right"}), ("cost", 5, {"justify": "right"}),
+                           ("quality", 14, {})):
+        t.add_column(col, no_wrap=True, min_width=width, **kw)
+    t.add_column("knobs", overflow="fold", ratio=1)
     for p in rec.plans:
         e = p.estimate
         sp, tc, q = e.speed, e.time_cost, e.quality
@@ -313,7 +318,7 @@ def recommend(
         if p.plan.sharding not in ("none",):
             knobs += f" {p.plan.sharding}"
         if p.plan.optimizer != "adamw":
-            knobs += f" {p.plan.optimizer}"
+            knobs += " " + p.plan.optimizer.replace("adamw_", "adam").replace("paged_adam", "paged-adam")
         t.add_row(
             str(p.rank), p.plan.technique, f"{e.memory.device_total_bytes / GIB:.1f}",
             f"{sp.tokens_per_second_total:,.0f}" if sp else "-",
