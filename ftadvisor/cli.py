@@ -341,6 +341,47 @@ def recommend(
     console.print("[dim]Prices are profile defaults; pass --price for yours. Quality is relative to full fine-tuning (1.0).[/]")
 
 
+@app.command()
+def capacity(
+    model: str = typer.Option("llama-3.1-8b", "--model", "-m", help="Profile id, HF id, config.json path or directory."),
+    gpu: str = typer.Option("rtx4090-24gb", "--gpu", "-g", help="Hardware profile id or alias."),
+    technique: str = typer.Option("qlora", "--technique", "-t", help="Technique, e.g. lora, dpo+qlora."),
+    sets: list[str] = typer.Option([], "--set", "-s", help="Plan field=value (repeatable)."),
+    headroom: float = typer.Option(0.0, "--headroom", help="Fraction of the card to keep free (0.05 = 5%)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The largest micro-batch and the longest sequence that fit, and how many GPUs of this type the plan needs."""
+    from ftadvisor.recommend import max_micro_batch, max_seq_len, min_gpus
+
+    try:
+        fields = _parse_sets(sets)
+        if not 0 <= headroom < 1:
+            raise FtAdvisorError("--headroom", "must be a fraction in [0, 1)")
+        mb = max_micro_batch(model, gpu, technique, headroom=headroom,
+                             **{k: v for k, v in fields.items() if k != "micro_batch_size"})
+        sl = max_seq_len(model, gpu, technique, headroom=headroom, **{k: v for k, v in fields.items() if k != "seq_len"})
+        need = min_gpus(model, gpu, technique, headroom=headroom,
+                        **{k: v for k, v in fields.items() if k not in ("num_gpus", "num_nodes", "sharding")})
+    except FtAdvisorError as err:
+        _fail(err)
+        return
+    data = {"model": model, "gpu": gpu, "technique": technique, "max_micro_batch_size": mb, "max_seq_len": sl,
+            "min_gpus": need[0] if need else None, "sharding": need[1] if need else None}
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(f"{technique} of {model} on {gpu}" + (f" ({', '.join(f'{k}={v}' for k, v in fields.items())})" if fields else ""))
+    typer.echo(f"  largest micro-batch that fits: {mb if mb else 'none (not even 1)'}")
+    typer.echo(f"  longest sequence that fits:    {sl if sl else 'none (not even 128 tokens)'}")
+    if need is None:
+        gpus = "more than 1024"
+    elif need[1] == "none":
+        gpus = "1 (a single GPU)"
+    else:
+        gpus = f"{need[0]} with {need[1]}"
+    typer.echo(f"  GPUs needed:                   {gpus}")
+
+
 def _hours(h: float) -> str:
     if h < 1:
         return f"{h * 60:.0f} min"

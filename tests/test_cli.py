@@ -94,3 +94,20 @@ def test_launch_without_training_stack_is_one_line(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "launch: needs the training stack; missing torch, trl" in out.stdout
+
+
+def test_capacity_command_matches_the_api():
+    import ftadvisor as fa
+
+    out = run("capacity", "-m", "llama-3.1-8b", "-g", "rtx4090", "-t", "qlora", "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    mb, s = d["max_micro_batch_size"], d["max_seq_len"]
+    assert fa.estimate("llama-3.1-8b", "rtx4090", "qlora", micro_batch_size=mb).fits
+    assert not fa.estimate("llama-3.1-8b", "rtx4090", "qlora", micro_batch_size=mb + 1).fits
+    assert fa.estimate("llama-3.1-8b", "rtx4090", "qlora", seq_len=s).fits
+    assert not fa.estimate("llama-3.1-8b", "rtx4090", "qlora", seq_len=s + 1).fits
+    assert d["min_gpus"] == 1
+    out = run("capacity", "-m", "llama-3.1-70b", "-g", "h100", "-t", "full", "--json")
+    d = json.loads(out.stdout)
+    assert d["max_micro_batch_size"] == 0 and d["min_gpus"] > 8 and d["sharding"] in ("zero3", "fsdp")
