@@ -8,7 +8,6 @@ an array argument brings its own module.
 
 from __future__ import annotations
 
-import math
 
 
 def _is_array(x) -> bool:
@@ -37,11 +36,3 @@ def where(cond, a, b):
 
         return np.where(cond, a, b)
     return a if cond else b
-
-
-def ceil(a):
-    if _is_array(a):
-        import numpy as np
-
-        return np.ceil(a)
-    return math.ceil(a)
