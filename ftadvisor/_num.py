@@ -9,7 +9,6 @@ an array argument brings its own module.
 from __future__ import annotations
 
 
-
 def _is_array(x) -> bool:
     return hasattr(x, "__array_ufunc__") and not isinstance(x, (int, float))
 
