@@ -731,6 +731,10 @@ def test_launch_real_tiny_cpu_run(tiny_model, tmp_path, monkeypatch):
     """Wizard → plans → confirm (model set to the local tiny checkpoint) → a real ``ftadvisor launch``
     on the CPU for two steps → the Run step shows it finish."""
     monkeypatch.chdir(ROOT)
+    # the launched run records a calibration result: keep it out of the repository's results
+    results = tmp_path / "calibration"
+    results.mkdir()
+    monkeypatch.setenv("FTADVISOR_CALIBRATION", str(results))
 
     async def walk():
         app = make_app(run_root=tmp_path / "runs")
