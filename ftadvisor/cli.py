@@ -90,18 +90,16 @@ def _bar(frac: float, width: int = 16) -> str:
     return ("[red]" if over else "[green]") + "█" * filled + "[/]" + "·" * (width - filled) + (" [red]>[/]" if over else "")
 
 
+# short labels for the table's narrow "largest" column
 COMPONENT_NAMES = {
-    "weights_bytes": "weights",
-    "gradients_bytes": "grads",
-    "optimizer_state_bytes": "optim",
-    "master_weights_bytes": "master",
-    "activations_bytes": "activ.",
-    "logits_bytes": "logits",
-    "extra_models_bytes": "models",
-    "generation_cache_bytes": "KV",
-    "quantization_workspace_bytes": "dequant",
-    "communication_bytes": "comm",
-    "framework_overhead_bytes": "framework",
+    "gradients": "grads",
+    "optimizer_state": "optim",
+    "master_weights": "master",
+    "activations": "activ.",
+    "extra_models": "models",
+    "generation_cache": "KV",
+    "quantization_workspace": "dequant",
+    "communication": "comm",
 }
 
 
@@ -109,9 +107,8 @@ PHASE_NAMES = {"forward_backward": "fwd/bwd", "optimizer_step": "step", "generat
 
 
 def _largest(est) -> str:
-    m = est.memory.model_dump()
-    k = max(COMPONENT_NAMES, key=lambda c: m[c])
-    return f"{COMPONENT_NAMES[k]} {m[k] / GIB:.1f}"
+    name, size = est.memory.largest_component()
+    return f"{COMPONENT_NAMES.get(name, name.replace('_', ' '))} {size / GIB:.1f}"
 
 
 def _flat_row(est) -> dict[str, Any]:
@@ -298,7 +295,6 @@ def recommend(
 
     hw = resolve_hardware(rec.hardware_id)
     console = Console()
-    from rich import box
 
     t = Table(title=f"{rec.model_id} on {rec.num_gpus}× {hw.name} — goal {rec.goal}, {rec.data_kind} data",
               title_justify="left", pad_edge=False, padding=(0, 1), box=None, show_header=True)

@@ -24,6 +24,19 @@ class FtAdvisorError(ValueError):
         super().__init__(text)
 
 
+def check_size(name: str, value, allow_zero: bool = False) -> float | None:
+    """A finite number > 0 (>= 0 with ``allow_zero``) or None; anything else is the user's mistake."""
+    import math
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        raise FtAdvisorError(name, f"must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise FtAdvisorError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The candidates that look most like ``name`` (for 'did you mean')."""
     cands = list(candidates)

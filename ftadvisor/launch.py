@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftadvisor.errors import FtAdvisorError
+from ftadvisor.detect import host_memory_bytes as _host_memory_bytes
 from ftadvisor.profiles import match_device as _match_device
 from ftadvisor.schema import Estimate, HardwareProfile, TrainingPlan
 
@@ -227,12 +228,7 @@ def load_spec(run_dir: str | os.PathLike) -> RunSpec:
 # --------------------------------------------------------------------------------------------
 
 
-def host_memory_bytes() -> int | None:
-    """Physical RAM of this machine (POSIX sysconf), or None where unavailable."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return None
+host_memory_bytes = _host_memory_bytes  # the shared probe (ftadvisor/detect.py)
 
 
 match_device = _match_device  # the shared matcher (ftadvisor/profiles.py)
@@ -311,25 +307,18 @@ def detect_hardware(gpu: str | None, device: str = "auto", in_process: bool = Fa
 # Fit check
 # --------------------------------------------------------------------------------------------
 
+# words for the parts whose field names read badly in a sentence
 _COMPONENT_WORDS = {
-    "weights_bytes": "weights",
-    "gradients_bytes": "gradients",
-    "optimizer_state_bytes": "optimizer state",
-    "master_weights_bytes": "master weights",
-    "activations_bytes": "activations",
-    "logits_bytes": "logits",
-    "extra_models_bytes": "reference/reward/value models",
-    "generation_cache_bytes": "generation KV cache",
-    "quantization_workspace_bytes": "dequantization workspace",
-    "communication_bytes": "communication buffers",
-    "framework_overhead_bytes": "framework overhead",
+    "extra_models": "reference/reward/value models",
+    "generation_cache": "generation KV cache",
+    "quantization_workspace": "dequantization workspace",
+    "communication": "communication buffers",
 }
 
 
 def biggest_component(est: Estimate) -> tuple[str, int]:
-    mem = est.memory.model_dump()
-    key = max(_COMPONENT_WORDS, key=lambda k: mem[k])
-    return _COMPONENT_WORDS[key], int(mem[key])
+    name, size = est.memory.largest_component()
+    return _COMPONENT_WORDS.get(name, name.replace("_", " ")), int(size)
 
 
 def fit_message(est: Estimate, hw: HardwareProfile) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ftadvisor import _num
 from ftadvisor.errors import FtAdvisorError
-from ftadvisor.schema import ArchSpec, HardwareProfile, LinearSpec, TrainingPlan
+from ftadvisor.schema import MEMORY_COMPONENTS, ArchSpec, HardwareProfile, LinearSpec, TrainingPlan
 from ftadvisor.techniques import Technique
 
 GIB = 2**30
@@ -643,19 +643,7 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
 
 # --- putting it together --------------------------------------------------------------------
 
-COMPONENTS = (
-    "weights",
-    "gradients",
-    "optimizer_state",
-    "master_weights",
-    "activations",
-    "logits",
-    "extra_models",
-    "generation_cache",
-    "quantization_workspace",
-    "communication",
-    "framework_overhead",
-)
+COMPONENTS = MEMORY_COMPONENTS  # the breakdown's parts, in order (schema.MemoryBreakdown)
 
 # cuBLAS/cuBLASLt workspaces come out of PyTorch's caching allocator (torch/csrc/cuda/
 # CublasHandlePool.cpp: 4096 KiB x 8 on Hopper-class devices, smaller before); we take

@@ -25,7 +25,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict
 
-from ftadvisor.errors import FtAdvisorError
+from ftadvisor.errors import FtAdvisorError, check_size
 from ftadvisor.estimator import estimate, estimate_grid, make_plan
 from ftadvisor.profiles import resolve_hardware, resolve_model
 from ftadvisor.schema import Estimate, HardwareProfile, ModelProfile, TrainingPlan
@@ -230,10 +230,9 @@ def recommend(
     if data_kind not in DATA_KINDS:
         raise FtAdvisorError("data_kind", f"unknown {data_kind!r}", DATA_KINDS)
     for name, val in (("examples", examples), ("avg_tokens", avg_tokens), ("dataset_tokens", dataset_tokens),
-                      ("epochs", epochs), ("budget_hours", budget_hours), ("budget_usd", budget_usd),
-                      ("hourly_price_usd", hourly_price_usd)):
-        if val is not None and (not isinstance(val, (int, float)) or val <= 0 and name != "hourly_price_usd" or val < 0):
-            raise FtAdvisorError(name, f"must be a positive number, got {val!r}")
+                      ("epochs", epochs), ("budget_hours", budget_hours), ("budget_usd", budget_usd)):
+        check_size(name, val)
+    check_size("hourly_price_usd", hourly_price_usd, allow_zero=True)
     if not 0 <= memory_headroom < 1:
         raise FtAdvisorError("memory_headroom", "must be a fraction in [0, 1)")
     if num_gpus < 1 or num_nodes < 1 or num_gpus % num_nodes:
@@ -413,12 +412,9 @@ def _knob_reason(plan: TrainingPlan, est: Estimate, hw: HardwareProfile) -> str:
 
 def _why_not(mp: ModelProfile, hw: HardwareProfile, est: Estimate, headroom: float, num_gpus: int) -> list[str]:
     m = est.memory
-    comps = {k: v for k, v in m.model_dump().items() if k.endswith("_bytes") and isinstance(v, int)
-             and k not in ("peak_allocated_bytes", "peak_reserved_bytes", "device_total_bytes", "host_bytes",
-                           "runtime_overhead_bytes", "paged_bytes")}
-    biggest = max(comps, key=comps.get)
+    biggest, size = m.largest_component()
     out = [f"{est.technique} does not fit: even its smallest configuration needs {_gib(m.device_total_bytes)} per GPU "
-           f"on a {hw.memory_gib:.0f} GiB card (largest part: {biggest.replace('_bytes', '').replace('_', ' ')} {_gib(comps[biggest])})"]
+           f"on a {hw.memory_gib:.0f} GiB card (largest part: {biggest.replace('_', ' ')} {_gib(size)})"]
     plan_fields = est.plan.model_dump(exclude={"technique", "num_gpus", "num_nodes", "sharding", "cpu_offload"})
     need = min_gpus(mp, hw, est.technique, max_gpus=512, headroom=headroom, **plan_fields)
     if need:

@@ -322,6 +322,22 @@ class TrainingPlan(_Frozen):
 # --------------------------------------------------------------------------
 
 
+MEMORY_COMPONENTS = (
+    "weights",
+    "gradients",
+    "optimizer_state",
+    "master_weights",
+    "activations",
+    "logits",
+    "extra_models",
+    "generation_cache",
+    "quantization_workspace",
+    "communication",
+    "framework_overhead",
+)
+"""The parts of the peak, in order; each is a ``<name>_bytes`` field of MemoryBreakdown."""
+
+
 class MemoryBreakdown(_Frozen):
     """Per-GPU memory at the peak phase, in bytes. The components sum to ``peak_allocated_bytes``."""
 
@@ -365,6 +381,14 @@ class MemoryBreakdown(_Frozen):
     """Allocated bytes at each phase (forward/backward boundary, optimizer step, generation ...)."""
     weights_by_dtype_bytes: dict[str, int]
     """Weights split by storage dtype (bf16, fp32, nf4, int8 ...)."""
+
+    def components(self) -> dict[str, int]:
+        """The parts of the peak by name (``weights``, ``activations`` ...); they sum to peak_allocated_bytes."""
+        return {c: getattr(self, f"{c}_bytes") for c in MEMORY_COMPONENTS}
+
+    def largest_component(self) -> tuple[str, int]:
+        """The biggest part of the peak: (name, bytes)."""
+        return max(self.components().items(), key=lambda kv: kv[1])
 
 
 class Estimate(_Frozen):

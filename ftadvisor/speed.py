@@ -50,7 +50,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftadvisor import memory
-from ftadvisor.errors import FtAdvisorError
+from ftadvisor.errors import FtAdvisorError, check_size
 from ftadvisor.schema import ArchSpec, HardwareProfile, ModelProfile, TrainingPlan
 from ftadvisor.techniques import Technique, parse_technique
 
@@ -1336,16 +1336,6 @@ def _communication_seconds(lay: memory.Layout, tp: TrainingPlan, p: Any, hw: Har
 # --------------------------------------------------------------------------------------------
 
 
-def _check_size(name: str, value: Any, allow_zero: bool = False) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
-        raise FtAdvisorError(name, f"must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise FtAdvisorError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
-
-
 def estimate_time_cost(
     speed: SpeedEstimate,
     hardware: Any,
@@ -1372,11 +1362,11 @@ def estimate_time_cost(
         raise FtAdvisorError("speed", f"expected a SpeedEstimate from estimate_speed, got {type(speed).__name__}")
     if not isinstance(plan, TrainingPlan):
         raise FtAdvisorError("plan", f"expected a TrainingPlan, got {type(plan).__name__}")
-    dataset_tokens = _check_size("dataset_tokens", dataset_tokens, allow_zero=True)
-    examples = _check_size("examples", examples, allow_zero=True)
-    avg = _check_size("avg_tokens_per_example", avg_tokens_per_example)
-    ep = _check_size("epochs", epochs)
-    price_override = _check_size("hourly_price_usd", hourly_price_usd, allow_zero=True)
+    dataset_tokens = check_size("dataset_tokens", dataset_tokens, allow_zero=True)
+    examples = check_size("examples", examples, allow_zero=True)
+    avg = check_size("avg_tokens_per_example", avg_tokens_per_example)
+    ep = check_size("epochs", epochs)
+    price_override = check_size("hourly_price_usd", hourly_price_usd, allow_zero=True)
     if dataset_tokens is None and examples is None:
         raise FtAdvisorError("dataset_tokens", "give dataset_tokens or examples (with avg_tokens_per_example)",
                              ["dataset_tokens", "examples"])

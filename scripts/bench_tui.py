@@ -61,7 +61,7 @@ def main() -> None:
     med = lambda key, rs: statistics.median(r[key] for r in rs)  # noqa: E731
     print(f"import ftadvisor.tui.app       {med('import_s', runs) * 1000:7.0f} ms")
     print(f"first screen drawn             {med('first_screen_s', runs) * 1000:7.0f} ms  (target < 1000 ms)")
-    det = [run_once("__import__('ftadvisor.tui.detect', fromlist=['detect']).detect") for _ in range(max(1, args.repeat // 2))]
+    det = [run_once("__import__('ftadvisor.detect', fromlist=['detect']).detect") for _ in range(max(1, args.repeat // 2))]
     print(f"first screen, detection on     {med('first_screen_s', det) * 1000:7.0f} ms")
     print(f"GPU detection finished         {med('detected_s', det) * 1000:7.0f} ms  ({det[0]['detection']})")
     print("(times from interpreter start, after Python's own start-up; median of fresh processes)")

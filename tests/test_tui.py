@@ -29,8 +29,8 @@ pytest.importorskip("textual")
 
 from rich.text import Text  # noqa: E402
 
-from ftadvisor.tui import detect as det_mod  # noqa: E402
-from ftadvisor.tui.detect import Detection, DetectedGPU, parse_nvidia_smi  # noqa: E402
+from ftadvisor import detect as det_mod  # noqa: E402
+from ftadvisor.detect import Detection, DetectedGPU, parse_nvidia_smi  # noqa: E402
 from ftadvisor.tui.format import allot, capacity_bar, count, duration, money, rate, size, stacked_bar  # noqa: E402
 from ftadvisor.tui.runs import Run  # noqa: E402
 

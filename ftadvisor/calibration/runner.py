@@ -48,23 +48,14 @@ EXIT_FAILED = 3  # the child wrote a failure record (oom / crash / skipped)
 
 
 def detect_hardware() -> str:
-    """The hardware profile of this machine: the first GPU's name and memory (nvidia-smi) matched
-    against the profiles, else ``cpu``."""
-    import shutil
+    """The hardware profile of this machine: the first GPU nvidia-smi reports, matched against the
+    profiles (ftadvisor/detect.py), else ``cpu``; FtAdvisorError for a GPU no profile matches."""
+    from ftadvisor.detect import detect
 
-    smi = shutil.which("nvidia-smi")
-    if not smi:
+    found = detect(("nvidia-smi",))
+    if not found.gpus:
         return "cpu"
-    try:
-        out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return "cpu"
-    rows = [r for r in out.stdout.splitlines() if r.strip()]
-    if out.returncode != 0 or not rows:
-        return "cpu"
-    name, mem_mib = [x.strip() for x in rows[0].split(",")[:2]]
-    return match_hardware(name, float(mem_mib) / 1024)
+    return match_hardware(found.gpus[0].name, found.gpus[0].memory_bytes / 2**30)
 
 
 def match_hardware(device_name: str, memory_gib: float) -> str:

@@ -20,7 +20,7 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 
 from ftadvisor.tui.advice import Advice, advise
-from ftadvisor.tui.detect import Detection, detect
+from ftadvisor.detect import Detection, detect
 from ftadvisor.tui.runs import Run
 from ftadvisor.tui.screens.goal import GoalScreen
 from ftadvisor.tui.screens.hardware import HardwareScreen

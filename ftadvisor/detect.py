@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 MIB = 2**20
+
+
+def host_memory_bytes() -> int | None:
+    """Physical RAM of this machine (POSIX sysconf), or None where unavailable."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return None
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,6 @@ BACKENDS = {"nvml": _from_nvml, "nvidia-smi": _from_nvidia_smi, "torch": _from_t
 
 def detect(backends: Iterable[str] = ("nvml", "nvidia-smi", "torch")) -> Detection:
     """Look for GPUs (first backend that answers wins) and suggest a profile."""
-    from ftadvisor.launch import host_memory_bytes
     from ftadvisor.profiles import match_device
 
     host = host_memory_bytes()
