@@ -72,8 +72,6 @@ class RunSettings(BaseModel):
     """Random seed (data order, adapter initialisation, sampling)."""
     save_steps: int | None = Field(default=None, ge=1)
     """Save a resumable checkpoint every this many optimizer steps; None: the engine's default."""
-    trust_remote_code: bool = False
-    """Allow the model repository's own Python code to run (off unless ``--trust-remote-code``)."""
     force: bool = False
     """Train even when the estimator predicts the plan does not fit (``--force``)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -90,6 +88,20 @@ class RunSettings(BaseModel):
 
 
 RUN_FIELDS = tuple(RunSettings.model_fields)
+
+REMOTE_CODE_FLAG = "--trust-remote-code"
+"""Consent to run a model repository's own Python code. It is a property of one command, never of
+a file: it is not stored in plan.yaml or command.sh, and a plan file or ``--set`` that names
+``trust_remote_code`` is refused, so that a shared plan cannot switch remote code on."""
+
+
+def _refuse_remote_code_key(fields: dict[str, Any], where: str) -> None:
+    if "trust_remote_code" in fields:
+        raise FtAdvisorError(
+            f"{where}trust_remote_code",
+            f"is never read from a plan file or --set; pass {REMOTE_CODE_FLAG} on the command line "
+            "to let the model repository run its own code",
+        )
 
 
 class RunSpec(BaseModel):
@@ -141,7 +153,6 @@ def build_spec(
     num_gpus: int | None = None,
     sets: dict[str, Any] | None = None,
     max_steps: int | None = None,
-    trust_remote_code: bool = False,
     force: bool = False,
 ) -> RunSpec:
     """Merge a plan YAML, ``--set`` values and the command-line options into a validated :class:`RunSpec`.
@@ -160,8 +171,11 @@ def build_spec(
     file_gpu = raw.pop("gpu", raw.pop("hardware", None))
     for k, v in raw.items():  # flat form: the rest are plan or run fields
         (run_fields if k in RUN_FIELDS else plan_fields)[k] = v
-    for k, v in (sets or {}).items():
-        k = k.strip().replace("-", "_")
+    _refuse_remote_code_key(run_fields, "plan: run.")
+    _refuse_remote_code_key(plan_fields, "plan: ")
+    sets = {k.strip().replace("-", "_"): v for k, v in (sets or {}).items()}
+    _refuse_remote_code_key(sets, "--set ")
+    for k, v in sets.items():
         if k in RUN_FIELDS:
             run_fields[k] = v
         elif k in PLAN_FIELDS:
@@ -176,8 +190,6 @@ def build_spec(
         plan_fields["num_gpus"] = num_gpus
     if max_steps is not None:
         run_fields["max_steps"] = max_steps
-    if trust_remote_code:
-        run_fields["trust_remote_code"] = True
     if force:
         run_fields["force"] = True
     if isinstance(plan_fields.get("lora_targets"), str) and "," in plan_fields["lora_targets"]:
@@ -212,9 +224,13 @@ def load_spec(run_dir: str | os.PathLike) -> RunSpec:
         raise FtAdvisorError(f"{PLAN_FILE}", f"unknown key {unknown[0]!r}", ["model", "data", "gpu", "plan", "run"])
     from ftadvisor.estimator import make_plan
 
+    run_fields = raw.get("run") or {}
+    if not isinstance(run_fields, dict):
+        raise FtAdvisorError(f"{PLAN_FILE}: run", "must be a mapping of run settings", list(RUN_FIELDS))
+    _refuse_remote_code_key(run_fields, f"{PLAN_FILE}: run.")
     plan = make_plan(plan=dict(raw.get("plan") or {}))
     try:
-        run = RunSettings(**(raw.get("run") or {}))
+        run = RunSettings(**run_fields)
     except ValidationError as err:
         raise _validation(err, f"{PLAN_FILE}: run.") from None
     for k in ("model", "data"):
@@ -331,7 +347,7 @@ def fit_message(est: Estimate, hw: HardwareProfile) -> str:
     )
 
 
-def resolve_model_profile(model: str, trust_remote_code: bool = False):
+def resolve_model_profile(model: str):
     """The cost model's view of ``model``: a profile id, a local config, or a hub config (network)."""
     from ftadvisor.profiles import resolve_model
 
@@ -351,6 +367,25 @@ def resolve_model_profile(model: str, trust_remote_code: bool = False):
             f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); pass a local model directory"
         ) from None
     return resolve_model(path)
+
+
+def remote_code_note(model: str, trust_remote_code: bool) -> str | None:
+    """Say so when a local model asks for its own code (``auto_map`` in config.json, how transformers
+    finds repository code), and whether it will run."""
+    cfg_path = Path(model).expanduser()
+    cfg_path = cfg_path / "config.json" if cfg_path.is_dir() else cfg_path
+    if not (cfg_path.name == "config.json" and cfg_path.is_file()):
+        return "remote code allowed (--trust-remote-code)" if trust_remote_code else None
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict) or not cfg.get("auto_map"):
+        return None
+    if trust_remote_code:
+        return f"{model} ships its own Python code (auto_map in config.json); it WILL run ({REMOTE_CODE_FLAG})"
+    return (f"{model} ships its own Python code (auto_map in config.json); it will not run unless you pass "
+            f"{REMOTE_CODE_FLAG}, and transformers' built-in class is used where one exists")
 
 
 def predict(spec: RunSpec, hw: HardwareProfile) -> Estimate:
@@ -522,10 +557,12 @@ def _package_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def launch_command(run_dir: Path, plan: TrainingPlan, resume: bool = False) -> list[str]:
+def launch_command(run_dir: Path, plan: TrainingPlan, resume: bool = False,
+                   trust_remote_code: bool = False) -> list[str]:
     """The command that runs ``run_dir``: plain Python for one process, ``accelerate launch`` otherwise."""
     py = sys.executable
     tail = ["-m", "ftadvisor.launch", str(run_dir)] + (["--resume"] if resume else [])
+    tail += [REMOTE_CODE_FLAG] if trust_remote_code else []
     if plan.num_gpus == 1 and plan.sharding in ("none", "ddp"):
         return [py, *tail]
     return [py, "-m", "accelerate.commands.launch", "--config_file", str(run_dir / ACCELERATE_FILE), *tail]
@@ -536,7 +573,8 @@ def command_script(run_dir: Path, plan: TrainingPlan) -> str:
     lines = [
         "#!/usr/bin/env bash",
         "# Run (or re-run) this ftadvisor launch. Edit plan.yaml / accelerate.yaml first if you like;",
-        "# add --resume to continue from the last checkpoint in checkpoints/.",
+        "# add --resume to continue from the last checkpoint in checkpoints/, and --trust-remote-code",
+        "# to let the model repository run its own code (never stored here or in plan.yaml).",
         "set -euo pipefail",
     ]
     pkg = _package_root()
@@ -639,7 +677,7 @@ def prepare(
             spec = spec.model_copy(update={"run": spec.run.model_copy(update=updates)})
     else:
         spec = build_spec(plan_file, data=data, model=model, gpu=gpu, num_gpus=num_gpus, sets=sets,
-                          max_steps=max_steps, trust_remote_code=trust_remote_code, force=force)
+                          max_steps=max_steps, force=force)
     check_output_dir(out, overwrite, resume)
     pre = preflight(spec, dry_run=dry_run)
     user_data, hw, hw_note, est = pre["data"], pre["hardware"], pre["hardware_note"], pre["estimate"]
@@ -653,9 +691,14 @@ def prepare(
          f"({'fits' if est.fits else 'DOES NOT FIT'}), {est.trainable_params:,} trainable parameters")
     for w in pre["warnings"]:
         echo(f"note: {w}")
+    remote = remote_code_note(spec.model, trust_remote_code)
+    if remote:
+        echo(f"note: {remote}")
     echo(f"run directory: {out.resolve()}")
     if resume:
         cmd = cmd + ["--resume"]
+    if trust_remote_code:
+        cmd = cmd + [REMOTE_CODE_FLAG]
     echo("command: " + shlex.join(cmd))
     return out.resolve(), cmd
 
@@ -859,7 +902,8 @@ def _record(spec: RunSpec, pre: dict[str, Any], session, result, status: str, er
     return append_result(root, hw.id, record)
 
 
-def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
+            trust_remote_code: bool = False) -> dict[str, Any]:
     """Train the run in ``run_dir`` with the shared engine (once per process under accelerate).
 
     Rank 0 logs to ``train_log.jsonl`` (the engine's JSON lines), shows progress, saves
@@ -899,7 +943,7 @@ def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = T
         model=spec.model, plan=spec.plan, data=pre["data"].records, random_init=spec.run.random_init,
         output_dir=str(ckpt), max_steps=spec.run.max_steps, num_epochs=spec.run.num_epochs,
         learning_rate=spec.run.learning_rate, seed=spec.run.seed, log_path=str(log_path) if rank0 else None,
-        save_steps=spec.run.save_steps, resume=resume, trust_remote_code=spec.run.trust_remote_code,
+        save_steps=spec.run.save_steps, resume=resume, trust_remote_code=trust_remote_code,
         device=spec.run.device, reward=spec.run.reward, save_final=False,
     )
     started, t0 = now_iso(), time.perf_counter()
@@ -959,13 +1003,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in RUN_DIR/checkpoints")
     parser.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    parser.add_argument(REMOTE_CODE_FLAG, dest="trust_remote_code", action="store_true",
+                        help="let the model repository run its own Python code")
     args = parser.parse_args(argv)
     try:
-        execute(args.run_dir, resume=args.resume, progress=not args.no_progress)
+        execute(args.run_dir, resume=args.resume, progress=not args.no_progress,
+                trust_remote_code=args.trust_remote_code)
     except FtAdvisorError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter exits: a gloo group left to the exit
+    handlers can abort a rank ("terminate called without an active exception", SIGABRT) after a
+    run that succeeded."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

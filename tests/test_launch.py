@@ -299,7 +299,7 @@ def test_dry_run_writes_the_run_directory(tmp_path, config_dir):
     spec = load_spec(out)
     assert spec.plan.technique == "lora" and spec.plan.lora_r == 8 and spec.plan.micro_batch_size == 2
     assert spec.plan.gradient_checkpointing is True  # a default, written out in full
-    assert spec.run.max_steps == 7 and spec.run.save_steps == 3 and spec.run.trust_remote_code is False
+    assert spec.run.max_steps == 7 and spec.run.save_steps == 3
     assert spec.model == str(config_dir.resolve()) and spec.data == str((DATA / "chat.jsonl").resolve())
     # estimate.json is the estimator's answer for the declared hardware
     import ftadvisor
@@ -390,14 +390,58 @@ def test_output_dir_safety(tmp_path, config_dir):
         prepare(None, resume=True, **{**kw, "output": tmp_path / "other"})
 
 
-def test_trust_remote_code_off_unless_asked(tmp_path, config_dir):
+def test_trust_remote_code_only_from_the_command_line_flag(tmp_path, config_dir):
+    """Issue 12 (security): consent to run a model repository's code belongs to one command. It is
+    never stored in the run directory and never taken from a plan file or --set."""
     from ftadvisor.launch import load_spec, prepare
 
     kw = dict(data=str(DATA / "text.jsonl"), model=str(config_dir), gpu="rtx4090", dry_run=True, echo=lambda *a: None)
-    prepare(None, output=tmp_path / "a", **kw)
-    assert load_spec(tmp_path / "a").run.trust_remote_code is False
-    prepare(None, output=tmp_path / "b", trust_remote_code=True, **kw)
-    assert load_spec(tmp_path / "b").run.trust_remote_code is True
+    _, cmd = prepare(None, output=tmp_path / "a", **kw)
+    assert "--trust-remote-code" not in cmd
+    _, cmd = prepare(None, output=tmp_path / "b", trust_remote_code=True, **kw)
+    assert cmd[-1] == "--trust-remote-code"
+    for run in ("a", "b"):  # nothing on disk carries the consent
+        stored = yaml.safe_load((tmp_path / run / "plan.yaml").read_text())
+        assert "trust_remote_code" not in stored["run"] and "trust_remote_code" not in stored["plan"]
+        script = (tmp_path / run / "command.sh").read_text().strip().splitlines()[-1]  # the command itself
+        assert "--trust-remote-code" not in script
+        assert not hasattr(load_spec(tmp_path / run).run, "trust_remote_code")
+
+    # A plan file (flat, nested run:, or a run directory's plan.yaml) and --set are refused.
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("technique: lora\ntrust_remote_code: true\n")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("technique: lora\nrun:\n  trust_remote_code: true\n")
+    for plan_file, sets in ((flat, None), (nested, None), (None, {"trust_remote_code": True}),
+                            (None, {"trust-remote-code": "true"})):
+        with pytest.raises(FtAdvisorError, match="trust_remote_code.*never read from a plan file or --set"):
+            prepare(plan_file, output=tmp_path / "c", sets=sets, **kw)
+        assert not (tmp_path / "c").exists()
+    edited = tmp_path / "a" / "plan.yaml"
+    edited.write_text(edited.read_text().replace("run:\n", "run:\n  trust_remote_code: true\n"))
+    with pytest.raises(FtAdvisorError, match="never read from a plan file"):
+        load_spec(tmp_path / "a")
+
+
+def test_remote_code_is_announced(tmp_path, config_dir):
+    import json as _json
+    import shutil
+
+    from ftadvisor.launch import prepare
+
+    model = tmp_path / "model"
+    shutil.copytree(config_dir, model)
+    cfg = _json.loads((model / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (model / "config.json").write_text(_json.dumps(cfg))
+    kw = dict(data=str(DATA / "text.jsonl"), model=str(model), gpu="rtx4090", dry_run=True)
+    lines: list[str] = []
+    prepare(None, output=tmp_path / "a", echo=lines.append, **kw)
+    assert any("ships its own Python code" in x and "will not run unless you pass --trust-remote-code" in x
+               for x in lines), lines
+    lines.clear()
+    prepare(None, output=tmp_path / "b", echo=lines.append, trust_remote_code=True, **kw)
+    assert any("it WILL run" in x for x in lines), lines
 
 
 def test_edited_plan_yaml_is_checked(tmp_path, config_dir):
