@@ -33,16 +33,18 @@ SWEEPS = sorted((ROOT / "calibration" / "sweeps").glob("*.yaml"))
 # CPU workspace, loss and grad-norm scalars, RNG state).
 BOUND_PCT = 10.0
 
-# Techniques the analytic model currently misses by more than BOUND_PCT on cpu-tiny, with the
-# measured cause (reported to the maintainers of ftadvisor/memory.py; strict xfail: when the model
-# is fixed the test XPASSes and fails, so the entry must go).
+# Techniques the analytic model misses by more than BOUND_PCT on cpu-tiny, each with its measured
+# cause and its own two-sided bound on the signed error (predicted - measured) / measured in %:
+# the case fails if the model drifts further off (or past the other side), and when the cause is
+# modelled the entry must go (the bound's upper end is below -BOUND_PCT).
 KNOWN_OFF = {
-    # On the CPU the log-prob gather's backward holds 16 B per logit (4 fp32 [2B, S, V] tensors);
-    # an H200 DPO run matched the model's 12 within 2.2%, so the analytic term stays GPU-true and the
-    # cpu corrections file carries the CPU factor.
-    "dpo+lora": "trl's DPO log-prob gather keeps 4 fp32 logit-sized tensors on the CPU (12 B/logit modelled, GPU-measured)",
-    "orpo+lora": "trl's ORPO: as DPO, plus the chosen-NLL log-softmax",
-    "ppo+lora": "trl's PPO training forward: full-sequence logits of policy and value plus rollout buffers",
+    # The storage tracker shows trl's selective_log_softmax (trl/trainer/utils.py) on bf16 logits:
+    # per-row log_softmax outputs kept for backward plus, in backward, the unbind/stack and the
+    # slice gradients, each a full bf16 [2B, S-1, V] tensor: about 4 B per logit above the 12 the
+    # model charges (an H200 DPO run matched the 12 within 2.2%, so the term stays as measured on
+    # GPU and calibration/corrections/cpu.yaml carries the CPU factor).
+    "dpo+lora": (-22.0, -12.0, "trl's DPO log-prob gather: ~4 B/logit more on the CPU than the modelled 12"),
+    "orpo+lora": (-21.0, -11.0, "trl's ORPO: the DPO gather plus the chosen-NLL log-softmax"),
 }
 
 
@@ -372,16 +374,21 @@ def _tech_params():
     for c in expand(load_sweep("cpu-tiny")):
         if c.num_processes > 1:
             continue
-        marks = [pytest.mark.xfail(strict=True, reason=KNOWN_OFF[c.technique])] if c.technique in KNOWN_OFF else []
-        out.append(pytest.param(c.label, id=c.technique, marks=marks))
+        out.append(pytest.param(c.label, c.technique, id=c.technique))
     return out
 
 
-@pytest.mark.parametrize("label", _tech_params())
-def test_cpu_tiny_within_bound(cpu_tiny, label):
+@pytest.mark.parametrize("label,technique", _tech_params())
+def test_cpu_tiny_within_bound(cpu_tiny, label, technique):
     rec = cpu_tiny["records"][label]
     assert rec["status"] == "ok", rec.get("error")
-    assert abs(_err(rec)) <= BOUND_PCT, f"{label}: predicted {_err(rec):+.1f}% off the measured peak"
+    err = _err(rec)
+    if technique in KNOWN_OFF:
+        lo, hi, why = KNOWN_OFF[technique]
+        assert hi < -BOUND_PCT or lo > BOUND_PCT  # an entry inside the general bound must go
+        assert lo <= err <= hi, f"{label}: predicted {err:+.1f}% off the measured peak, outside [{lo}, {hi}] ({why})"
+    else:
+        assert abs(err) <= BOUND_PCT, f"{label}: predicted {err:+.1f}% off the measured peak"
 
 
 def test_cpu_tiny_static_terms_are_exact(cpu_tiny):
@@ -454,18 +461,38 @@ def test_fit_and_report_on_measured_results(cpu_tiny, tmp_path):
 # --- trace: a 7B-class model without its weights ------------------------------------------------------
 
 
+TRACE_LONG = "lora llama-3.1-8b@2L micro_batch_size=8 seq_len=4096"
+
+
 @pytest.fixture(scope="module")
 def trace_8b(tmp_path_factory):
     root = tmp_path_factory.mktemp("trace")
-    summary = _run_sweep("trace-llama-3.1-8b", root, only=["full llama-3.1-8b@2L", "lora llama-3.1-8b@2L"], isolation="fork")
+    summary = _run_sweep("trace-llama-3.1-8b", root, only=["full llama-3.1-8b@2L", "lora llama-3.1-8b@2L",
+                                                          TRACE_LONG], isolation="fork")
     from ftadvisor.calibration import store
 
     return [r for r in store.load_results(summary.results_path)]
 
 
+def test_trace_llama_8b_long_sequence_large_batch_checkpointed(trace_8b, capsys):
+    """Issue 14: LoRA on Llama-3.1-8B at sequence 4096, micro-batch 8, with checkpointing, traced
+    under FakeTensorMode. Activations are 18.7 of the 35 GiB here, so the checkpoint term (32 layer
+    inputs), the recomputed layer and the backward working set are what this checks: keeping one
+    layer's input instead of 32 is -22%, dropping the recompute -19%, a 2-intermediate backward
+    working set -5%."""
+    r = next(r for r in trace_8b if r["label"] == TRACE_LONG)
+    m = r["measurement"]
+    assert r["status"] == "ok" and m["extrapolated"] and m["num_layers"] == 32
+    with capsys.disabled():
+        print(f"\ntrace {r['label']}: measured {m['peak_allocated_bytes'] / 2**30:.2f} GiB, predicted "
+              f"{r['prediction']['memory']['peak_allocated_bytes'] / 2**30:.2f} GiB ({_err(r):+.2f}%)")
+    assert r["prediction"]["memory"]["activations_bytes"] > 0.5 * m["peak_allocated_bytes"]
+    assert abs(_err(r)) <= 2.0
+
+
 def test_trace_llama_8b_full_and_lora(trace_8b, capsys):
-    recs = {r["plan"]["technique"]: r for r in trace_8b}
-    assert len(trace_8b) == 2
+    recs = {r["plan"]["technique"]: r for r in trace_8b if r["label"] != TRACE_LONG}
+    assert len(recs) == 2
     full, lora = recs["full"], recs["lora"]
     with capsys.disabled():
         for r in (full, lora):
