@@ -24,10 +24,6 @@ from ftadvisor.quality import QualityEstimate, estimate_quality
 from ftadvisor.speed import SpeedEstimate, TimeCostEstimate, estimate_speed, estimate_time_cost
 from ftadvisor.recommend import Recommendation, RankedPlan, recommend
 
-Estimate.model_rebuild(
-    _types_namespace={"SpeedEstimate": SpeedEstimate, "TimeCostEstimate": TimeCostEstimate, "QualityEstimate": QualityEstimate}
-)
-
 __version__ = "0.1.0"
 
 __all__ = [

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 
+from ftadvisor.cli_common import fail, parse_sets
 from ftadvisor.errors import FtAdvisorError
 
 app = typer.Typer(add_completion=False, help="Which fine-tuning technique fits, how fast, how good.")
@@ -42,46 +43,14 @@ def _root(ctx: typer.Context) -> None:
         raise typer.Exit(0)
 
 
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
-
-
-def _parse_value(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _parse_sets(sets: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in sets:
-        if "=" not in item:
-            raise FtAdvisorError("--set", f"expected field=value, got {item!r}")
-        k, v = item.split("=", 1)
-        k = k.strip().replace("-", "_")
-        val = _parse_value(v)
-        if k == "lora_targets" and isinstance(val, str) and "," in val:
-            val = [x.strip() for x in val.split(",")]
-        out[k] = val
-    return out
+_fail = fail
+_parse_sets = parse_sets
 
 
 def _load_plan_file(path: Path) -> dict[str, Any]:
-    import yaml
+    from ftadvisor.plans import read_plan_file
 
-    if not path.is_file():
-        raise FtAdvisorError("--plan", f"no such file {str(path)!r}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise FtAdvisorError("--plan", f"{path} is not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise FtAdvisorError("--plan", f"{path} must hold a mapping of plan fields")
-    return data
+    return read_plan_file(path, "--plan")
 
 
 def _bar(frac: float, width: int = 16) -> str:

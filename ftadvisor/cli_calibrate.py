@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from ftadvisor.cli_common import fail
 from typer.core import TyperGroup
 
 from ftadvisor.errors import FtAdvisorError
@@ -36,9 +38,7 @@ app = typer.Typer(
 )
 
 
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
+_fail = fail
 
 
 @app.command("run")

@@ -34,7 +34,7 @@ def launch(
     sets: list[str] = typer.Option([], "--set", "-s", help="Plan or run field=value (repeatable), e.g. lora_r=8, save_steps=50."),
 ) -> None:
     """Check a plan against the data and the hardware, write a run directory, and train it."""
-    from ftadvisor.cli import _fail, _parse_sets
+    from ftadvisor.cli_common import fail as _fail, parse_sets as _parse_sets
     from ftadvisor.launch import prepare
 
     try:

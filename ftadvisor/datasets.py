@@ -14,7 +14,7 @@ conversational ``messages``, ``prompt``/``completion``, plain ``text``, preferen
 ``prompt``/``chosen``/``rejected`` and prompt-only (``prompt``, optional ``answer``); plus
 pre-tokenized ``input_ids`` and ``question``/``answer`` facts (the shape Lamini-style memory
 tuning trains on). Which objective takes which format is the engine's table
-(``ftadvisor.train.data.ACCEPTS``); converting records for the trainers is the engine's job.
+(``Objective.data_formats`` in ``ftadvisor/techniques.py``); converting records for the trainers is the engine's job.
 """
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ FORMATS: dict[str, DataFormat] = {
 
 
 def objective_formats(objective: str) -> tuple[str, ...]:
-    """The formats the engine trains ``objective`` on (its table, so launch and engine agree)."""
-    from ftadvisor.train.data import ACCEPTS
+    """The formats the engine trains ``objective`` on (the objective's declaration, so launch and
+    engine agree)."""
+    from ftadvisor.techniques import OBJECTIVES
 
-    return ACCEPTS[objective]
+    return OBJECTIVES[objective].data_formats
 
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")

@@ -57,3 +57,19 @@ def unknown(field: str, name: str, candidates: Iterable[str]) -> FtAdvisorError:
     else:
         msg = f"unknown value {name!r}; {len(cands)} known, list them with `ftadvisor profiles list`"
     return FtAdvisorError(field, msg)
+
+
+def from_validation(err, where: str = "", default_field: str = "value") -> FtAdvisorError:
+    """The one translation of a pydantic ``ValidationError`` into a one-line :class:`FtAdvisorError`:
+    the first error's location (prefixed by ``where``), its message, the offending input, and the
+    valid choices where pydantic lists them (a Literal field)."""
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or default_field
+    shown = repr(first.get("input"))
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    choices = None
+    ctx = first.get("ctx") or {}
+    if "expected" in ctx:
+        choices = [x.strip(" '") for x in str(ctx["expected"]).replace(" or ", ",").split(",") if x.strip(" '")]
+    return FtAdvisorError(f"{where}{loc}", f"{first['msg']} (got {shown})", choices)

@@ -6,62 +6,13 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
 
 from ftadvisor import memory
 from ftadvisor.errors import FtAdvisorError
 from ftadvisor.profiles import resolve_hardware, resolve_model
 from ftadvisor.schema import Estimate, HardwareProfile, MemoryBreakdown, ModelProfile, TrainingPlan
+from ftadvisor.plans import NUMERIC_FIELDS, PLAN_FIELDS, make_plan  # noqa: F401 - re-exported (API)
 from ftadvisor.techniques import parse_technique
-
-PLAN_FIELDS = tuple(TrainingPlan.model_fields)
-# Knobs evaluated as numbers (vectorised in grids); everything else is categorical.
-NUMERIC_FIELDS = (
-    "micro_batch_size",
-    "seq_len",
-    "gradient_accumulation_steps",
-    "lora_r",
-    "adapter_bottleneck",
-    "lamini_num_experts",
-    "lamini_top_k",
-    "rl_max_new_tokens",
-)
-
-
-def make_plan(technique: str | None = None, plan: TrainingPlan | dict | None = None, **fields: Any) -> TrainingPlan:
-    """Build a validated plan; errors name the field and its valid values."""
-    data: dict[str, Any] = {}
-    if isinstance(plan, TrainingPlan):
-        data.update(plan.model_dump(exclude_unset=True))
-    elif isinstance(plan, dict):
-        data.update(plan)
-    elif plan is not None:
-        raise FtAdvisorError("plan", f"expected a TrainingPlan or dict, got {type(plan).__name__}")
-    data.update(fields)
-    if technique is not None:
-        data["technique"] = technique
-    unknown = [k for k in data if k not in PLAN_FIELDS]
-    if unknown:
-        from ftadvisor.errors import closest
-
-        near = closest(unknown[0], PLAN_FIELDS)
-        hint = f"; did you mean {', '.join(near)}" if near else ""
-        raise FtAdvisorError(unknown[0], f"is not a plan field{hint}", None)
-    tech = parse_technique(data.get("technique", "lora"))
-    data["technique"] = tech.name
-    if isinstance(data.get("lora_targets"), list):
-        data["lora_targets"] = tuple(data["lora_targets"])
-    try:
-        return TrainingPlan(**data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(x) for x in first["loc"]) or "plan"
-        choices = None
-        ctx = first.get("ctx") or {}
-        if "expected" in ctx:
-            choices = [x.strip(" '") for x in str(ctx["expected"]).replace(" or ", ",").split(",") if x.strip(" '")]
-        raise FtAdvisorError(field, f"{first['msg']} (got {first.get('input')!r})", choices) from None
-
 
 def _corrected(hw: HardwareProfile, lay: memory.Layout, ev: memory.Evaluation) -> tuple[float | None, tuple[str, ...]]:
     """Apply the hardware's calibration corrections (calibration/corrections/<hw>.yaml) to every

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ftadvisor.errors import FtAdvisorError
+from ftadvisor.errors import FtAdvisorError, from_validation
 from ftadvisor.detect import host_memory_bytes as _host_memory_bytes
 from ftadvisor.profiles import match_device as _match_device
 from ftadvisor.schema import Estimate, HardwareProfile, TrainingPlan
@@ -127,21 +127,13 @@ class RunSpec(BaseModel):
 
 
 def _read_yaml(path: Path, field: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise FtAdvisorError(field, f"no such file {str(path)!r}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise FtAdvisorError(field, f"{path} is not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise FtAdvisorError(field, f"{path} must hold a mapping of plan fields")
-    return data
+    from ftadvisor.plans import read_plan_file
+
+    return read_plan_file(path, field)
 
 
 def _validation(err: ValidationError, where: str) -> FtAdvisorError:
-    first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"]) or "value"
-    return FtAdvisorError(f"{where}{loc}", f"{first['msg']} (got {first.get('input')!r})")
+    return from_validation(err, where)
 
 
 def build_spec(
@@ -160,7 +152,7 @@ def build_spec(
     The YAML may be flat (plan fields, plus ``model``, ``data``, ``gpu`` and a ``run:`` mapping) or
     a run directory's ``plan.yaml`` (``plan:`` nested); command-line values win over the file.
     """
-    from ftadvisor.estimator import PLAN_FIELDS, make_plan
+    from ftadvisor.plans import PLAN_FIELDS, make_plan
 
     raw: dict[str, Any] = _read_yaml(Path(plan_file), "plan") if plan_file is not None else {}
     raw = dict(raw)
@@ -222,7 +214,7 @@ def load_spec(run_dir: str | os.PathLike) -> RunSpec:
     unknown = sorted(set(raw) - {"model", "data", "gpu", "plan", "run"})
     if unknown:
         raise FtAdvisorError(f"{PLAN_FILE}", f"unknown key {unknown[0]!r}", ["model", "data", "gpu", "plan", "run"])
-    from ftadvisor.estimator import make_plan
+    from ftadvisor.plans import make_plan
 
     run_fields = raw.get("run") or {}
     if not isinstance(run_fields, dict):

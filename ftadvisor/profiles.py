@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ftadvisor.errors import FtAdvisorError, unknown
+from ftadvisor.errors import FtAdvisorError, from_validation, unknown
 from ftadvisor.schema import HardwareProfile, ModelProfile
 
 
@@ -33,10 +33,17 @@ def profiles_dir() -> Path:
     raise FtAdvisorError("profiles", f"no profiles folder found next to {here}")
 
 
+def calibration_dir() -> Path:
+    """The calibration folder (sweeps, results, corrections): ``$FTADVISOR_CALIBRATION`` or the
+    repository's ``calibration/``."""
+    env = os.environ.get("FTADVISOR_CALIBRATION")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "calibration"
+
+
 def _validation_message(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"]) or "value"
-    return f"{loc}: {first['msg']}"
+    return str(from_validation(err))
 
 
 def _load_yaml_dir(kind: str, cls: type) -> dict[str, Any]:
@@ -112,6 +119,10 @@ def _profile_from_config(config: dict[str, Any], source: str, name: str) -> Mode
 def resolve_model(model: str | os.PathLike | dict | ModelProfile) -> ModelProfile:
     """Find a model profile by id, alias, HF id, config path or config dict."""
     if isinstance(model, ModelProfile):
+        if model.arch is None:
+            from ftadvisor.architecture import arch_from_config
+
+            return model.model_copy(update={"arch": arch_from_config(dict(model.config))})
         return model
     if isinstance(model, dict):
         return _profile_from_config(model, "config dict", str(model.get("_name_or_path") or model.get("model_type", "custom")))

@@ -48,6 +48,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ftadvisor.errors import FtAdvisorError
+from ftadvisor.schema import Citation, QualityEstimate, Strength
 from ftadvisor.techniques import METHODS, parse_technique
 
 TASKS = ("chat", "domain", "code", "math", "preference", "rl", "facts")
@@ -66,74 +67,11 @@ MLP_MODULES = frozenset(
 ROUTER_MODULES = frozenset({"gate", "shared_expert_gate"})
 
 _STRENGTHS = ("weak", "moderate", "strong")
-Strength = Literal["weak", "moderate", "strong"]
 
 
 # --------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class Citation(_Frozen):
-    """One published figure behind an estimate."""
-
-    source: str
-    """Paper or repository (authors, year, title, arXiv id)."""
-    where: str
-    """Table, figure or section (and setting) the figure comes from."""
-    figure: str
-    """The figure used, in words, with the published numbers."""
-    value: float | None = None
-    """The ratio the model uses (technique / reference); None for a qualitative statement."""
-    url: str | None = None
-    """Link to the source."""
-    checked: bool
-    """True when the published numbers were re-read for this evidence file; False when taken from a collection."""
-
-
-class QualityEstimate(_Frozen):
-    """Expected quality of one technique on one task family, relative to full fine-tuning."""
-
-    technique: str
-    """Canonical technique name (``dpo+qlora``)."""
-    task: str
-    """Task family: chat, domain, code, math, preference, rl or facts."""
-    data_regime: str
-    """small, medium or large (derived from the number of examples when given)."""
-    applicable: bool
-    """False when the technique's objective does not use the task's training signal (SFT on preference
-    pairs or a reward; a preference/RL objective on a corpus or a fact list)."""
-    relative_to_full: float = Field(ge=0)
-    """Expected target-task quality relative to full fine-tuning with the task's reference objective (= 1.0)."""
-    low: float = Field(ge=0)
-    """Low end of the range; at least as wide as the spread of the evidence."""
-    high: float = Field(ge=0)
-    """High end of the range."""
-    retention: float = Field(ge=0, le=1)
-    """Share of the base model's general ability kept (HellaSwag/ARC-C/WinoGrande average vs the base model)."""
-    retention_low: float = Field(ge=0, le=1)
-    """Low end of the retention range."""
-    retention_high: float = Field(ge=0, le=1)
-    """High end of the retention range."""
-    sources: tuple[Citation, ...]
-    """Every figure used (point and range), in the order the factors apply."""
-    notes: str
-    """Plain words: which evidence, how it was combined, caveats."""
-    evidence_strength: Strength
-    """strong (controlled comparisons re-read), moderate (one study or not re-read), weak (vendor claims,
-    analogy, extrapolation)."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "QualityEstimate":
-        if not (self.low <= self.relative_to_full <= self.high):
-            raise ValueError(f"range {self.low}..{self.high} does not contain {self.relative_to_full}")
-        if not (self.retention_low <= self.retention <= self.retention_high):
-            raise ValueError("retention range does not contain the point")
-        return self
 
 
 # --------------------------------------------------------------------------

@@ -6,13 +6,9 @@ field names (``_bytes``, ``_gib``, ``_tflops``, ``_gbps`` = GB/s).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-if TYPE_CHECKING:  # resolved by Estimate.model_rebuild() in ftadvisor/__init__.py
-    from ftadvisor.quality import QualityEstimate
-    from ftadvisor.speed import SpeedEstimate, TimeCostEstimate
 
 
 class _Frozen(BaseModel):
@@ -154,15 +150,7 @@ class ModelProfile(_Frozen):
     config: dict[str, Any]
     """The Hugging Face ``config.json`` fields (architecture-relevant subset)."""
     arch: ArchSpec | None = None
-    """Derived from ``config``; filled in automatically."""
-
-    @model_validator(mode="after")
-    def _derive_arch(self) -> "ModelProfile":
-        if self.arch is None:
-            from ftadvisor.architecture import arch_from_config
-
-            object.__setattr__(self, "arch", arch_from_config(self.config))
-        return self
+    """Derived from ``config`` (``ftadvisor.profiles.resolve_model`` fills it in when it is missing)."""
 
 
 class HardwareProfile(_Frozen):
@@ -391,6 +379,170 @@ class MemoryBreakdown(_Frozen):
         return max(self.components().items(), key=lambda kv: kv[1])
 
 
+# --------------------------------------------------------------------------
+# Results of the speed and quality models (ftadvisor/speed.py, ftadvisor/quality.py)
+# --------------------------------------------------------------------------
+
+
+class SpeedEstimate(_Frozen):
+    """Throughput of one plan on one GPU (and the whole job). Seconds are per optimizer step; the
+    seven ``*_seconds`` components sum to ``seconds_per_optimizer_step``."""
+
+    model_id: str
+    """Model profile id."""
+    hardware_id: str
+    """Hardware profile id."""
+    technique: str
+    """Canonical technique name."""
+    tokens_per_second_per_gpu: float = Field(ge=0)
+    """Trained sequence positions per second on one GPU (chosen and rejected both count for DPO/ORPO;
+    prompt + completion of each rollout, counted once, for PPO/GRPO)."""
+    tokens_per_second_total: float = Field(ge=0)
+    """tokens_per_second_per_gpu x num_gpus."""
+    fused_tokens_per_second_per_gpu: float = Field(ge=0)
+    """Bound for a fully fused stack (torch.compile, hand-fused kernels): the same step with the
+    non-matmul traffic and the host's dispatch time taken out (dequantization kept)."""
+    tokens_per_optimizer_step: float = Field(ge=0)
+    """Sequence positions per optimizer step over all GPUs (micro-batch x sequences per example x
+    seq_len x accumulation x GPUs)."""
+    seconds_per_optimizer_step: float = Field(gt=0)
+    """Wall-clock seconds of one optimizer step."""
+    mfu: float = Field(ge=0)
+    """Model FLOPs utilisation: model_flops_per_token x tokens/s per GPU / dense peak (PaLM App. B)."""
+    hfu: float = Field(ge=0)
+    """Hardware FLOPs utilisation: flops_per_token (recomputation included) x tokens/s per GPU / peak."""
+    flops_per_token: float = Field(ge=0)
+    """FLOPs executed per trained token: forward, backward, recomputation, adapters, extra passes
+    (reference/reward/value forwards), generation excluded."""
+    model_flops_per_token: float = Field(ge=0)
+    """flops_per_token without recomputation (the numerator of MFU)."""
+    peak_tflops: float = Field(gt=0)
+    """Dense peak the plan's precision runs at (datasheet)."""
+    compute_seconds: float = Field(ge=0)
+    """Matmuls and fused attention at the achievable fraction of the peak."""
+    memory_bound_seconds: float = Field(ge=0)
+    """Non-matmul kernels (norms, activations, casts, loss, LoRA/DoRA tensors, dequantization) and
+    matmuls limited by reading their weights, at the achievable memory bandwidth."""
+    launch_overhead_seconds: float = Field(ge=0)
+    """Time the GPU waits for the host to dispatch eager kernels (small batches, decoding)."""
+    communication_seconds: float = Field(ge=0)
+    """Data-parallel collectives not hidden behind compute."""
+    optimizer_seconds: float = Field(ge=0)
+    """The optimizer step's memory traffic (on the host under CPU offload), gradient clipping."""
+    generation_seconds: float = Field(ge=0)
+    """PPO/GRPO sampling (prefill and decoding) per optimizer step."""
+    offload_seconds: float = Field(ge=0)
+    """Host-link traffic: CPU offload and paged optimizer state that does not fit on the device."""
+    bottleneck: str
+    """The largest of the seven components."""
+    samples_per_optimizer_step: float = Field(ge=0)
+    """Sequences (completions for PPO/GRPO, pairs count twice for DPO/ORPO) per optimizer step, all GPUs."""
+    seconds_per_sample: float | None = None
+    """PPO/GRPO: seconds per generated-and-trained completion (whole job); None otherwise."""
+    generated_tokens_per_second: float | None = None
+    """PPO/GRPO: completion tokens sampled per second per GPU while generating; None otherwise."""
+    reference_pass_seconds_per_token: float = Field(default=0.0, ge=0)
+    """DPO with precomputed reference log-probs: one-off reference forward cost per token (paid once
+    per example before training, see estimate_time_cost); 0 otherwise."""
+    efficiency_class: str
+    """Row of ftadvisor.speed.EFFICIENCY used (achievable matmul, attention and bandwidth fractions)."""
+    assumptions: tuple[str, ...]
+    """What the numbers assume (kernels, overlap, links, defaults of trl/transformers)."""
+    sources: tuple[str, ...]
+    """Papers, measurements and library files the formulas come from."""
+
+
+class TimeCostEstimate(_Frozen):
+    """Wall-clock time and price of a whole fine-tuning job."""
+
+    wall_clock_hours: float = Field(ge=0)
+    """Hours from the first to the last optimizer step (loading, evaluation and saving excluded)."""
+    gpu_hours: float = Field(ge=0)
+    """wall_clock_hours x num_gpus."""
+    cost_usd: float | None
+    """gpu_hours x hourly price per GPU; None when neither the hardware profile nor the caller gives a price."""
+    hourly_price_usd: float | None
+    """Price per GPU-hour used."""
+    price_source: str
+    """Where the price comes from (the profile's default, or the caller)."""
+    optimizer_steps: int = Field(ge=0)
+    """Optimizer steps over all epochs (the last partial step counted whole)."""
+    tokens_processed: float = Field(ge=0)
+    """Sequence positions processed over all epochs, padding included."""
+    epochs: float = Field(gt=0)
+    """Passes over the data."""
+    seconds_per_sample: float | None = None
+    """PPO/GRPO: seconds per generated-and-trained completion (whole job)."""
+    assumptions: tuple[str, ...] = ()
+    """How the data size was turned into sequence positions."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pure formulas
+# --------------------------------------------------------------------------------------------
+
+
+Strength = Literal["weak", "moderate", "strong"]
+
+
+class Citation(_Frozen):
+    """One published figure behind an estimate."""
+
+    source: str
+    """Paper or repository (authors, year, title, arXiv id)."""
+    where: str
+    """Table, figure or section (and setting) the figure comes from."""
+    figure: str
+    """The figure used, in words, with the published numbers."""
+    value: float | None = None
+    """The ratio the model uses (technique / reference); None for a qualitative statement."""
+    url: str | None = None
+    """Link to the source."""
+    checked: bool
+    """True when the published numbers were re-read for this evidence file; False when taken from a collection."""
+
+
+class QualityEstimate(_Frozen):
+    """Expected quality of one technique on one task family, relative to full fine-tuning."""
+
+    technique: str
+    """Canonical technique name (``dpo+qlora``)."""
+    task: str
+    """Task family: chat, domain, code, math, preference, rl or facts."""
+    data_regime: str
+    """small, medium or large (derived from the number of examples when given)."""
+    applicable: bool
+    """False when the technique's objective does not use the task's training signal (SFT on preference
+    pairs or a reward; a preference/RL objective on a corpus or a fact list)."""
+    relative_to_full: float = Field(ge=0)
+    """Expected target-task quality relative to full fine-tuning with the task's reference objective (= 1.0)."""
+    low: float = Field(ge=0)
+    """Low end of the range; at least as wide as the spread of the evidence."""
+    high: float = Field(ge=0)
+    """High end of the range."""
+    retention: float = Field(ge=0, le=1)
+    """Share of the base model's general ability kept (HellaSwag/ARC-C/WinoGrande average vs the base model)."""
+    retention_low: float = Field(ge=0, le=1)
+    """Low end of the retention range."""
+    retention_high: float = Field(ge=0, le=1)
+    """High end of the retention range."""
+    sources: tuple[Citation, ...]
+    """Every figure used (point and range), in the order the factors apply."""
+    notes: str
+    """Plain words: which evidence, how it was combined, caveats."""
+    evidence_strength: Strength
+    """strong (controlled comparisons re-read), moderate (one study or not re-read), weak (vendor claims,
+    analogy, extrapolation)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "QualityEstimate":
+        if not (self.low <= self.relative_to_full <= self.high):
+            raise ValueError(f"range {self.low}..{self.high} does not contain {self.relative_to_full}")
+        if not (self.retention_low <= self.retention <= self.retention_high):
+            raise ValueError("retention range does not contain the point")
+        return self
+
+
 class Estimate(_Frozen):
     """The answer for one (model, hardware, plan)."""
 
@@ -416,9 +568,9 @@ class Estimate(_Frozen):
     """Caveats a user should read."""
     corrections: tuple[str, ...] = ()
     """Calibration corrections applied (file, samples, residual)."""
-    speed: "SpeedEstimate | None" = None
+    speed: SpeedEstimate | None = None
     """Throughput, step time and MFU (``ftadvisor.speed``), when asked for."""
-    time_cost: "TimeCostEstimate | None" = None
+    time_cost: TimeCostEstimate | None = None
     """Wall-clock time and cost for a dataset size, when one is given."""
-    quality: "QualityEstimate | None" = None
+    quality: QualityEstimate | None = None
     """Expected quality relative to full fine-tuning for a task family, when one is given."""

@@ -47,11 +47,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 
 from ftadvisor import memory
 from ftadvisor.errors import FtAdvisorError, check_size
-from ftadvisor.schema import ArchSpec, HardwareProfile, ModelProfile, TrainingPlan
+from ftadvisor.schema import ArchSpec, HardwareProfile, ModelProfile, SpeedEstimate, TimeCostEstimate, TrainingPlan
 from ftadvisor.techniques import Technique, parse_technique
 
 # --------------------------------------------------------------------------------------------
@@ -253,108 +252,6 @@ LINK_FRACTION = 0.80
 
 # --------------------------------------------------------------------------------------------
 # The result models
-# --------------------------------------------------------------------------------------------
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class SpeedEstimate(_Frozen):
-    """Throughput of one plan on one GPU (and the whole job). Seconds are per optimizer step; the
-    seven ``*_seconds`` components sum to ``seconds_per_optimizer_step``."""
-
-    model_id: str
-    """Model profile id."""
-    hardware_id: str
-    """Hardware profile id."""
-    technique: str
-    """Canonical technique name."""
-    tokens_per_second_per_gpu: float = Field(ge=0)
-    """Trained sequence positions per second on one GPU (chosen and rejected both count for DPO/ORPO;
-    prompt + completion of each rollout, counted once, for PPO/GRPO)."""
-    tokens_per_second_total: float = Field(ge=0)
-    """tokens_per_second_per_gpu x num_gpus."""
-    fused_tokens_per_second_per_gpu: float = Field(ge=0)
-    """Bound for a fully fused stack (torch.compile, hand-fused kernels): the same step with the
-    non-matmul traffic and the host's dispatch time taken out (dequantization kept)."""
-    tokens_per_optimizer_step: float = Field(ge=0)
-    """Sequence positions per optimizer step over all GPUs (micro-batch x sequences per example x
-    seq_len x accumulation x GPUs)."""
-    seconds_per_optimizer_step: float = Field(gt=0)
-    """Wall-clock seconds of one optimizer step."""
-    mfu: float = Field(ge=0)
-    """Model FLOPs utilisation: model_flops_per_token x tokens/s per GPU / dense peak (PaLM App. B)."""
-    hfu: float = Field(ge=0)
-    """Hardware FLOPs utilisation: flops_per_token (recomputation included) x tokens/s per GPU / peak."""
-    flops_per_token: float = Field(ge=0)
-    """FLOPs executed per trained token: forward, backward, recomputation, adapters, extra passes
-    (reference/reward/value forwards), generation excluded."""
-    model_flops_per_token: float = Field(ge=0)
-    """flops_per_token without recomputation (the numerator of MFU)."""
-    peak_tflops: float = Field(gt=0)
-    """Dense peak the plan's precision runs at (datasheet)."""
-    compute_seconds: float = Field(ge=0)
-    """Matmuls and fused attention at the achievable fraction of the peak."""
-    memory_bound_seconds: float = Field(ge=0)
-    """Non-matmul kernels (norms, activations, casts, loss, LoRA/DoRA tensors, dequantization) and
-    matmuls limited by reading their weights, at the achievable memory bandwidth."""
-    launch_overhead_seconds: float = Field(ge=0)
-    """Time the GPU waits for the host to dispatch eager kernels (small batches, decoding)."""
-    communication_seconds: float = Field(ge=0)
-    """Data-parallel collectives not hidden behind compute."""
-    optimizer_seconds: float = Field(ge=0)
-    """The optimizer step's memory traffic (on the host under CPU offload), gradient clipping."""
-    generation_seconds: float = Field(ge=0)
-    """PPO/GRPO sampling (prefill and decoding) per optimizer step."""
-    offload_seconds: float = Field(ge=0)
-    """Host-link traffic: CPU offload and paged optimizer state that does not fit on the device."""
-    bottleneck: str
-    """The largest of the seven components."""
-    samples_per_optimizer_step: float = Field(ge=0)
-    """Sequences (completions for PPO/GRPO, pairs count twice for DPO/ORPO) per optimizer step, all GPUs."""
-    seconds_per_sample: float | None = None
-    """PPO/GRPO: seconds per generated-and-trained completion (whole job); None otherwise."""
-    generated_tokens_per_second: float | None = None
-    """PPO/GRPO: completion tokens sampled per second per GPU while generating; None otherwise."""
-    reference_pass_seconds_per_token: float = Field(default=0.0, ge=0)
-    """DPO with precomputed reference log-probs: one-off reference forward cost per token (paid once
-    per example before training, see estimate_time_cost); 0 otherwise."""
-    efficiency_class: str
-    """Row of ftadvisor.speed.EFFICIENCY used (achievable matmul, attention and bandwidth fractions)."""
-    assumptions: tuple[str, ...]
-    """What the numbers assume (kernels, overlap, links, defaults of trl/transformers)."""
-    sources: tuple[str, ...]
-    """Papers, measurements and library files the formulas come from."""
-
-
-class TimeCostEstimate(_Frozen):
-    """Wall-clock time and price of a whole fine-tuning job."""
-
-    wall_clock_hours: float = Field(ge=0)
-    """Hours from the first to the last optimizer step (loading, evaluation and saving excluded)."""
-    gpu_hours: float = Field(ge=0)
-    """wall_clock_hours x num_gpus."""
-    cost_usd: float | None
-    """gpu_hours x hourly price per GPU; None when neither the hardware profile nor the caller gives a price."""
-    hourly_price_usd: float | None
-    """Price per GPU-hour used."""
-    price_source: str
-    """Where the price comes from (the profile's default, or the caller)."""
-    optimizer_steps: int = Field(ge=0)
-    """Optimizer steps over all epochs (the last partial step counted whole)."""
-    tokens_processed: float = Field(ge=0)
-    """Sequence positions processed over all epochs, padding included."""
-    epochs: float = Field(gt=0)
-    """Passes over the data."""
-    seconds_per_sample: float | None = None
-    """PPO/GRPO: seconds per generated-and-trained completion (whole job)."""
-    assumptions: tuple[str, ...] = ()
-    """How the data size was turned into sequence positions."""
-
-
-# --------------------------------------------------------------------------------------------
-# Pure formulas
 # --------------------------------------------------------------------------------------------
 
 
@@ -902,7 +799,7 @@ def _simulate(m: _Machine, passes: list[tuple[list[_Op], float, float]]) -> tupl
 
 
 def _resolve(model: Any, hardware: Any, plan: Any) -> tuple[ModelProfile, HardwareProfile, TrainingPlan]:
-    from ftadvisor.estimator import make_plan
+    from ftadvisor.plans import make_plan
     from ftadvisor.profiles import resolve_hardware, resolve_model
 
     mp = resolve_model(model)

@@ -47,6 +47,9 @@ class Objective:
     reward_model: bool = False
     value_model: bool = False
     source: str = ""
+    data_formats: tuple[str, ...] = ()
+    """Record formats (``ftadvisor.datasets.FORMATS``) the engine trains this objective on; the data
+    checks of launch, the TUI and the engine all read this."""
 
 
 METHODS: dict[str, Method] = {
@@ -107,7 +110,8 @@ METHODS: dict[str, Method] = {
 OBJECTIVES: dict[str, Objective] = {
     o.name: o
     for o in [
-        Objective("sft", "next-token cross-entropy", 1, "never", False, source="causal LM"),
+        Objective("sft", "next-token cross-entropy", 1, "never", False, source="causal LM",
+                  data_formats=("messages", "prompt_completion", "text", "tokens", "qa")),
         Objective(
             "dpo",
             "direct preference optimisation on chosen/rejected pairs",
@@ -115,6 +119,7 @@ OBJECTIVES: dict[str, Objective] = {
             "always",
             False,
             source="Rafailov et al. 2023, DPO (arXiv 2305.18290); trl DPOTrainer",
+            data_formats=("preference",),
         ),
         Objective(
             "orpo",
@@ -123,6 +128,7 @@ OBJECTIVES: dict[str, Objective] = {
             "never",
             False,
             source="Hong et al. 2024, ORPO (arXiv 2403.07691); trl ORPOTrainer",
+            data_formats=("preference",),
         ),
         Objective(
             "ppo",
@@ -133,6 +139,7 @@ OBJECTIVES: dict[str, Objective] = {
             reward_model=True,
             value_model=True,
             source="Ouyang et al. 2022 (InstructGPT); trl experimental PPOTrainer",
+            data_formats=("prompt", "messages", "qa", "prompt_completion"),
         ),
         Objective(
             "grpo",
@@ -141,6 +148,7 @@ OBJECTIVES: dict[str, Objective] = {
             "if_kl",
             True,
             source="Shao et al. 2024, DeepSeekMath (arXiv 2402.03300); trl GRPOTrainer",
+            data_formats=("prompt", "messages", "qa", "prompt_completion"),
         ),
     ]
 }

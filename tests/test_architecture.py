@@ -37,8 +37,10 @@ _REAL_LINEAR_GROUPS = {"attention", "mlp", "shared_expert"}
 
 
 def load_profile(stem: str) -> ModelProfile:
+    from ftadvisor.profiles import resolve_model
+
     with open(ROOT / "profiles" / "models" / f"{stem}.yaml") as f:
-        return ModelProfile.model_validate(yaml.safe_load(f))
+        return resolve_model(ModelProfile.model_validate(yaml.safe_load(f)))
 
 
 # --------------------------------------------------------------------------
@@ -417,13 +419,12 @@ def test_config_must_be_a_mapping():
 
 
 def test_profile_with_bad_config_names_the_field():
-    # ModelProfile derives arch in a pydantic validator, so pydantic wraps the FtAdvisorError in a
-    # ValidationError; the original error (with its field) is kept in the error context.
-    from pydantic import ValidationError
+    # The architecture is derived when a profile is resolved (profiles layer), and a missing field is
+    # an FtAdvisorError naming it.
+    from ftadvisor.profiles import resolve_model
 
     data = yaml.safe_load((ROOT / "profiles" / "models" / "llama-3.1-8b.yaml").read_text())
     del data["config"]["hidden_size"]
-    with pytest.raises(ValidationError) as exc:
-        ModelProfile.model_validate(data)
-    original = exc.value.errors()[0]["ctx"]["error"]
-    assert isinstance(original, FtAdvisorError) and original.field == "hidden_size"
+    with pytest.raises(FtAdvisorError) as exc:
+        resolve_model(ModelProfile.model_validate(data))
+    assert exc.value.field == "hidden_size"

@@ -21,18 +21,9 @@ imported by the functions that need them.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from ftadvisor.profiles import calibration_dir
 
 __all__ = ["calibration_dir", "run_sweep"]
-
-
-def calibration_dir() -> Path:
-    """The calibration folder: ``$FTADVISOR_CALIBRATION`` or the repository's ``calibration/``."""
-    env = os.environ.get("FTADVISOR_CALIBRATION")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "calibration"
 
 
 def run_sweep(*args, **kwargs):

@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ftadvisor.errors import FtAdvisorError
+from ftadvisor.errors import FtAdvisorError, from_validation
 
 SCHEMA_VERSION = 1
 # Component groups (names as in ftadvisor.memory.COMPONENTS; a trailing "_bytes" is accepted).
@@ -100,7 +100,7 @@ class Corrections(_Model):
 
 
 def corrections_dir() -> Path:
-    from ftadvisor.calibration import calibration_dir
+    from ftadvisor.profiles import calibration_dir
 
     return calibration_dir() / "corrections"
 
@@ -118,9 +118,7 @@ def parse_corrections(data: Any, source: str = "corrections") -> Corrections:
     try:
         return Corrections.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"]) or "corrections"
-        raise FtAdvisorError(f"{source}: {loc}", first["msg"]) from None
+        raise from_validation(err, f"{source}: ", default_field="corrections") from None
 
 
 def read_corrections(path: str | os.PathLike) -> Corrections:

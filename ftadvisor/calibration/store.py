@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ftadvisor.errors import FtAdvisorError
+from ftadvisor.errors import FtAdvisorError, from_validation
 
 SCHEMA_VERSION = 1
 Status = Literal["ok", "oom", "crash", "timeout", "skipped"]
@@ -84,7 +84,7 @@ class ResultRecord(BaseModel):
 
 def results_root() -> Path:
     """``calibration/results`` (under ``$FTADVISOR_CALIBRATION`` when set)."""
-    from ftadvisor.calibration import calibration_dir
+    from ftadvisor.profiles import calibration_dir
 
     return calibration_dir() / "results"
 
@@ -110,9 +110,7 @@ def validate_record(record: dict[str, Any] | ResultRecord) -> ResultRecord:
     try:
         return ResultRecord.model_validate(record)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"]) or "record"
-        raise FtAdvisorError(f"record.{loc}", first["msg"], STATUSES if loc == "status" else None) from None
+        raise from_validation(err, "record.", default_field="record") from None
 
 
 def append_result(

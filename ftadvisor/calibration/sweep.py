@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ftadvisor.errors import FtAdvisorError
+from ftadvisor.errors import FtAdvisorError, from_validation
 
 Backend = Literal["auto", "cpu", "cuda", "trace"]
 BACKENDS = ("auto", "cpu", "cuda", "trace")
@@ -160,7 +160,7 @@ def case_id_of(model_config: dict, num_layers: int | None, plan: dict, backend: 
 
 
 def sweeps_dir() -> Path:
-    from ftadvisor.calibration import calibration_dir
+    from ftadvisor.profiles import calibration_dir
 
     return calibration_dir() / "sweeps"
 
@@ -182,9 +182,7 @@ def sweep_path(name_or_path: str | Path) -> Path:
 
 
 def _validation_message(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"]) or "sweep"
-    return f"{loc}: {first['msg']}"
+    return str(from_validation(err, default_field="sweep"))
 
 
 def parse_sweep(data: Any, source: str = "sweep") -> Sweep:

@@ -33,17 +33,13 @@ import random
 from typing import Any
 
 from ftadvisor.errors import FtAdvisorError
+from ftadvisor.techniques import OBJECTIVES
 
 FORMATS = ("messages", "prompt_completion", "text", "tokens", "preference", "prompt", "qa")
 
 # Which formats each objective can train on.
-ACCEPTS: dict[str, tuple[str, ...]] = {
-    "sft": ("messages", "prompt_completion", "text", "tokens", "qa"),
-    "dpo": ("preference",),
-    "orpo": ("preference",),
-    "ppo": ("prompt", "messages", "qa", "prompt_completion"),
-    "grpo": ("prompt", "messages", "qa", "prompt_completion"),
-}
+# The formats each objective trains on, as its declaration in ftadvisor/techniques.py states them.
+ACCEPTS: dict[str, tuple[str, ...]] = {name: o.data_formats for name, o in OBJECTIVES.items()}
 
 
 def detect_format(records: list[dict[str, Any]]) -> str:
