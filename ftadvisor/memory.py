@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ftadvisor import _num
 from ftadvisor.errors import FtAdvisorError
 from ftadvisor.schema import MEMORY_COMPONENTS, ArchSpec, HardwareProfile, LinearSpec, TrainingPlan
-from ftadvisor.techniques import Technique
+from ftadvisor.techniques import METHODS, Technique
 
 GIB = 2**30
 MIB = 2**20
@@ -95,7 +95,8 @@ class Layout:
     lm_head_trained: bool
     norm_trained_fraction: float
     half_ft_layers: int
-    lamini_layers: int
+    added_layers: int
+    """Decoder layers carrying modules the method adds (adapters in all, memory experts in the top few)."""
     dropout: bool
     sft_chunked_loss: bool
     reference_copy: bool
@@ -166,21 +167,19 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
     if quant != "none" and not m.peft:
         raise FtAdvisorError(
             "quantization",
-            f"{quant} stores a frozen base; {m.name} trains base weights, use lora/dora/qlora/adapter/lamini",
+            f"{quant} stores a frozen base; {m.name} trains base weights, use {'/'.join(n for n, x in METHODS.items() if x.peft)}",
             ["none"],
         )
-    if quant == "none" and m.name == "qlora":
+    if quant == "none" and m.quantized_base:
         raise FtAdvisorError("quantization", "qlora means a quantized base", ["nf4", "int8"])
     if quant != "none" and plan.sharding in ("zero3", "fsdp"):
         warnings.append("quantized base under zero3/fsdp: bitsandbytes weights are sharded only with recent accelerate/peft; "
                         "the estimate assumes they shard like bf16 weights")
 
-    targets = resolve_lora_targets(arch, plan.lora_targets) if m.lora_like else set()
-    half_layers = round(arch.num_layers * plan.half_ft_fraction) if m.name == "half_ft" else 0
-    if m.name == "half_ft" and half_layers == 0:
-        raise FtAdvisorError("half_ft_fraction", f"trains no layer of {arch.num_layers}")
+    targets = resolve_lora_targets(arch, plan.lora_targets) if m.lora else set()
+    half_layers = m.trained_layers(arch, plan) if m.base_training == "half_layers" else 0
 
-    full_like = m.name in ("full", "moe")
+    full_like = m.base_training == "all"
     moe_sel = plan.moe_train if arch.is_moe else "all"
     roles = []
     for lin in arch.linears:
@@ -193,7 +192,7 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
                 frac = 1.0 if lin.group in ("expert", "shared_expert") else 0.0
             else:
                 frac = 1.0 if lin.group == "router" else 0.0
-        elif m.name == "half_ft":
+        elif m.base_training == "half_layers":
             frac = half_layers / arch.num_layers
             if arch.is_moe and moe_sel != "all":
                 frac *= 1.0 if (
@@ -215,19 +214,14 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         )
 
     train_embed = full_like and moe_sel == "all"
-    if m.name == "half_ft":
+    if m.norm_training == "trained_layers":
         norm_frac = half_layers / arch.num_layers
-    elif m.name == "adapter":
-        norm_frac = 1.0  # Houlsby et al. 2019 section 2.1: layer norm parameters are trained too
+    elif m.norm_training == "all":
+        norm_frac = 1.0
     else:
         norm_frac = 1.0 if train_embed else 0.0
 
-    lamini_layers = min(plan.lamini_layers, arch.num_layers) if m.name == "lamini" else 0
-
-    ref = obj.reference == "always" or (obj.reference == "if_kl" and plan.grpo_beta > 0)
-    if obj.name == "dpo" and plan.dpo_precompute_ref:
-        ref = False
-    reference_copy = ref and not m.peft
+    reference_copy = obj.reference_resident(plan) and not m.peft
 
     if plan.attention == "flash" and not hardware.supports_flash_attention:
         warnings.append(f"FlashAttention-2 does not run on {hardware.name}; use sdpa")
@@ -237,7 +231,7 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         warnings.append(f"{hardware.name} has no bf16 support; use fp16-mixed")
     if arch.max_position_embeddings and plan.seq_len > arch.max_position_embeddings:
         warnings.append(f"seq_len {plan.seq_len} exceeds the model's max_position_embeddings {arch.max_position_embeddings}")
-    if m.lora_like and arch.is_moe and plan.lora_targets == "all-linear":
+    if m.lora and arch.is_moe and plan.lora_targets == "all-linear":
         warnings.append("all-linear LoRA on an MoE model adapts attention (and shared experts), not the routed experts")
     if plan.optimizer.startswith("paged") and hardware.vendor == "cpu":
         warnings.append("paged optimizers page between GPU and host; on the CPU they behave like the unpaged ones")
@@ -259,7 +253,7 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         lm_head_trained=train_embed,
         norm_trained_fraction=norm_frac,
         half_ft_layers=half_layers,
-        lamini_layers=lamini_layers,
+        added_layers=m.added_layers(arch, plan),
         dropout=plan.lora_dropout > 0,
         sft_chunked_loss=plan.sft_chunked_loss,
         reference_copy=reference_copy,
@@ -361,7 +355,7 @@ def count_params(lay: Layout, plan) -> Params:
     # HFT trains the norms inside the trained layers only, not the final norm (one norm of width h,
     # with a bias for LayerNorm).
     final_norm = h * (2 if arch.norm == "layernorm" else 1)
-    if lay.technique.method.name == "half_ft":
+    if lay.technique.method.norm_training == "trained_layers":
         norms_tr = (arch.norm_params - final_norm) * lay.norm_trained_fraction
     else:
         norms_tr = arch.norm_params * lay.norm_trained_fraction
@@ -370,33 +364,22 @@ def count_params(lay: Layout, plan) -> Params:
     add(dlabel(tb), (norms_tr + (arch.other_params if lay.embed_trained else 0)) * tb)
     add(dlabel(fb), (arch.norm_params - norms_tr + (0 if lay.embed_trained else arch.other_params)) * fb)
 
-    # 4. Bottleneck adapters (Houlsby et al. 2019, Fig. 2): two per layer, each a down
-    #    projection h->m and an up projection m->h with biases: 2hm + m + h parameters.
-    if lay.technique.method.name == "adapter":
-        m = plan.adapter_bottleneck
-        n = 2 * L * (2 * h * m + m + h)
-        trainable = trainable + n
-        rows_cols = rows_cols + 2 * L * 2 * (h + m)
-        add(dlabel(tb), n * tb)
-
-    # 5. Lamini-style memory experts (Li et al. 2024, section 4, "mixture of memory experts"):
-    #    per adapted layer a bank of E low-rank experts (A: h x r, B: r x h) and E routing keys of
-    #    width h. The bank is a dense parameter, so its gradient and optimizer state are dense.
-    if lay.lamini_layers:
-        E = plan.lamini_num_experts
-        n = lay.lamini_layers * E * (2 * h * r + h)
-        trainable = trainable + n
-        rows_cols = rows_cols + lay.lamini_layers * (E * (h + r) * 2 + E + h)
-        largest = _num.maximum(largest, E * h * r)
-        add(dlabel(tb), n * tb)
+    # 4. Modules the method adds (bottleneck adapters, memory experts): the method's declaration
+    #    (ftadvisor/techniques/<method>.py) counts them.
+    added = lay.technique.method.added(lay, plan)
+    if added.layers:
+        trainable = trainable + added.params
+        rows_cols = rows_cols + added.rows_cols
+        largest = _num.maximum(largest, added.largest)
+        add(dlabel(tb), added.params * tb)
 
     # autocast casts the weights of matmuls (linears, adapters, the lm_head -- also when it is the
     # tied embedding); F.embedding and RMSNorm's fp32 multiply are not on its cast list (measured).
     cast = trainable - norms_tr - (arch.other_params + emb if lay.embed_trained else 0)
     if lay.lm_head_trained and not head:
         cast = cast + emb
-    if lay.technique.method.name == "adapter":
-        cast = cast - 2 * L * (plan.adapter_bottleneck + h)  # biases are added, not cast for a matmul
+    if added.layers:
+        cast = cast - (added.params - added.matmul_params)  # biases are added, not cast for a matmul
     stored = sum(by.values())
     layer_params = sum(lin.params_each * lin.count for lin in arch.linears) / L + arch.norm_params / L
     root = emb + head
@@ -462,11 +445,6 @@ class ActivationCoefficients:
     per_layer_moe: float
     per_layer_seq: float  # x seq_len (eager attention's s^2 score matrices)
     per_layer_r: float  # x lora_r (LoRA A outputs, memory experts)
-    lamini_per_layer: float  # bytes/token in each memory-expert layer, routing input
-    lamini_per_expert: float  # bytes/token per selected expert (gathered input, output, gate), x top_k
-    lamini_per_expert_r: float  # x top_k x lora_r (the rank-r code)
-    adapter_per_layer: float  # bytes/token of the two bottleneck adapters, constant part
-    adapter_per_layer_m: float  # x bottleneck width
     top: float  # final norm + lm_head input
     checkpoint_per_layer: float  # bytes/token kept per layer under gradient checkpointing
     backward_ws: float  # gradient working set of the layer in flight
@@ -612,12 +590,8 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
         moe_r_total = 0.0
     per_layer_r_dense = per_layer_r + mr + dr
 
-    # Lamini memory-expert layer (our module, ftadvisor/train/modules.py): the routing scores
-    # over E keys, and per selected expert the gathered input, the rank-r code and the output.
-    lam_const = c * h  # input kept for the key matmul; per selected expert see lamini_per_expert
-    # Bottleneck adapter: input copy, activation input, up-projection input.
-    adapter_const = 2 * (c * h)
-    adapter_m = 2 * (2 * c)
+    # (Modules a method adds -- adapters, memory experts -- declare their own saved bytes:
+    # Method.added() in ftadvisor/techniques/.)
 
     top = 4 * h + (resid * h if norm_trains else 0) + (c * h if lay.lm_head_trained else 0)
     ckpt = resid * h  # HF gradient checkpointing keeps each decoder layer's input
@@ -635,11 +609,6 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
         per_layer_moe=moe_layer,
         per_layer_seq=per_seq,
         per_layer_r=per_layer_r_dense if not arch.is_moe else per_layer_r + moe_r_total,
-        lamini_per_layer=lam_const,
-        lamini_per_expert=2 * c * h + 4,
-        lamini_per_expert_r=c,
-        adapter_per_layer=adapter_const,
-        adapter_per_layer_m=adapter_m,
         top=top,
         checkpoint_per_layer=ckpt,
         backward_ws=bws,
@@ -680,12 +649,12 @@ def loss_logits_bytes(lay: Layout, T, T_loss):
     # taking .loss (measured, scripts/check_memory_cpu.py). The forward side (bf16 logits + fp32
     # upcast + log-softmax output, c + 8) is never larger.
     logits_total = T_loss * V * 12
-    if obj.name == "orpo":
-        # ORPO's NLL term adds a cross-entropy over the chosen half: its fp32 log-softmax
+    if obj.extra_logit_bytes:
+        # e.g. ORPO's NLL term, a cross-entropy over the chosen half: its fp32 log-softmax
         # (trl ORPOTrainer). (trl's log-prob gather for DPO/ORPO peaked at 16 B/logit on the CPU but
         # at ~12 on an H200 run; the analytic term keeps 12 and calibration corrects per device.)
-        logits_total = logits_total + T_loss / 2 * V * 4
-    if obj.name == "sft" and lay.sft_chunked_loss:
+        logits_total = logits_total + T_loss / 2 * V * obj.extra_logit_bytes
+    if obj.sft_loss and lay.sft_chunked_loss:
         # trl >= 1.x SFTTrainer defaults to loss_type="chunked_nll" (trl/trainer/sft_trainer.py,
         # _CHUNKED_LM_HEAD_CHUNK_SIZE = 256): the lm_head and the cross-entropy run over chunks of
         # 256 tokens under checkpointing, so only one chunk's logits exist at a time, plus the
@@ -698,7 +667,7 @@ def loss_logits_bytes(lay: Layout, T, T_loss):
         # the peak held the copies plus ~2 B per chunk logit, on a tiny model the chunk's 12 B.
         chunk = _num.minimum(T_loss, SFT_CE_CHUNK_TOKENS) * V
         logits_total = _num.maximum(chunk * 12, w_copies + chunk * 2) + 2 * T * h * c
-    if obj.name == "ppo":
+    if obj.full_sequence_logits:
         logits_total = logits_total + (T - T_loss) * V * c  # full-sequence logits before slicing the response
 
     return logits_total
@@ -742,7 +711,7 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     trainable = p.trainable + value_trainable
     frozen_copy = frozen_copy_bytes(lay)
     extra = frozen_copy * (1 if lay.reference_copy else 0)
-    if obj.name == "dpo" and lay.technique.method.lora_like and not plan.dpo_precompute_ref:
+    if obj.peft_reference_adapter_copy and lay.technique.method.lora and obj.uses_reference(plan):
         # trl's DPOTrainer adds a frozen copy of the adapter as the "ref" adapter of a PEFT model
         # (trl/trainer/dpo_trainer.py) -- adapter weights in the compute dtype.
         extra = extra + p.trainable * c
@@ -850,20 +819,15 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     n_moe = arch.num_moe_layers
     n_dense = L - n_moe
     layer_terms = k.per_layer_seq * S + k.per_layer_r * r
-    lam = 0.0
-    if lay.lamini_layers:
-        kk = plan.lamini_top_k
-        lam = k.lamini_per_layer + kk * (k.lamini_per_expert + k.lamini_per_expert_r * r)
-    adapter = 0.0
-    if lay.technique.method.name == "adapter":
-        adapter = k.adapter_per_layer + k.adapter_per_layer_m * plan.adapter_bottleneck
-    layer_max = (k.per_layer_moe if n_moe else k.per_layer_dense) + layer_terms + lam + adapter
+    added = lay.technique.method.added(lay, plan)
+    added_saved = added.saved_per_token if added.layers else 0.0  # per carrying layer (adapters, memory experts)
+    layer_max = (k.per_layer_moe if n_moe else k.per_layer_dense) + layer_terms + added_saved
     if lay.checkpointing:
         saved = T * (L * k.checkpoint_per_layer + k.top)
         recompute = T * layer_max
     else:
         saved = T * (n_dense * k.per_layer_dense + n_moe * k.per_layer_moe + L * layer_terms
-                     + lay.lamini_layers * lam + L * adapter + k.top)
+                     + added.layers * added_saved + k.top)
         recompute = 0.0
     saved = saved * copies_trained  # PPO runs the value model's forward on the same tokens
     bws = T * k.backward_ws
@@ -928,14 +892,11 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     # generates micro_batch x steps_per_generation (= gradient_accumulation_steps) completions at
     # once; trl's PPO generates and scores in chunks of local_rollout_forward_batch_size = 64.
     if obj.generation:
-        if obj.name == "grpo":
-            B = plan.micro_batch_size * plan.gradient_accumulation_steps
-        else:
-            B = _num.minimum(plan.micro_batch_size * plan.gradient_accumulation_steps, 64)
+        B = obj.generation_batch(plan)  # the objective's run shape (ftadvisor/techniques/<objective>.py)
         kv = 2 * L * arch.num_kv_heads * arch.head_dim * c * B * S
         gen_logits = B * V * (c + 4 + 4)
-        if obj.name == "ppo":
-            # scoring the rollouts: full-sequence logits and their log-softmax, no grad
+        if obj.full_sequence_logits:
+            # scoring the rollouts (PPO): full-sequence logits and their log-softmax, no grad
             gen_logits = _num.maximum(gen_logits, B * S * V * (c + 4))
         g = dict(static, **zero)
         g.update(generation_cache=kv, logits=gen_logits, quantization_workspace=qws)

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ftadvisor.errors import FtAdvisorError
 from ftadvisor.schema import Citation, QualityEstimate, Strength
-from ftadvisor.techniques import METHODS, parse_technique
+from ftadvisor.techniques import METHODS, OBJECTIVES, parse_technique
 
 TASKS = ("chat", "domain", "code", "math", "preference", "rl", "facts")
 """Task families: instruction/chat, domain adaptation (continued pretraining), code, math,
@@ -191,24 +191,31 @@ class EvidenceFile(_Strict):
         missing = sorted(REQUIRED_FACTORS - set(self.factors))
         if missing:
             raise ValueError(f"factors missing: {', '.join(missing)}")
-        missing = sorted(set(DEFINITION_FIGURES.values()) - set(self.figures))
+        missing = sorted(declared_evidence() - set(self.factors) - set(self.figures))
         if missing:
-            raise ValueError(f"figures missing: {', '.join(missing)}")
+            raise ValueError(f"evidence keys declared by techniques but missing: {', '.join(missing)}")
         return self
 
 
+# Factors the quality core itself uses (the LoRA-vs-full rank curves every low-rank method is scored
+# against, quantized bases, retention); each technique module declares its own keys (``evidence``).
 REQUIRED_FACTORS = frozenset(
     {
         "lora.rank.code", "lora.rank.math", "lora.rank.cpt", "lora.chat", "lora.small_data",
-        "lora.low_rank.r4", "lora.low_rank.r8", "dora.low_rank.r4", "dora.low_rank.r8", "dora.gain",
-        "quant.nf4", "quant.nf4.math_risk", "quant.int8", "targets.attention_only",
-        "adapter.vs_lora", "adapter.encoder_bound", "half_ft.vs_full", "moe.full", "lamini.facts",
-        "obj.pref.ppo_vs_dpo", "obj.rl.dpo_vs_ppo", "obj.grpo_vs_ppo", "obj.orpo_vs_dpo", "obj.orpo_vs_dpo.small",
-        "obj.pref.sft_vs_dpo", "obj.chat.dpo_after_sft", "obj.math.rl_after_sft", "obj.rl.sft_vs_rl",
+        "quant.nf4", "quant.nf4.math_risk", "quant.int8",
         *(f"retention.{m}.{t}" for m in ("full", "lora") for t in SFT_TASKS),
     }
 )
-DEFINITION_FIGURES = {"dpo": "def_dpo", "orpo": "def_orpo", "ppo": "def_ppo", "grpo": "def_grpo"}
+
+
+def declared_evidence() -> set[str]:
+    """Evidence keys (factors or figures) the registered techniques declare."""
+    keys: set[str] = set()
+    for part in (*METHODS.values(), *OBJECTIVES.values()):
+        keys.update(part.evidence)
+        if getattr(part, "definition_figure", None):
+            keys.add(part.definition_figure)
+    return keys
 
 
 # --------------------------------------------------------------------------
@@ -447,75 +454,6 @@ def _orpo_term(ev: Evidence, total_params: int | None, acc: _Acc) -> _Term:
     return t
 
 
-def _objective_terms(ev: Evidence, objective: str, task: str, total_params: int | None, acc: _Acc) -> None:
-    s = ev.sets
-    if task == "preference":
-        if objective == "orpo":
-            acc.add(_orpo_term(ev, total_params, acc))
-        elif objective == "ppo":
-            acc.add(_term(s["obj.pref.ppo_vs_dpo"], "PPO vs DPO"))
-        elif objective == "grpo":
-            acc.add(_term(s["obj.pref.ppo_vs_dpo"], "PPO vs DPO"))
-            acc.add(_term(s["obj.grpo_vs_ppo"], "GRPO vs PPO"))
-            acc.weak.append("GRPO vs PPO: no controlled comparison")
-        elif objective == "sft":
-            acc.add(_term(s["obj.pref.sft_vs_dpo"], "SFT on the chosen answers vs SFT+DPO"))
-            acc.notes.append("SFT alone is not a preference method: it imitates the chosen answers and never sees the "
-                             "rejected ones, so it cannot learn what to avoid (Zephyr Table 3).")
-        if objective in ("ppo", "grpo"):
-            acc.notes.append("PPO/GRPO need a reward model trained on the pairs and roughly ten times DPO's compute.")
-        return
-    if task == "rl":
-        if objective == "grpo":
-            acc.add(_term(s["obj.grpo_vs_ppo"], "GRPO vs PPO"))
-            acc.weak.append("GRPO vs PPO: no controlled comparison")
-        elif objective == "dpo":
-            acc.add(_term(s["obj.rl.dpo_vs_ppo"], "DPO vs PPO"))
-            acc.notes.append("DPO needs the reward turned into offline (chosen, rejected) pairs.")
-        elif objective == "orpo":
-            acc.add(_term(s["obj.rl.dpo_vs_ppo"], "DPO vs PPO"))
-            acc.add(_orpo_term(ev, total_params, acc))
-            acc.notes.append("ORPO needs the reward turned into offline pairs.")
-        elif objective == "sft":
-            acc.add(_term(s["obj.rl.sft_vs_rl"], "SFT alone vs SFT then RL"))
-            acc.notes.append("SFT alone does not use the reward: it imitates demonstrations, so it stops where "
-                             "RL on the reward keeps improving (DeepSeekMath Table 5).")
-        return
-    # SFT tasks (chat, code, math; domain/facts handled as not applicable before this point)
-    if objective == "sft":
-        return
-    if task == "chat":
-        dpo = _term(s["obj.chat.dpo_after_sft"], "SFT+DPO vs SFT")
-        if objective == "dpo":
-            acc.add(dpo)
-            acc.notes.append("DPO assumes an SFT model to start from; on a raw base model it fell far short "
-                             "(Zephyr Table 3), which sets the low end.")
-        elif objective == "orpo":
-            acc.add(_orpo_term(ev, total_params, acc))
-            acc.add(dpo)
-        else:
-            acc.add(_term(s["obj.pref.ppo_vs_dpo"], "PPO vs DPO"))
-            acc.add(dpo)
-            if objective == "grpo":
-                acc.add(_term(s["obj.grpo_vs_ppo"], "GRPO vs PPO"))
-                acc.weak.append("GRPO vs PPO: no controlled comparison")
-        acc.notes.append("A preference/RL objective on chat needs preference pairs or a reward, not just demonstrations.")
-        return
-    # code / math
-    acc.add(_term(s["obj.math.rl_after_sft"], "SFT then GRPO vs SFT alone (math)"))
-    if task == "code":
-        acc.weak.append("RL on code: no code figure collected, the math gains (DeepSeekMath) are used")
-    if objective == "ppo":
-        acc.add(_term(s["obj.grpo_vs_ppo"], "PPO vs GRPO"))
-        acc.weak.append("PPO vs GRPO: no controlled comparison")
-    elif objective in ("dpo", "orpo"):
-        acc.add(_term(s["obj.rl.dpo_vs_ppo"], "DPO vs PPO"))
-        if objective == "orpo":
-            acc.add(_orpo_term(ev, total_params, acc))
-    acc.notes.append(f"{objective.upper()} on {task} assumes an SFT model first and a reward (unit tests, answer "
-                     "checks) or pairs built from it.")
-
-
 def _lora_base(ev: Evidence, method_task: str, r: int, acc: _Acc, regime: str) -> _Term:
     """LoRA on all linear layers vs full FT for this task and rank."""
     curve = {"code": "lora.rank.code", "math": "lora.rank.math", "domain": "lora.rank.cpt", "facts": "lora.rank.cpt"}
@@ -569,111 +507,101 @@ def _targets_kind(targets) -> str:
     return "router"
 
 
-def _method_terms(ev: Evidence, method: str, objective: str, task: str, regime: str, r: int | None, quant: str,
-                  targets: str, acc: _Acc) -> None:
-    s = ev.sets
-    m = METHODS[method]
-    method_task = task if task in SFT_TASKS else "chat"
-    if (task not in SFT_TASKS or objective != "sft") and method != "full":
+class _Draft:
+    """The quality model's toolkit, handed to each technique part's ``quality_terms`` hook
+    (``ftadvisor/techniques/<part>.py``): what the estimate is about (task, regime, rank, targets)
+    and how a part adds evidence (a factor, the LoRA-vs-full base, notes, thin-evidence reasons)."""
+
+    def __init__(self, ev: Evidence, acc: _Acc, task: str, regime: str, rank: int | None, targets: str,
+                 total_params: int | None):
+        self.ev, self.acc = ev, acc
+        self.task, self.regime, self.rank, self.targets, self.total_params = task, regime, rank, targets, total_params
+        self.method_task = task if task in SFT_TASKS else "chat"
+        self.base: _Term | None = None
+        """The term the small-data extension widens (set by a method that has one)."""
+
+    def term(self, key: str, label: str) -> _Term:
+        """Multiply the estimate by the evidence factor ``key``."""
+        return self.acc.add(_term(self.ev.sets[key], label))
+
+    def lora_base(self, rank: int) -> _Term:
+        """Multiply by LoRA on all linear layers vs full FT for this task at ``rank``."""
+        return self.acc.add(_lora_base(self.ev, self.method_task, rank, self.acc, self.regime))
+
+    def low_rank(self, t: _Term, dora: bool) -> None:
+        _low_rank(self.ev, t, self.rank, dora, self.method_task == "chat", self.acc)
+
+    def orpo_term(self) -> _Term:
+        return self.acc.add(_orpo_term(self.ev, self.total_params, self.acc))
+
+    def final_high(self, key: str) -> None:
+        """Range-only evidence for the high end of the whole estimate."""
+        sf = self.ev.sets[key]
+        self.acc.final_high.append(sf.raw_high)
+        self.acc.extra_cites.extend(sf.cites)
+
+    def final_low(self, key: str) -> None:
+        sf = self.ev.sets[key]
+        self.acc.final_low.append(sf.raw_low)
+        self.acc.extra_cites.extend(sf.cites)
+
+    def note(self, text: str) -> None:
+        self.acc.notes.append(text)
+
+    def weak(self, reason: str) -> None:
+        self.acc.weak.append(reason)
+
+
+def _method_terms(ev: Evidence, draft: _Draft, m, objective, quant: str) -> None:
+    """The method's factors (its module's ``quality_terms``), then a quantized base and small data."""
+    acc = draft.acc
+    if (draft.task not in SFT_TASKS or not objective.sft_loss) and not m.reference_method:
         acc.notes.append("The method factor uses instruction-tuning evidence (no direct comparison under a "
                          "preference/RL objective was collected).")
         acc.cap = min(acc.cap, 1)
-    base: _Term | None = None
-    if method == "full":
-        if regime == "small":
-            acc.notes.append("With under 10k examples full fine-tuning can overfit; adapters matched or beat it "
-                             "on small tasks (LoRA paper Table 2).")
+    m.quality_terms(draft)
+    if m.reference_method:
         return
-    if m.lora_like:
-        base = acc.add(_lora_base(ev, method_task, r, acc, regime))
-        _low_rank(ev, base, r, m.dora, method_task == "chat", acc)
-        if m.dora:
-            acc.add(_term(s["dora.gain"], "DoRA vs LoRA at the same rank"))
-        if targets == "attention":
-            acc.add(_term(s["targets.attention_only"], "attention-only vs all-linear LoRA"))
-            acc.notes.append("Adapting only the attention projections learns less than adapting all linear layers "
-                             "(QLoRA §4; Biderman et al.: all > MLP > attention).")
-        elif targets == "mlp":
-            acc.weak.append("MLP-only targets: ranked between attention-only and all-linear, not measured as a ratio")
-        elif targets == "router":
-            acc.weak.append("router-only targets: no evidence")
-    elif method == "adapter":
-        base = acc.add(_lora_base(ev, method_task, 32, acc, regime))
-        base.label += " [LoRA r=32 as the comparison point]"
-        acc.add(_term(s["adapter.vs_lora"], "bottleneck adapter vs LoRA r=32"))
-        if method_task == "chat":
-            # Houlsby et al.: within 0.4% of full FT on GLUE (an encoder); only as the high end on NLU-like tasks.
-            enc = s["adapter.encoder_bound"]
-            acc.final_high.append(enc.raw_high)
-            acc.extra_cites.extend(enc.cites)
-        acc.weak.append("bottleneck adapters on decoder LLMs: one comparison (LLM-Adapters), no full-FT baseline")
-        acc.notes.append("Adapters stay in the forward pass (not mergeable), adding inference latency.")
-    elif method == "half_ft":
-        acc.add(_term(s["half_ft.vs_full"], "half fine-tuning vs full FT"))
-        acc.weak.append("half fine-tuning: a single group's evidence")
-    elif method == "moe":
-        acc.add(_term(s["moe.full"], "all parameters of the MoE model trained"))
-        acc.notes.append("Instruction-tune a MoE on large, diverse data (FLAN-MoE); avoid small single-task sets.")
-        if regime == "small":
-            acc.weak.append("MoE on small data: sparse models overfit small fine-tuning sets (ST-MoE)")
-    elif method == "lamini":
-        rank = r or 16
-        if task == "facts":
-            acc.add(_term(s["lamini.facts"], "memory experts vs full FT on a fixed fact set"))
-            acc.weak.append("memory tuning: the paper's design claim and a vendor's figure, no independent comparison")
-            acc.notes.append("For facts that change, retrieval is the safer first choice.")
-        else:
-            base = acc.add(_lora_base(ev, method_task, rank, acc, regime))
-            base.label += " [memory experts treated as low-rank adapters]"
-            acc.weak.append("memory experts outside fact recall: no evidence, treated as low-rank adapters on a few layers")
     # a quantized frozen base
+    s = ev.sets
     if quant == "nf4":
         acc.add(_term(s["quant.nf4"], "NF4 base vs BF16 base (LoRA on top)"))
-        if task == "math":
-            risk = s["quant.nf4.math_risk"]
-            acc.final_low.append(risk.raw_low)
-            acc.extra_cites.extend(risk.cites)
+        if draft.task == "math":
+            draft.final_low("quant.nf4.math_risk")
             acc.notes.append("Math risk: one Orca-Math run saw QLoRA at about half of full FT (Answer.AI); it sets "
                              "the low end.")
     elif quant == "int8":
         acc.add(_term(s["quant.int8"], "Int8 base vs BF16 base (LoRA on top)"))
-    if regime == "small" and base is not None:
-        _extend(base, s["lora.small_data"])
+    if draft.regime == "small" and draft.base is not None:
+        _extend(draft.base, s["lora.small_data"])
         acc.notes.append("With under 10k examples full fine-tuning can overfit; LoRA matched or beat it on small "
                          "tasks (LoRA paper Table 2), which raises the high end.")
 
 
-def _retention(ev: Evidence, method: str, objective: str, task: str
+def _retention(ev: Evidence, m, objective, task: str
                ) -> tuple[float, float, float, int, list[Citation], list[str]]:
     """Share of general ability kept, its range, strength, citations and weak reasons."""
     rt_task = task if task in SFT_TASKS else "chat"
     weak: list[str] = []
     if rt_task in ("chat", "facts"):
         weak.append(f"retention on {rt_task}: no direct measurement")
-    if task not in SFT_TASKS or objective != "sft":
+    if task not in SFT_TASKS or not objective.sft_loss:
         weak.append("retention after preference/RL training: not measured")
     full = ev.sets[f"retention.full.{rt_task}"]
     lora = ev.sets[f"retention.lora.{rt_task}"]
-    if method in ("full", "moe"):
-        sf = full
-        point, low, high, strength = sf.point, sf.low, sf.high, sf.strength
-        cites = list(sf.cites)
-        if method == "moe":
-            weak.append("MoE retention: not measured, full-FT figures used")
-    elif method == "half_ft":
-        # No HFT retention figure collected: HFT forgets less than full FT (HFT abstract), so it sits
-        # between full FT and LoRA; the point is placed half way.
+    if m.retention == "between":
+        # e.g. HFT forgets less than full FT (HFT abstract), so it sits between full FT and LoRA;
+        # the point is placed half way.
         point = (min(full.point, 1.0) + min(lora.point, 1.0)) / 2
         low, high = full.low, lora.high
         strength = min(full.strength, lora.strength)
         cites = list(full.cites) + list(lora.cites)
-        weak.append("half fine-tuning retention: placed between full FT and LoRA")
     else:
-        sf = lora
+        sf = full if m.retention == "full" else lora
         point, low, high, strength = sf.point, sf.low, sf.high, sf.strength
         cites = list(sf.cites)
-        if method in ("adapter", "lamini"):
-            weak.append(f"{method} retention: frozen base like LoRA, not measured")
+    if m.retention_note:
+        weak.append(m.retention_note)
     if weak:
         low, high = low - ev.halfwidth, high + ev.halfwidth
         strength = 0
@@ -758,6 +686,7 @@ def _estimate(objective: str, method: str, name: str, task: str, regime: str | N
               targets: tuple[str, ...]) -> QualityEstimate:
     ev = evidence()
     m = METHODS[method]
+    obj = OBJECTIVES[objective]
     acc = _Acc()
 
     # data regime
@@ -778,15 +707,15 @@ def _estimate(objective: str, method: str, name: str, task: str, regime: str | N
     quant = quantization if quantization is not None else m.default_quantization
     if quant != "none" and not m.peft:
         raise FtAdvisorError("quantization", f"{quant} stores a frozen base; {method} trains the base weights", ["none"])
-    if quant == "none" and method == "qlora":
-        raise FtAdvisorError("quantization", "qlora means a quantized base", ["nf4", "int8"])
+    if quant == "none" and m.quantized_base:
+        raise FtAdvisorError("quantization", f"{method} means a quantized base", ["nf4", "int8"])
 
     rank = None
-    if m.lora_like or method == "lamini":
+    if m.uses_rank:
         rank = lora_r if lora_r is not None else 16  # TrainingPlan's default lora_r
-        if lora_r is None and (m.lora_like or task != "facts"):
+        if lora_r is None and m.rank_matters(task):
             acc.notes.append("Rank not given: r=16 assumed.")
-    tkind = _targets_kind(targets) if m.lora_like else "all"
+    tkind = _targets_kind(targets) if m.lora else "all"
 
     ref = REFERENCE_OBJECTIVE.get(task, "sft")
     applicable = True
@@ -795,9 +724,9 @@ def _estimate(objective: str, method: str, name: str, task: str, regime: str | N
         head.append("Data size not given: medium regime assumed.")
 
     # an objective that cannot learn the target
-    if objective != "sft" and task in ("domain", "facts"):
-        fig = ev.figures[DEFINITION_FIGURES[objective]]
-        r_point, r_low, r_high, _r_strength, r_cites, _ = _retention(ev, method, objective, task)
+    if not obj.learns_corpus() and task in ("domain", "facts"):
+        fig = ev.figures[obj.definition_figure]
+        r_point, r_low, r_high, _r_strength, r_cites, _ = _retention(ev, m, obj, task)
         what = "a domain corpus" if task == "domain" else "a fixed fact list"
         notes = (f"Not applicable: {objective.upper()} optimises preferences or a reward, so it does not fit {what}; "
                  f"nothing is learned towards the target (0). Train with SFT (continued pretraining) instead.")
@@ -806,12 +735,13 @@ def _estimate(objective: str, method: str, name: str, task: str, regime: str | N
             retention=round(r_point, 3), retention_low=round(r_low, 3), retention_high=round(r_high, 3),
             sources=_dedupe([fig.citation, *r_cites]), notes=notes, evidence_strength="strong",
         )
-    if objective == "sft" and task in ("preference", "rl"):
+    if not obj.applicable(task):
         applicable = False
 
-    _objective_terms(ev, objective, task, total_params, acc)
+    draft = _Draft(ev, acc, task, regime, rank, tkind, total_params)
+    obj.quality_terms(draft)
     n_objective = len(acc.terms)
-    _method_terms(ev, method, objective, task, regime, rank, quant, tkind, acc)
+    _method_terms(ev, draft, m, obj, quant)
 
     # model size outside what a factor's figures cover
     if total_params is not None:
@@ -851,7 +781,7 @@ def _estimate(objective: str, method: str, name: str, task: str, regime: str | N
         parts.append("This is the reference itself.")
     if acc.weak:
         parts.append(f"Range widened by {_fmt(ev.halfwidth)} each side for thin evidence: " + "; ".join(acc.weak) + ".")
-    r_point, r_low, r_high, _r_strength, r_cites, r_weak = _retention(ev, method, objective, task)
+    r_point, r_low, r_high, _r_strength, r_cites, r_weak = _retention(ev, m, obj, task)
     retention_note = f"Retention {_fmt(r_point)} ({_fmt(r_low)}-{_fmt(r_high)}) from Biderman et al.'s forgetting metric"
     retention_note += " (widened: " + "; ".join(r_weak) + ")." if r_weak else "."
     notes = " ".join(head + parts + acc.notes + [retention_note])

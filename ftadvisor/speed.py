@@ -286,17 +286,15 @@ def adapter_flops_per_token(lay: memory.Layout, plan: Any) -> float:
     - Lamini memory experts (Li et al. 2024, section 4): scoring E keys 2 h E, then top-k experts
       of rank r, 2 r (h + h) each, in each memory layer."""
     arch = lay.arch
-    h = arch.hidden_size
     r = plan.lora_r
     total = 0.0
     for role in lay.roles:
         if role.adapted:
             s = role.spec
             total += 2.0 * r * (s.in_features + s.out_features) * s.count * _active_fraction(arch, s.group)
-    if lay.technique.method.name == "adapter":
-        total += arch.num_layers * 2 * (4.0 * h * plan.adapter_bottleneck)
-    if lay.lamini_layers:
-        total += lay.lamini_layers * (2.0 * h * plan.lamini_num_experts + plan.lamini_top_k * 4.0 * h * r)
+    added = lay.technique.method.added(lay, plan)
+    if added.layers:
+        total += added.flops_per_token  # the method's declaration (ftadvisor/techniques/<method>.py)
     return total
 
 
@@ -304,9 +302,7 @@ def backward_depth_fraction(lay: memory.Layout) -> float:
     """Share of decoder layers the backward pass has to traverse: gradients must reach the lowest
     trained parameter. Lamini memory experts sit in the top layers only; every other method has
     trainable parameters (or adapters) in the first layer (HFT's trained half is spread over depth)."""
-    if lay.technique.method.name == "lamini":
-        return lay.lamini_layers / lay.arch.num_layers
-    return 1.0
+    return lay.technique.method.backward_depth_fraction(lay)
 
 
 def trained_matmul_flops_per_token(lay: memory.Layout) -> float:
@@ -535,8 +531,7 @@ def elementwise_bytes_per_token(lay: memory.Layout, plan: Any, seq_len: float | 
         t, k = _linear_extra_bytes(lay, s, role.quantized, role.adapted)
         extra += s.count / L * _active_fraction(arch, s.group) * t
         per_call += s.count * k
-    if lay.technique.method.name == "adapter":
-        extra += 2 * (2.0 * c * plan.adapter_bottleneck + 3.0 * a_ * h)
+    extra += lay.technique.method.layer_traffic_bytes(lay, plan, a_)
     fwd_loss, bwd_loss = _loss_bytes(lay)
     top = 2.0 * a_ * h + _norm_bytes(arch, dt) + fwd_loss
     return {"layer": dense + extra, "moe_layer": moe + extra, "top": top, "loss_backward": bwd_loss,
@@ -737,26 +732,8 @@ def layer_program(lay: memory.Layout, plan: Any, tokens: float, moe_layer: bool 
         ew(2 if arch.mlp_gated else 1, (5.0 if arch.mlp_gated else 2.0) * m_ * arch.intermediate_size * T)
         linears("mlp_mid")
     ew(1, 3.0 * a_ * h * T)
-    if lay.technique.method.name == "adapter":
-        m = plan.adapter_bottleneck
-        for _ in range(2):  # Houlsby adapters after attention and after the MLP: down, act, up, add
-            ops.append((_Op(2, flops_mm=2.0 * T * 2 * h * m, weight_bytes=c * 2 * h * m, mm_tokens=T, kind="gemm"), 1.0))
-            ew(2, (2.0 * c * m + 3.0 * a_ * h) * T)
+    ops.extend(lay.technique.method.layer_ops(lay, plan, T, a_))  # modules the method adds (adapters)
     return ops
-
-
-def _lamini_program(lay: memory.Layout, plan: Any, tokens: float) -> list[tuple[_Op, float]]:
-    """A memory-expert layer (our module, ftadvisor/train/modules.py): key scores over E experts, the
-    top-k selected experts' rank-r down/up projections, weighted sum."""
-    h, c, r = lay.arch.hidden_size, lay.c, plan.lora_r
-    E, k = plan.lamini_num_experts, plan.lamini_top_k
-    T = tokens
-    return [
-        (_Op(2, flops_mm=2.0 * T * h * E, weight_bytes=c * h * E, mm_tokens=T, kind="gemm"), 1.0),
-        (_Op(4, mem_bytes=12.0 * E * T), 0.0),
-        (_Op(4, flops_mm=T * k * 4.0 * h * r, weight_bytes=c * k * T * 2 * h * r, mem_bytes=T * k * c * (2 * h + 2 * r),
-             mm_tokens=1.0, kind="adapter"), 1.0),
-    ]
 
 
 def _simulate(m: _Machine, passes: list[tuple[list[_Op], float, float]]) -> tuple[float, float, float, float]:
@@ -864,14 +841,14 @@ def _model_passes(lay: memory.Layout, tp: TrainingPlan, T: float, mode: str, fla
             _Op(1, flops_mm=2.0 * T * V * h, weight_bytes=c * V * h, mem_bytes=head_cast, mm_tokens=T, kind="gemm")]
     if mode == "train":
         post.append(_Op(4, mem_bytes=fwd_loss * T))
-    lam = _lamini_program(lay, tp, T) if lay.lamini_layers else []
+    lam = lay.technique.method.block_ops(lay, tp, T) if lay.added_layers else []  # e.g. memory-expert layers
     if mode in ("nograd", "decode"):
         body = [(pre, HOST_NOGRAD_S_PER_OP, 1)]
         body.append(([o for o, _ in dense], HOST_NOGRAD_S_PER_OP, L - n_moe))
         if n_moe:
             body.append(([o for o, _ in moe], HOST_NOGRAD_S_PER_OP, n_moe))
         if lam:
-            body.append(([o for o, _ in lam], HOST_NOGRAD_S_PER_OP, lay.lamini_layers))
+            body.append(([o for o, _ in lam], HOST_NOGRAD_S_PER_OP, lay.added_layers))
         body.append((post, HOST_NOGRAD_S_PER_OP, 1))
         return body
     phi = backward_depth_fraction(lay)
@@ -879,7 +856,7 @@ def _model_passes(lay: memory.Layout, tp: TrainingPlan, T: float, mode: str, fla
     if n_moe:
         passes.append(([o for o, _ in moe], HOST_FWD_S_PER_OP, n_moe))
     if lam:
-        passes.append(([o for o, _ in lam], HOST_FWD_S_PER_OP, lay.lamini_layers))
+        passes.append(([o for o, _ in lam], HOST_FWD_S_PER_OP, lay.added_layers))
     passes.append((post, HOST_FWD_S_PER_OP, 1))
     # backward: loss and lm_head, then the traversed layers in reverse, each recomputed first under
     # checkpointing [korthikanti]
@@ -902,7 +879,7 @@ def _model_passes(lay: memory.Layout, tp: TrainingPlan, T: float, mode: str, fla
     if n_moe:
         blocks.append((moe, round(phi * n_moe)))
     if lam:
-        blocks.append((lam, lay.lamini_layers))
+        blocks.append((lam, lay.added_layers))
     for prog, n in blocks:
         if n <= 0:
             continue
@@ -954,7 +931,7 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
 
     parts = _Parts()
     copies_trained = 2 if obj.value_model else 1
-    ppo_epochs = 4 if obj.name == "ppo" else 1  # trl PPOConfig.num_ppo_epochs default [trl_rl]
+    ppo_epochs = obj.updates_per_rollout  # the objective's run shape, also what the engine runs [trl_rl]
     mb_times = G * copies_trained * ppo_epochs
     comp, mem, dq_s, span = _simulate(mach, _model_passes(lay, tp, T, "train", flash_bwd, grad_cast))
     if meth.dora and lay.dropout:
@@ -972,14 +949,9 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
                            "(Hugging Face per-layer checkpointing)")
 
     # --- extra no-grad forwards (reference, reward, value/policy scoring) --------------------------------
-    ref_needed = obj.reference == "always" or (obj.reference == "if_kl" and tp.grpo_beta > 0)
-    nograd_passes = 0
-    if obj.name == "dpo":
-        nograd_passes = 0 if tp.dpo_precompute_ref else 1
-    elif obj.name == "ppo":
-        nograd_passes = 4  # policy logprobs, reference, value, reward after each rollout [trl_rl]
-    elif obj.name == "grpo":
-        nograd_passes = 1 if ref_needed else 0
+    # the reference's forward when it is needed, plus the objective's own no-grad passes (PPO: policy
+    # log-probs, value and reward after each rollout [trl_rl])
+    nograd_passes = obj.nograd_passes(tp)
     # A PEFT reference is the same base with adapters disabled; a full-weight method keeps a copy.
     ng_c, ng_m, ng_dq, ng_span = _simulate(mach, _model_passes(lay, tp, T, "nograd", flash_bwd, 0.0))
     if nograd_passes:
@@ -987,7 +959,8 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
         parts.memory += ng_m * G * nograd_passes
         parts.launch += max(0.0, ng_span - ng_c - ng_m) * G * nograd_passes
         fused_s += (ng_c + ng_dq) * G * nograd_passes
-    ref_pass_s_per_token = ng_span / T if (obj.name == "dpo" and tp.dpo_precompute_ref) else 0.0
+    precomputed_ref = obj.precompute_reference and tp.dpo_precompute_ref
+    ref_pass_s_per_token = ng_span / T if precomputed_ref else 0.0
 
     nograd_flops_tok = mm_fwd + adapt + attn_f
     flops_exec_tok = fl.executed * copies_trained * ppo_epochs + nograd_passes * nograd_flops_tok
@@ -1002,7 +975,7 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
         n_new = min(tp.rl_max_new_tokens, S - 1)
         prompt = S - n_new
         B_total = tp.micro_batch_size * G  # completions generated per step per GPU
-        B = B_total if obj.name == "grpo" else min(B_total, 64)
+        B = obj.generation_batch(tp)
         rounds = math.ceil(B_total / B)
         # prefill: a no-grad forward over the B prompts
         prefill = _simulate(mach, _model_passes(lay, tp, B * prompt, "nograd", flash_bwd, 0.0, seq_len=prompt))[3]
@@ -1018,12 +991,13 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
         samples_local = B_total
         assumptions.append(
             f"generation with transformers generate and a KV cache, {B} sequences at a time "
-            f"({'all of' if obj.name == 'grpo' else 'chunks of 64 of'} micro-batch x accumulation), "
+            f"({'all of' if obj.rollout_chunk is None else f'chunks of {obj.rollout_chunk} of'} micro-batch x accumulation), "
             f"~{HOST_GENERATE_STEP_S * 1e3:.0f} ms of host work per decoding step; a vLLM server would be many "
             "times faster")
-        if obj.name == "ppo":
-            assumptions.append("PPO: value model trained with the policy, 4 PPO epochs per rollout, 4 no-grad "
-                               "scoring forwards (trl defaults)")
+        if obj.value_model:
+            assumptions.append(f"{obj.name.upper()}: value model trained with the policy, {obj.updates_per_rollout} "
+                               f"optimizer passes per rollout, {obj.nograd_passes(tp)} no-grad scoring forwards "
+                               "(trl defaults)")
 
     # --- optimizer step ------------------------------------------------------------------------------------
     zero_like = lay.zero or lay.sharding == "fsdp"
@@ -1039,7 +1013,7 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
         opt_bytes += 2.0 * gbytes * P_local  # GradScaler unscale_ reads and writes the gradients
     if lay.zero and dt.mixed:
         opt_bytes += (4 + c) * P_local  # DeepSpeed copies fp32 masters back to the bf16 working weights
-    n_tensors = _trainable_tensors(lay) * copies_trained
+    n_tensors = _trainable_tensors(lay, tp) * copies_trained
     # host: fused/foreach kernels launch per chunk of tensors; bitsandbytes and Adafactor loop in Python
     per_tensor_units = 2.0 if ("8bit" in tp.optimizer or "32bit" in tp.optimizer) else (
         15.0 if tp.optimizer == "adafactor" else 0.05)
@@ -1146,7 +1120,7 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
     )
 
 
-def _trainable_tensors(lay: memory.Layout) -> float:
+def _trainable_tensors(lay: memory.Layout, plan: Any) -> float:
     """Number of trainable tensors (what per-tensor optimizer kernels loop over)."""
     arch = lay.arch
     n = 0.0
@@ -1157,9 +1131,7 @@ def _trainable_tensors(lay: memory.Layout) -> float:
     n += arch.num_layers * arch.norms_per_layer * lay.norm_trained_fraction
     if lay.embed_trained:
         n += 2
-    if lay.technique.method.name == "adapter":
-        n += arch.num_layers * 2 * 4
-    n += lay.lamini_layers * 3
+    n += lay.technique.method.added(lay, plan).tensors if lay.added_layers else 0.0
     return max(n, 1.0)
 
 
@@ -1281,7 +1253,7 @@ def estimate_time_cost(
         if examples is None:
             examples = dataset_tokens / prompt_len
             notes.append(f"prompts counted as dataset_tokens / prompt length {prompt_len} (seq_len - rl_max_new_tokens)")
-        per_prompt = plan.grpo_num_generations if obj.name == "grpo" else 1
+        per_prompt = obj.completions_per_prompt(plan)
         samples = examples * per_prompt * ep
         positions = samples * S
         seconds_per_sample = speed.seconds_per_optimizer_step / max(speed.samples_per_optimizer_step, 1e-12)
@@ -1319,7 +1291,7 @@ def estimate_time_cost(
                     notes.append(f"examples longer than seq_len {S} are truncated")
         steps = math.ceil(positions / speed.tokens_per_optimizer_step) if positions else 0
     seconds = steps * speed.seconds_per_optimizer_step
-    if obj.name == "dpo" and plan.dpo_precompute_ref and speed.reference_pass_seconds_per_token:
+    if obj.precompute_reference and plan.dpo_precompute_ref and speed.reference_pass_seconds_per_token:
         seconds += positions / ep * speed.reference_pass_seconds_per_token / plan.num_gpus
         notes.append("reference log-probs precomputed once before training (one forward per example)")
     hours = seconds / 3600.0

@@ -1,0 +1,65 @@
+"""The LoRA family, as peft has it: LoRA (Hu et al. 2021), with options for a quantized base
+(QLoRA, Dettmers et al. 2023) and for DoRA's magnitude vector (Liu et al. 2024). The three names a
+user types are presets of one method: the memory, speed and quality models read ``lora``, ``dora``
+and ``default_quantization`` instead of the name.
+
+What trains: LoRA matrices A (r x in) and B (out x r) on each targeted base linear (DoRA adds a
+magnitude vector of out_features); the base is frozen, stored in the compute dtype or in
+NF4/int8. The per-linear cost terms live with the linears in memory.py and speed.py, since they
+apply to every adapted linear alike.
+"""
+
+from __future__ import annotations
+
+from ftadvisor.techniques.base import Method
+
+
+class LoRA(Method):
+    name = "lora"
+    summary = "low-rank adapters on a frozen base"
+    source = "Hu et al. 2021, LoRA (arXiv 2106.09685)"
+    evidence = ("lora.chat", "lora.small_data", "lora.low_rank.r4", "lora.low_rank.r8", "targets.attention_only")
+    train_hook = "ftadvisor.train.techniques:apply_lora"
+    peft = True
+    lora = True
+    uses_rank = True
+    offered_for_preference = True
+    reason = "trains low-rank adapters on a frozen base: a fraction of full fine-tuning's memory"
+
+    def quality_terms(self, q) -> None:
+        base = q.lora_base(q.rank)
+        q.low_rank(base, self.dora)
+        if self.dora:
+            q.term("dora.gain", "DoRA vs LoRA at the same rank")
+        if q.targets == "attention":
+            q.term("targets.attention_only", "attention-only vs all-linear LoRA")
+            q.note("Adapting only the attention projections learns less than adapting all linear layers "
+                   "(QLoRA §4; Biderman et al.: all > MLP > attention).")
+        elif q.targets == "mlp":
+            q.weak("MLP-only targets: ranked between attention-only and all-linear, not measured as a ratio")
+        elif q.targets == "router":
+            q.weak("router-only targets: no evidence")
+        q.base = base
+
+
+class QLoRA(LoRA):
+    name = "qlora"
+    summary = "LoRA over a 4-bit NF4 base with double quantization"
+    source = "Dettmers et al. 2023, QLoRA (arXiv 2305.14314)"
+    evidence = LoRA.evidence + ("quant.nf4", "quant.nf4.math_risk", "quant.int8")
+    default_quantization = "nf4"
+    quantized_base = True
+    reason = "LoRA over a 4-bit base: the least memory of the LoRA family, some speed lost to dequantization"
+
+
+class DoRA(LoRA):
+    name = "dora"
+    summary = "weight-decomposed LoRA (magnitude vector + low-rank direction)"
+    source = "Liu et al. 2024, DoRA (arXiv 2402.09353)"
+    evidence = LoRA.evidence + ("dora.gain", "dora.low_rank.r4", "dora.low_rank.r8")
+    dora = True
+    offered_for_preference = False
+    reason = "LoRA with a learned magnitude: closer to full fine-tuning at low rank, slower steps"
+
+
+METHODS = (LoRA(), QLoRA(), DoRA())
