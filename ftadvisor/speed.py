@@ -52,6 +52,7 @@ from ftadvisor import memory
 from ftadvisor.errors import FtAdvisorError, check_size
 from ftadvisor.schema import ArchSpec, HardwareProfile, ModelProfile, SpeedEstimate, TimeCostEstimate, TrainingPlan
 from ftadvisor.techniques import Technique, parse_technique
+from ftadvisor.techniques.base import Op
 
 # --------------------------------------------------------------------------------------------
 # Sources (cited by key in the code and returned with every estimate)
@@ -591,18 +592,7 @@ class _Machine:
     serial: bool  # kernels run on the dispatching cores (CPU): host and device time add up
 
 
-@dataclass(frozen=True)
-class _Op:
-    """One eager kernel (or a run of identical small ones) of a forward pass."""
-
-    units: float  # host op units (see ops_per_layer_forward)
-    flops_mm: float = 0.0
-    flops_attn: float = 0.0
-    weight_bytes: float = 0.0
-    mem_bytes: float = 0.0
-    dq_bytes: float = 0.0
-    mm_tokens: float = 1.0  # rows of the GEMM (for the skinny-GEMM efficiency)
-    kind: str = "ew"  # ew | gemm | attn | adapter | dequant | host
+_Op = Op  # the kernel vocabulary techniques declare their added modules in (ftadvisor/techniques/base.py)
 
 
 def _op_time(m: _Machine, op: _Op) -> tuple[float, float, float]:

@@ -30,7 +30,7 @@ from ftadvisor import _num
 # --- the speed model's vocabulary -------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Op:
     """One eager kernel (or a run of identical small ones) of a forward pass, as the speed model
     replays it (``ftadvisor/speed.py``)."""
