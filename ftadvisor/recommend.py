@@ -9,8 +9,10 @@ How it searches (all through the same pure estimator the CLI uses):
 2. For every technique, a grid over micro-batch x gradient checkpointing x optimizer x sharding
    (and CPU offload on several GPUs) is evaluated at once with :func:`estimate_grid`; the plans
    that fit with the requested headroom are kept, at a global batch held constant through
-   gradient accumulation.
-3. Each surviving configuration gets a throughput estimate; the fastest per technique is kept,
+   gradient accumulation (each micro-batch's memory is evaluated at the accumulation it runs with).
+3. Each surviving configuration gets a throughput estimate; the fastest per technique is kept:
+   the shortest wall-clock time when a data size is given (micro-batches pad to their longest
+   sequence, so a larger micro-batch can process more positions), else the most tokens/s. It is
    then scored with the quality model, time and cost. The score is the expected quality
    (relative to full fine-tuning) minus ``quality_per_time_doubling`` (default 0.05) for each
    doubling of wall-clock time over the fastest plan: a stated preference, not a fact, that a
@@ -60,6 +62,7 @@ RANK_REASON = {
     256: "rank 256: code and continued pre-training keep improving up to r=256 (Biderman et al. 2024, Tables S1/S3)",
 }
 TARGET_GLOBAL_BATCH = 16  # sequences per optimizer step held constant across plans
+MICRO_BATCHES = (1, 2, 4, 8, 16, 32)  # micro-batch sizes searched
 
 
 class RankedPlan(BaseModel):
@@ -76,7 +79,8 @@ class RankedPlan(BaseModel):
     reasons: tuple[str, ...]
     """Why this plan (or why it was rejected and what would make it fit)."""
     score: float
-    """Ranking key used (expected quality rounded to 0.02; higher is better)."""
+    """Ranking key used: expected quality minus quality_per_time_doubling x log2(time / fastest
+    plan's time), rounded to 4 decimals; higher is better (0 for rejected plans)."""
 
 
 class Recommendation(BaseModel):
@@ -222,7 +226,7 @@ def recommend(
     quality_per_time_doubling: float = 0.05,
 ) -> Recommendation:
     """Ranked fine-tuning plans for this model, hardware, goal and data (see the module docstring)."""
-    from ftadvisor.speed import estimate_speed
+    from ftadvisor.speed import estimate_speed, estimate_time_cost
 
     if goal not in GOALS:
         raise FtAdvisorError("goal", f"unknown {goal!r}", GOALS)
@@ -250,6 +254,7 @@ def recommend(
                      "tokens (an upper bound); pass avg_tokens to refine")
     r = RANK_FOR_GOAL[goal]
     cap = hw.memory_bytes * (1 - memory_headroom)
+    sized = examples is not None or dataset_tokens is not None
 
     kept: list[tuple[float, float, RankedPlan]] = []
     rejected: list[RankedPlan] = []
@@ -264,35 +269,53 @@ def recommend(
             for sharding in _sharding_options(num_gpus):
                 grids.append(estimate_grid(
                     mp, hw, technique=tech, num_gpus=num_gpus, num_nodes=num_nodes, seq_len=S,
-                    micro_batch_size=[1, 2, 4, 8, 16, 32], gradient_checkpointing=[False, True],
+                    micro_batch_size=list(MICRO_BATCHES), gradient_checkpointing=[False, True],
                     optimizer=optimizers, sharding=sharding, lora_r=r if lora_like else 16,
                     # CPU offload exists for the sharded layouts only (ZeRO-Offload, FSDP CPUOffload)
                     cpu_offload=[False, True] if sharding in ("zero2", "zero3", "fsdp") else False,
-                    # any accumulation > 1 keeps the gradients alive across micro-batches (same memory
-                    # for every value above 1); evaluating at 2 keeps the search exact for the chosen GA
-                    gradient_accumulation_steps=2,
+                    # each micro-batch is evaluated at the accumulation it will run with (rows with
+                    # another accumulation are dropped below): accumulation > 1 keeps the gradients
+                    # alive across micro-batches, and GRPO/PPO generate micro-batch x accumulation
+                    # completions at once
+                    gradient_accumulation_steps=sorted({_accumulation(mb, num_gpus) for mb in MICRO_BATCHES}),
                 ))
-            candidates = [(g, i) for g in grids for i in _largest_micro_batches(g.columns, cap)]
+            candidates = [(g, i) for g in grids
+                          for i in _fitting_rows(g.columns, cap, num_gpus, every_micro_batch=sized)]
             if not candidates:
-                # closest miss: the smallest configuration
-                g = min(grids, key=lambda g: g.columns["device_total_bytes"].min())
-                est = g.estimate(int(g.columns["device_total_bytes"].argmin()))
+                # closest miss: the smallest configuration (at the accumulation it would run with)
+                g, i = min(((g, i) for g in grids for i in _fitting_rows(g.columns, math.inf, num_gpus)),
+                           key=lambda gi: gi[0].columns["device_total_bytes"][gi[1]])
+                est = g.estimate(i)
                 rejected.append(RankedPlan(rank=0, plan=est.plan, estimate=est, score=0.0,
                                            reasons=tuple(_why_not(mp, hw, est, memory_headroom, num_gpus))))
                 continue
-            # best speed among fitting configs (largest micro-batch per (ckpt, optimizer, sharding, offload))
-            best = None
+            # the fastest fitting configuration: shortest wall-clock time when the data size is known
+            # (padding and the last partial step depend on the micro-batch), else most tokens/s
+            ranked = []
             for grid, i in candidates:
                 row = grid.row(i)
-                fields = {k: row[k] for k in TrainingPlan.model_fields if k in row}
-                gas = max(1, math.ceil(TARGET_GLOBAL_BATCH / (fields["micro_batch_size"] * num_gpus)))
-                plan = make_plan(**{**fields, "gradient_accumulation_steps": gas})
-                if estimate(mp, hw, plan=plan).memory.device_total_bytes > cap:
-                    continue
+                plan = make_plan(**{k: row[k] for k in TrainingPlan.model_fields if k in row})
                 sp = estimate_speed(mp, hw, plan)
-                if best is None or sp.tokens_per_second_total > best[1].tokens_per_second_total:
+                if sized:
+                    tc = estimate_time_cost(sp, hw, plan, dataset_tokens=dataset_tokens, examples=examples,
+                                            avg_tokens_per_example=avg_tokens if dataset_tokens is None else None,
+                                            epochs=epochs)
+                    key = (tc.wall_clock_hours, -sp.tokens_per_second_total)
+                else:
+                    key = (-sp.tokens_per_second_total,)
+                ranked.append((key, len(ranked), plan, sp))
+            ranked.sort(key=lambda t: t[:2])
+            best = None
+            for _, _, plan, sp in ranked:
+                # the grid and the single-plan estimate are the same model; check the chosen plan anyway
+                if _fits(estimate(mp, hw, plan=plan), memory_headroom):
                     best = (plan, sp)
+                    break
             if best is None:
+                g, i = candidates[0]
+                est = g.estimate(i)
+                rejected.append(RankedPlan(rank=0, plan=est.plan, estimate=est, score=0.0,
+                                           reasons=tuple(_why_not(mp, hw, est, memory_headroom, num_gpus))))
                 continue
             plan, sp = best
             est = evaluate_plan(mp, hw, plan, goal=goal, examples=examples, avg_tokens=avg_tokens,
@@ -353,12 +376,23 @@ def evaluate_plan(
                     hourly_price_usd=hourly_price_usd)
 
 
-def _largest_micro_batches(cols, cap: float) -> list[int]:
-    """For each (checkpointing, optimizer, sharding, offload) group, the fitting row with the largest micro-batch."""
+def _accumulation(micro_batch: int, num_gpus: int) -> int:
+    """Gradient accumulation that holds the global batch at TARGET_GLOBAL_BATCH sequences (at least 1)."""
+    return max(1, math.ceil(TARGET_GLOBAL_BATCH / (micro_batch * num_gpus)))
+
+
+def _fitting_rows(cols, cap: float, num_gpus: int, every_micro_batch: bool = True) -> list[int]:
+    """Grid rows that fit under ``cap`` at the accumulation their micro-batch runs with. All of them,
+    or (``every_micro_batch=False``) only the largest fitting micro-batch of each (checkpointing,
+    optimizer, sharding, offload) group: without a data size the fastest plan is the one with the
+    most tokens/s, which grows with the micro-batch."""
+    gas, mb = cols["gradient_accumulation_steps"], cols["micro_batch_size"]
+    rows = [i for i in range(len(cols["device_total_bytes"]))
+            if cols["device_total_bytes"][i] <= cap and int(gas[i]) == _accumulation(int(mb[i]), num_gpus)]
+    if every_micro_batch:
+        return rows
     best: dict[tuple, int] = {}
-    for i in range(len(cols["device_total_bytes"])):
-        if cols["device_total_bytes"][i] > cap:
-            continue
+    for i in rows:
         key = tuple(cols[k][i] for k in ("gradient_checkpointing", "optimizer", "sharding", "cpu_offload") if k in cols)
         if key not in best or cols["micro_batch_size"][i] > cols["micro_batch_size"][best[key]]:
             best[key] = i

@@ -50,6 +50,14 @@ def layout(model, technique: str, hardware="h100", **fields):
 def test_linear_and_head_counts_by_hand():
     assert LIN_8B == 6_979_321_856
     assert N_8B == 7_504_658_432
+    # the project counts the same weights: 2 FLOPs per weight a token multiplies through (Kaplan
+    # Table 1), and 8.03e9 parameters in all (Meta's model card: 8.03B) = the weights above, the
+    # 128256 x 4096 input embedding, and 2 RMSNorm weights per layer plus the final one
+    arch = fa.resolve_model(LLAMA31_8B).arch
+    assert speed.forward_matmul_flops_per_token(arch) == 2 * N_8B
+    est = fa.estimate(LLAMA31_8B, "h100", "full")
+    assert est.total_params == N_8B + 128256 * 4096 + (2 * 32 + 1) * 4096 == 8_030_261_248
+    assert est.trainable_params == est.total_params
 
 
 def test_full_training_is_6N_plus_attention_without_recompute():
@@ -110,12 +118,33 @@ def test_lamini_backward_stops_at_the_memory_layers():
     assert speed.backward_depth_fraction(full) == 1.0
 
 
-def test_the_plain_llama_layer_is_the_38_ops_the_host_constants_were_measured_on():
+# The eager kernels of one LlamaDecoderLayer forward, read off transformers' modeling_llama.py
+# (what the host-time constants are per-kernel shares of; views such as slices, unsqueeze and
+# transpose launch nothing): LlamaRMSNorm in bf16 = to(float32), pow, mean, add eps, rsqrt, mul,
+# to(bf16), weight mul (8; the two casts are no-ops on an fp32 residual stream); q/k/v projections;
+# apply_rotary_pos_emb = q*cos, rotate_half(q) (neg, cat), *sin, add (5 each for q and k); SDPA;
+# o_proj; residual add; the second RMSNorm; gate and up projections; SiLU and the multiply; down
+# projection; residual add.
+LLAMA_LAYER_KERNELS = {"input_layernorm": 8, "q_proj,k_proj,v_proj": 3, "rotary": 10, "sdpa": 1, "o_proj": 1,
+                       "residual_add": 1, "post_attention_layernorm": 8, "gate_proj,up_proj": 2, "act_fn,mul": 2,
+                       "down_proj": 1, "residual_add_2": 1}
+
+
+def test_the_plain_llama_layer_is_the_kernels_of_the_hf_code():
+    # counted by hand above, not taken from the constant the code divides by
+    by_hand = sum(LLAMA_LAYER_KERNELS.values())
+    assert by_hand == 38
     lay, tp = layout(LLAMA31_8B, "full", precision="bf16-true")
-    assert speed.ops_per_layer_forward(lay, tp) == speed.HOST_OPS_LLAMA_LAYER == 38
-    lora, tp2 = layout(LLAMA31_8B, "lora", precision="bf16-true")
-    # 7 adapted modules at the measured 0.36 ms per module = 4.12 op units each
-    assert speed.ops_per_layer_forward(lora, tp2) == pytest.approx(38 + 7 * 0.36e-3 / (3.316e-3 / 38), rel=1e-9)
+    assert speed.ops_per_layer_forward(lay, tp) == by_hand
+    # an fp32 residual stream (full fine-tuning under bf16 autocast: fp32 weights) drops the two
+    # casts of each RMSNorm
+    lay32, tp32 = layout(LLAMA31_8B, "full", precision="bf16-mixed")
+    assert speed.ops_per_layer_forward(lay32, tp32) == by_hand - 2 * 2
+    # and the host's time per layer at one token is the measured one (device_h200_micro): the per-op
+    # constants are that measurement over this count (provenance of a fitted constant, not a check)
+    micro = DATA["device_h200_micro"]["eager_seconds_per_llama_layer_one_token"]
+    host_fwd_bwd = by_hand * (speed.HOST_FWD_S_PER_OP + speed.HOST_BWD_S_PER_OP)
+    assert host_fwd_bwd == pytest.approx(micro["forward_backward"], rel=1e-9)
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,14 +187,23 @@ def test_ring_collectives_by_hand():
     assert zero3 / speed.ring_allreduce_seconds(1e9, 64, 50) == pytest.approx(1.5)
 
 
-def test_skinny_gemm_factor_matches_the_h200_measurements():
-    # measured bf16 TFLOP/s on the H200 (profiles/speed/measurements.yaml): 8192^3 803.3,
-    # 4096 rows 791.5 / 786.6, 840 rows 496.3 / 581.2
-    best = 803.3
+def test_skinny_gemm_factor_fit_and_held_out_points():
+    # measured bf16 TFLOP/s on the H200 (profiles/speed/measurements.yaml device_h200_micro)
+    mm = DATA["device_h200_micro"]["matmul_bf16_tflops"]
+    best = mm["8192x8192x8192"]
+    fit = DATA["fits"]["MATMUL_HALF_TOKENS"]
+    fitted_on = [k.split("/")[1] for k in fit["fitted_on"]["micro"]]
+    held_out = [k.split("/")[1] for k in fit["held_out"]["micro"]]
+    assert not set(fitted_on) & set(held_out)
     assert best * speed.matmul_shape_factor(8192) == pytest.approx(best)
-    for measured in (791.5, 786.6, 767.2):
-        assert best * speed.matmul_shape_factor(4096) == pytest.approx(measured, rel=0.04)
-    assert best * speed.matmul_shape_factor(840) == pytest.approx(math.sqrt(496.3 * 581.2), rel=0.01)
+    # Fitted, not a check: MATMUL_HALF_TOKENS was chosen so that the curve passes through the
+    # geometric mean of the 840-row rates; this only says the constant still is that fit.
+    assert best * speed.matmul_shape_factor(840) == pytest.approx(math.sqrt(math.prod(mm[k] for k in fitted_on)),
+                                                                 rel=0.01)
+    # Held out: the 4096-row GEMMs were not used to choose it
+    for k in held_out:
+        rows = int(k.split("x")[0])
+        assert best * speed.matmul_shape_factor(rows) == pytest.approx(mm[k], rel=0.04), k
     assert best * speed.matmul_shape_factor(840) < best * speed.matmul_shape_factor(4096)
 
 
@@ -241,6 +279,65 @@ def test_checkpointing_costs_about_a_third_more_when_compute_bound():
     assert on.hfu > on.mfu and off.hfu == pytest.approx(off.mfu, rel=0.02)
 
 
+# Weight gradients in the step time, derived by hand (issue 14: dropping them from the time was caught
+# only because three golden cases sat near the edge of their windows).
+#
+# Per token, a linear layer y = x W (W: in x out) costs 2 in out FLOPs forward (Kaplan et al. 2020,
+# Table 1: C_forward ~ 2N). Backward computes the input gradient dx = dy W^T (2 in out) and, for a
+# trained weight, the weight gradient dW = x^T dy (another 2 in out): backward = 2x forward and a
+# training step 6N FLOPs per token (Kaplan: C ~ 6N; Narayanan et al. 2021, "Efficient Large-Scale
+# Language Model Training on GPU Clusters", eq. 3: 72 B s l h^2 per iteration = 3 passes x 24, four
+# with activation recomputation -- i.e. 8N where every layer's forward runs again). A frozen weight
+# (LoRA's base) skips dW: 4N plus the adapters. Causal flash attention: 2 n_layer n_ctx d_attn
+# forward (Kaplan), backward 2.5x the forward's matmul FLOPs (Dao 2023, FlashAttention-2, 4.1).
+#
+# The plan: Llama-3.1-8B on one H100 SXM, bf16 weights (bf16-true: no autocast casts), 32 sequences
+# of 256 tokens = 8192 rows per GEMM, where the achievable matmul rate is the best-shape MAMF figure
+# (Bekman, ml-engineering: H100 SXM 794.5 of 989 TFLOP/s = 80.3%; FA2 reaches ~35% of the H100 peak,
+# Shah et al. 2024, Fig. 5-6). At 256 tokens attention is ~1% of the work, so the step's compute time
+# is the matmul FLOPs over that rate.
+H100_PEAK = 989.4e12
+H100_MATMUL = H100_PEAK * 794.5 / 989  # MAMF, best shape
+H100_ATTN = H100_PEAK * 0.35
+ROWS, SEQ = 8192, 256
+ATTN_FWD_TOKEN = 2 * 32 * SEQ * 32 * 128  # 2 n_layer n_ctx d_attn
+
+
+def _compute_bound_plan(technique, checkpointing):
+    return make_plan(technique, precision="bf16-true", seq_len=SEQ, micro_batch_size=ROWS // SEQ,
+                     gradient_accumulation_steps=1, gradient_checkpointing=checkpointing)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_full_finetuning_step_time_counts_the_weight_gradients(checkpointing):
+    sp = estimate_speed(LLAMA31_8B, "h100", _compute_bound_plan("full", checkpointing))
+    # forward 2N + input gradients 2N + weight gradients 2N; recomputation re-runs the 32 layers'
+    # forward (2 LIN_8B; the lm_head sits outside the checkpointed layers)
+    matmul = 6 * N_8B + (2 * LIN_8B if checkpointing else 0)
+    attention = ATTN_FWD_TOKEN * (1 + 2.5 + (1 if checkpointing else 0))
+    by_hand = ROWS * (matmul / H100_MATMUL + attention / H100_ATTN)
+    # 1%: the code rounds the MAMF fraction to 0.80 (0.4%); without the weight gradients the
+    # compute time would be a third lower
+    assert sp.compute_seconds == pytest.approx(by_hand, rel=0.01)
+    assert sp.bottleneck == "compute"
+    # the model-FLOPs count behind MFU: 6N + attention (forward + 2x backward), recomputation excluded
+    assert sp.model_flops_per_token == pytest.approx(6 * N_8B + 3 * ATTN_FWD_TOKEN, rel=1e-9)
+    executed = 6 * N_8B + 3.5 * ATTN_FWD_TOKEN + ((2 * LIN_8B + ATTN_FWD_TOKEN) if checkpointing else 0)
+    assert sp.flops_per_token == pytest.approx(executed, rel=1e-9)
+
+
+def test_a_frozen_base_skips_the_weight_gradients():
+    # Same plan, LoRA r=16 on every linear layer: the frozen base (lm_head included) computes no
+    # weight gradients. Full: 6N. LoRA: 2N forward + 2N input gradients + the adapters (forward
+    # 2 x 41.9M, backward twice that). Attention is the same in both.
+    full = estimate_speed(LLAMA31_8B, "h100", _compute_bound_plan("full", False))
+    lora = estimate_speed(LLAMA31_8B, "h100", _compute_bound_plan("lora", False))
+    attention = ATTN_FWD_TOKEN * 3.5 / H100_ATTN
+    want = (6 * N_8B / H100_MATMUL + attention) / ((4 * N_8B + 6 * LORA16_8B) / H100_MATMUL + attention)
+    assert want == pytest.approx(1.48, abs=0.005)  # (without weight gradients it would be ~1.0)
+    assert full.compute_seconds / lora.compute_seconds == pytest.approx(want, rel=0.005)
+
+
 def test_quantized_and_dora_bases_cost_more_than_lora():
     plan = dict(seq_len=2048, micro_batch_size=2)
     lora = estimate_speed(LLAMA31_8B, "a100", make_plan("lora", **plan)).tokens_per_second_per_gpu
@@ -288,7 +385,11 @@ def test_decoding_matches_the_h200_generate_measurement():
     plan = make_plan("grpo", micro_batch_size=16, gradient_accumulation_steps=1, seq_len=384, rl_max_new_tokens=256,
                      grpo_num_generations=16, precision="bf16-true")
     sp = estimate_speed("llama-3.2-1b", "h200", plan)
-    assert sp.generated_tokens_per_second == pytest.approx(16 / ms, rel=0.35)
+    # held out (see `fits` in the YAML file); 0.30 (< 1/3, so a 2x error fails): decoding at this
+    # batch is host-bound and the host constant comes from three runs that spread 52-63 ms per step
+    assert DATA["fits"]["HOST_GENERATE_STEP_S"]["held_out"]["micro"] == [
+        "generate_llama32_1b_seconds_per_step/batch16_prompt128_256new_no_mask"]
+    assert sp.generated_tokens_per_second == pytest.approx(16 / ms, rel=0.30)
 
 
 def test_ddp_over_the_network_exposes_the_gradient_all_reduce():
@@ -409,10 +510,38 @@ def _predict(case):
     return estimate_speed(case["model"], hw, make_plan(**case["plan"]), **(case.get("speed_kwargs") or {}))
 
 
+MAX_WINDOW = DATA["max_window"]
+HELD_OUT = [c for c in CASES if not c.get("fitted")]
+FITTED = [c for c in CASES if c.get("fitted")]
+
+
+def _window(case, eager: float, fused: float) -> tuple[float, float]:
+    """The tokens/s the measurement must lie between (the rule in the YAML file's header)."""
+    if case["stack"] == "hf_eager":
+        return eager * (1 - case["tolerance"]), eager * (1 + case["tolerance"])
+    lo = eager * (1 - case["tolerance_below"])
+    return lo, min(fused * (1 + case["tolerance_above"]), lo * MAX_WINDOW)
+
+
+def _inside(case, sp, scale: float = 1.0) -> bool:
+    lo, hi = _window(case, sp.tokens_per_second_per_gpu * scale, sp.fused_tokens_per_second_per_gpu * scale)
+    return lo <= case["measured_tokens_per_second_per_gpu"] <= hi
+
+
 def test_every_case_names_a_source_and_a_rule():
     assert {c["source"] for c in CASES} <= set(DATA["sources"])
+    assert 1 < MAX_WINDOW < 2
     for c in CASES:
-        assert c["stack"] in ("hf_eager", "compiled", "fused") and 0 < c["tolerance"] <= 0.35
+        assert c["stack"] in ("hf_eager", "compiled", "fused")
+        # every tolerance states why it is what it is
+        assert len(c.get("tolerance_reason") or "") > 80, c["id"]
+        if c["stack"] == "hf_eager":
+            # (1 + t) / (1 - t) < 2: the window is narrower than 2x
+            assert 0 < c["tolerance"] < 1 / 3, c["id"]
+            assert "tolerance_below" not in c and "tolerance_above" not in c
+        else:
+            assert 0 <= c["tolerance_below"] < 0.5 and 0 <= c["tolerance_above"] < 0.5, c["id"]
+            assert "tolerance" not in c
     # at least full, LoRA and QLoRA are covered by published figures
     published = {c["plan"]["technique"] for c in CASES if c["source"] != "device_h200"}
     assert {"full", "lora", "qlora"} <= published
@@ -424,19 +553,91 @@ def test_golden_throughput(case):
     # (RTX 4090, torch.compile), MosaicML llm-foundry benchmark tables (A100/H100, FSDP), and this
     # project's H200 runs; the case's `source`, `file` and `note` give the exact setup.
     sp = _predict(case)
-    meas = case["measured_tokens_per_second_per_gpu"]
-    tol = case["tolerance"]
-    if case["stack"] == "hf_eager":
-        assert sp.tokens_per_second_per_gpu == pytest.approx(meas, rel=tol)
-    else:
-        # fused/compiled stacks remove the elementwise work the eager model counts
-        assert sp.tokens_per_second_per_gpu * (1 - tol) <= meas <= sp.fused_tokens_per_second_per_gpu * (1 + tol)
+    lo, hi = _window(case, sp.tokens_per_second_per_gpu, sp.fused_tokens_per_second_per_gpu)
+    assert lo <= case["measured_tokens_per_second_per_gpu"] <= hi, (lo, hi)
+    # two-sided and narrower than 2x, so a uniform 2x error of the model in either direction fails
+    assert hi / lo < 2
+    assert not _inside(case, sp, scale=2.0) and not _inside(case, sp, scale=0.5)
 
 
-def test_median_error_over_eager_cases():
-    errs = [abs(_predict(c).tokens_per_second_per_gpu / c["measured_tokens_per_second_per_gpu"] - 1)
-            for c in CASES if c["stack"] == "hf_eager"]
-    assert statistics.median(errs) < 0.25
+def test_fitted_cases_are_exactly_those_a_constant_was_fitted_on():
+    # `fitted` on a case and the `fits` section say the same thing, and name real constants and data
+    from_fits = {cid for fit in DATA["fits"].values() for cid in fit["fitted_on"].get("cases", [])}
+    assert from_fits == {c["id"] for c in FITTED}
+    ids = {c["id"] for c in CASES}
+    micro = DATA["device_h200_micro"]
+    for name, fit in DATA["fits"].items():
+        for const in name.split(" / "):
+            assert hasattr(speed, const), const
+        for part in ("fitted_on", "held_out"):
+            for cid in (fit.get(part) or {}).get("cases", []):
+                assert cid in ids, cid
+            for key in (fit.get(part) or {}).get("micro", []):
+                group, _, item = key.partition("/")
+                assert group in micro and (not item or item in micro[group]), key
+        held = set((fit.get("held_out") or {}).get("cases", []))
+        assert not held & from_fits
+    for c in FITTED:
+        assert set(c["fitted"]) <= set(DATA["fits"]), c["id"]
+
+
+def test_fitted_constants_derive_from_their_data():
+    # Provenance of each fitted constant (NOT checks of the model: these data points are used up).
+    micro = DATA["device_h200_micro"]
+    by_id = {c["id"]: c for c in CASES}
+    # HOST_BNB_OPS: the QLoRA - LoRA step-time difference of the two fitted Llama-3.2-1B cases
+    # (4 x 512 tokens per step), less 2.4 ms of modelled GPU work, over 112 quantized linears
+    lora, qlora = (by_id[k] for k in DATA["fits"]["HOST_BNB_OPS"]["fitted_on"]["cases"])
+    tokens = 4 * 512
+    diff = tokens / qlora["measured_tokens_per_second_per_gpu"] - tokens / lora["measured_tokens_per_second_per_gpu"]
+    assert diff == pytest.approx(55.3e-3, rel=0.005)
+    per_unit = micro["eager_seconds_per_llama_layer_one_token"]["forward_backward"] / 38
+    assert speed.HOST_BNB_OPS == pytest.approx((diff - 2.4e-3) / 112 / per_unit, rel=0.01)
+    # HOST_*_S_PER_OP: the per-layer host times over the 38 kernels of a Llama layer
+    eager = micro["eager_seconds_per_llama_layer_one_token"]
+    assert speed.HOST_NOGRAD_S_PER_OP * 38 == pytest.approx(eager["forward_no_grad"])
+    assert speed.HOST_FWD_S_PER_OP * 38 == pytest.approx(eager["forward_autograd"])
+    assert (speed.HOST_FWD_S_PER_OP + speed.HOST_BWD_S_PER_OP) * 38 == pytest.approx(eager["forward_backward"])
+    # HOST_LORA_OPS / HOST_DORA_OPS: (adapted layer - plain layer) / 7 modules, in op units
+    assert speed.HOST_LORA_OPS * per_unit * 7 == pytest.approx(
+        eager["forward_backward_lora_all_linear"] - eager["forward_backward"], rel=0.01)
+    assert speed.HOST_DORA_OPS * per_unit * 7 == pytest.approx(
+        eager["forward_backward_dora_all_linear"] - eager["forward_backward"], rel=0.01)
+    # HOST_GENERATE_STEP_S: the 128-new-token generate runs less 16 no-grad layers
+    gen = micro["generate_llama32_1b_seconds_per_step"]
+    fitted_on = [k.split("/")[1] for k in DATA["fits"]["HOST_GENERATE_STEP_S"]["fitted_on"]["micro"]]
+    mean = statistics.mean(gen[k] for k in fitted_on)
+    assert speed.HOST_GENERATE_STEP_S == pytest.approx(mean - 16 * eager["forward_no_grad"], abs=1e-3)
+    # ELEMENTWISE_FRACTION and DEQUANT_FRACTION: the H200's 4,800 GB/s datasheet bandwidth
+    bw = fa.resolve_hardware("h200").hbm_bandwidth_gbps
+    assert speed.ELEMENTWISE_FRACTION == pytest.approx(
+        statistics.median(micro["elementwise_4096x4096_gbps"].values()) / bw, abs=0.005)
+    assert speed.DEQUANT_FRACTION == pytest.approx(micro["nf4_dequant_4096x14336"]["gbps_read_nf4_write_bf16"] / bw,
+                                                   abs=0.005)
+
+
+def test_median_error_over_held_out_cases():
+    # The accuracy figure counts only cases no constant was fitted on (scripts/bench_speed.py prints it
+    # next to the all-cases figure): eager prediction vs measured, every stack.
+    errs = [abs(_predict(c).tokens_per_second_per_gpu / c["measured_tokens_per_second_per_gpu"] - 1) for c in HELD_OUT]
+    assert len(HELD_OUT) == len(CASES) - 2
+    assert statistics.median(errs) < 0.20
+    eager = [abs(_predict(c).tokens_per_second_per_gpu / c["measured_tokens_per_second_per_gpu"] - 1)
+             for c in HELD_OUT if c["stack"] == "hf_eager"]
+    assert statistics.median(eager) < 0.20
+
+
+def test_bench_script_applies_the_same_windows():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_speed", ROOT / "scripts" / "bench_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for case in CASES:
+        sp = _predict(case)
+        for scale in (0.5, 1.0, 2.0):
+            assert bench.within(case, sp, MAX_WINDOW, scale) == _inside(case, sp, scale), (case["id"], scale)
+        assert bench.fitted(case) == bool(case.get("fitted"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -717,12 +717,18 @@ def test_local_model_directory(tiny_model, monkeypatch):
             await pilot.press("ctrl+n")
             await settle(pilot, 3)
             scr = app.screen
-            error = scr.query_one("#plans-error").message
-            if "unknown value 'config:tiny-llama'" in error:
-                # ftadvisor/recommend.py re-resolves est.model_id (a config model has no profile id);
-                # the TUI shows the message inline, which is all it can do.
-                pytest.xfail("recommend() cannot plan for a local config model yet: " + error)
-            assert scr.rows and not error, screen_text(app)
+            # the recommender plans for a config model (no profile id) like for any other: no error,
+            # and the table shows exactly what ftadvisor.recommend answers for these choices
+            assert not scr.query_one("#plans-error").message, screen_text(app)
+            import ftadvisor
+
+            rec = ftadvisor.recommend(app.state.model, app.state.hardware, **app.state.recommend_kwargs())
+            assert rec.model_id == "config:tiny-llama" and rec.plans
+            ranked = [r for r in scr.rows.values() if not r.rejected]
+            assert [(r.rank, r.plan) for r in ranked] == [(p.rank, p.plan) for p in rec.plans]
+            text = screen_text(app)
+            for p in rec.plans[:3]:
+                assert re.search(rf"\b{p.rank}\s+{re.escape(p.plan.technique)}\s", text), text
 
     asyncio.run(walk())
 
@@ -871,8 +877,49 @@ def frozen_advisor(state):
     return from_recommendation(rec)
 
 
+def _row_text(text: str, first: str) -> str:
+    """The screen line of the table row whose first cells are ``first`` (e.g. "1  lora")."""
+    lines = [ln for ln in text.splitlines() if re.match(rf"\s*{re.escape(first)}\b", ln)]
+    assert len(lines) == 1, (first, text)
+    return lines[0]
+
+
+def _assert_plans_content(app, rec) -> None:
+    """What the plans screen shows is the recommender's answer: every plan's rank, technique, memory,
+    throughput, time and cost in its row, the rejected techniques greyed with "no", and the selected
+    (rank 1) plan's knobs and figures in the detail pane."""
+    text = screen_text(app)
+    cap = app.state.hardware.memory_bytes
+    assert f"{len(rec.plans)} plans fit 1× {rec.hardware_id}, {len(rec.rejected)} greyed out" in text
+    for p in rec.plans:
+        est = p.estimate
+        line = _row_text(text, f"{p.rank}  {p.plan.technique}")
+        assert f"{est.memory.device_total_bytes / GIB:.1f} GiB" in line and " yes " in line, line
+        assert f"{est.speed.tokens_per_second_total:,.0f}" in line, line
+        assert duration(est.time_cost.wall_clock_hours) in line and money(est.time_cost.cost_usd) in line, line
+        assert f"{est.quality.relative_to_full:.2f} ({est.quality.low:.2f}–{est.quality.high:.2f})" in line, line
+    for p in rec.rejected:
+        line = _row_text(text, f"-  {p.plan.technique}")
+        assert " no " in line and f"{p.estimate.memory.device_total_bytes / GIB:.1f} GiB" in line, line
+        assert p.estimate.memory.device_total_bytes > cap
+    best = rec.plans[0]
+    scr = app.screen
+    assert scr.query_one("#knob-micro_batch_size").value == str(best.plan.micro_batch_size)
+    assert scr.query_one("#knob-seq_len").value == str(best.plan.seq_len)
+    assert scr.query_one("#knob-gradient_checkpointing").value == best.plan.gradient_checkpointing
+    assert scr.query_one("#knob-optimizer").value == best.plan.optimizer
+    head = str(scr.query_one("#detail-head").render())
+    assert f"#1 {best.plan.technique}" in head
+    assert f"{best.estimate.memory.device_total_bytes / GIB:.1f} GiB of {cap / GIB:.1f} GiB" in head
+    assert f"{best.estimate.speed.tokens_per_second_total:,.0f} tokens/s" in text
+    assert f"accumulation {best.plan.gradient_accumulation_steps}" in text
+
+
 def test_snapshot_wizard_steps(monkeypatch):
+    # Each picture is a layout diff; the assertions next to it check the content it shows.
     monkeypatch.chdir(ROOT)
+    import ftadvisor
+    from ftadvisor.recommend import Recommendation
 
     async def walk():
         app = make_app(advisor=frozen_advisor)
@@ -881,11 +928,29 @@ def test_snapshot_wizard_steps(monkeypatch):
             await pilot.press(*"llama")
             await settle(pilot)
             await _shoot(pilot, "model")
+            # the search lists the llama profiles with their sizes, and describes the highlighted one
+            text = screen_text(app)
+            for mid in ("llama-3.2-1b", "llama-3.1-8b", "llama-3.1-70b", "tinyllama-1.1b"):
+                line = _row_text(text, mid)
+                mp = ftadvisor.resolve_model(mid)
+                assert f"{mp.arch.num_layers}×{mp.arch.hidden_size}" in line, line
+            assert "8.03B" in _row_text(text, "llama-3.1-8b")
+            assert "Llama 3.2 1B" in text and "vocab 128,256" in text
             await pilot.press("end", "ctrl+u")
             await paste(pilot, "llama-3.1-8b")
             await pilot.press("enter")
             await settle(pilot)
             await _shoot(pilot, "hardware")
+            # the chosen model in the header; the detected CPU marked; each card with its figures
+            assert app.state.model.id == "llama-3.1-8b"
+            text = screen_text(app)
+            assert "llama-3.1-8b · 1× cpu" in text and "no GPU found → cpu" in text
+            assert "cpu ◆" in text
+            for hid in ("a100-80gb", "h100-sxm", "h200"):
+                hw = ftadvisor.resolve_hardware(hid)
+                line = _row_text(text, hid)
+                assert f"{hw.bf16_dense_tflops:.0f}" in line and f"{hw.hbm_bandwidth_gbps:,.0f}" in line, line
+                assert f"{hw.hourly_price_usd:.2f}" in line, line
             await pilot.press("end", "ctrl+u", *"rtx4090", "enter")
             await settle(pilot)
             await paste(pilot, SAMPLE_DATA)
@@ -894,14 +959,30 @@ def test_snapshot_wizard_steps(monkeypatch):
             await pilot.press("end", "ctrl+u", *"20000")  # plan for 20k examples of this shape
             await settle(pilot)
             await _shoot(pilot, "goal")
+            # the data file was read (6 chat records), the examples typed over its count
+            assert app.state.hardware.id == "rtx4090-24gb"
+            text = screen_text(app)
+            assert "6 examples" in str(app.screen.query_one("#data-info").render())
+            assert app.screen.query_one("#examples").value == "20000"
+            assert "llama-3.1-8b · 1× rtx4090-24gb · chat" in text
             await pilot.press("ctrl+n")
             await settle(pilot, 3)
             await _shoot(pilot, "plans")
+            # the table and the detail pane show the recorded answer, figure by figure
+            rec = Recommendation.model_validate_json(PLANS_INPUT.read_text())
+            assert (rec.model_id, rec.hardware_id) == ("llama-3.1-8b", "rtx4090-24gb")
+            _assert_plans_content(app, rec)
             app.default_run_dir = lambda row: Path("runs") / f"llama-3.1-8b-{row.plan.technique}"
             monkeypatch.setattr(sys, "executable", "python")
             await pilot.press("l")
             await settle(pilot)
             await _shoot(pilot, "launch")
+            # the launch dialog is for the selected plan, with the command it will run
+            text = screen_text(app)
+            best = rec.plans[0].plan.technique
+            assert f"Launch {best} (plan #1)" in text and f"runs/llama-3.1-8b-{best}" in text
+            assert f"launch runs/llama-3.1-8b-{best}/tui-plan.yaml" in text
+            assert "meta-llama/Llama-3.1-8B" in text and SAMPLE_DATA in text
 
     asyncio.run(walk())
 
@@ -921,6 +1002,12 @@ def test_snapshot_run_and_quit(fake_train, tmp_path, monkeypatch):
             await pilot.pause(0.7)
             await settle(pilot)
             await _shoot(pilot, "run")
+            # the finished fake run: its status, last step, last loss and throughput, and its output
+            text = screen_text(app)
+            assert run.status == "finished"
+            assert "● finished" in text and "step 8/8" in text and "loss 3.1" in text, text
+            assert "1,500 tokens/s" in text and "elapsed 42 s" in text and "$ sh fake-train.sh runs/demo 8 0" in text
+            assert "100%" in text and "3.8→3.1" in text and "done" in text
             slow = Run(["sleep", "100"], Path("runs/slow"), Path("runs/slow/train_log.jsonl"))  # prints nothing: a still picture
             app.start_run(slow)
             await pilot.pause(0.7)  # one poll tick (0.5 s) so the Run view shows the new job
@@ -931,6 +1018,11 @@ def test_snapshot_run_and_quit(fake_train, tmp_path, monkeypatch):
             await pilot.pause(0.3)
             await settle(pilot)
             await _shoot(pilot, "quit")
+            # quitting with a run going asks what to do with it, naming the run, focus on "Stay"
+            text = screen_text(app)
+            assert "A run is still going in runs/slow." in text and "● running" in text
+            assert "Stop run and quit (s)" in text and "Leave it running (l)" in text and "Stay (esc)" in text
+            assert app.focused is app.screen.query_one("#stay") and slow.running
             await pilot.press("escape")
             slow.cancel(grace_s=5)
 
