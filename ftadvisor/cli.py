@@ -120,7 +120,7 @@ def estimate(
     dataset size and goal also time, cost and expected quality."""
     from ftadvisor.estimator import estimate as run_estimate
     from ftadvisor.profiles import resolve_hardware, resolve_model
-    from ftadvisor.techniques import all_techniques
+    from ftadvisor.techniques import techniques_for
 
     try:
         fields: dict[str, Any] = {}
@@ -141,7 +141,7 @@ def estimate(
             for part in t.split(","):
                 part = part.strip()
                 if part == "all":
-                    names += [n for n in all_techniques() if mp.arch.is_moe or n != "moe"]
+                    names += techniques_for(mp.arch)
                 elif part:
                     names.append(part)
         extra = dict(with_speed=True, goal=goal, examples=examples, avg_tokens=avg_tokens,
@@ -261,6 +261,7 @@ def recommend(
     from rich.table import Table
 
     from ftadvisor.profiles import resolve_hardware
+    from ftadvisor.techniques import parse_technique
 
     hw = resolve_hardware(rec.hardware_id)
     console = Console()
@@ -278,7 +279,7 @@ def recommend(
         e = p.estimate
         sp, tc, q = e.speed, e.time_cost, e.quality
         knobs = f"mb{p.plan.micro_batch_size}" + (" ckpt" if p.plan.gradient_checkpointing else "")
-        if "lora" in p.plan.technique or "dora" in p.plan.technique:
+        if parse_technique(p.plan.technique).method.lora:
             knobs += f" r{p.plan.lora_r}"
         if p.plan.sharding not in ("none",):
             knobs += f" {p.plan.sharding}"

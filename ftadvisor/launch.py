@@ -411,14 +411,14 @@ def _check_reward(spec: RunSpec) -> None:
     (the engine's ``build_reward_model``: ``run.reward`` or ``plan.ppo_reward_model``, a directory)."""
     from ftadvisor.techniques import parse_technique
 
-    objective = parse_technique(spec.plan.technique).objective.name
+    objective = parse_technique(spec.plan.technique).objective
     ref = spec.run.reward or spec.plan.ppo_reward_model
-    if objective == "ppo":
+    if objective.reward_model:
         if ref is None and not spec.run.random_init:
-            raise FtAdvisorError("reward", "ppo needs a reward model: --set reward=DIR (a sequence-classification "
+            raise FtAdvisorError("reward", f"{objective.name} needs a reward model: --set reward=DIR (a sequence-classification "
                                  "checkpoint directory) or plan field ppo_reward_model")
         if ref is not None and not Path(str(ref)).expanduser().is_dir():
-            raise FtAdvisorError("reward", f"ppo reward model {ref!r} is not a directory")
+            raise FtAdvisorError("reward", f"{objective.name} reward model {ref!r} is not a directory")
 
 
 def preflight(spec: RunSpec, dry_run: bool = False, in_process: bool = False) -> dict[str, Any]:

@@ -53,41 +53,22 @@ def model_flops_per_token(arch, technique, plan, hardware) -> float | None:
     appendix B) per trained token on one process; None for objectives with a generation phase
     (their step time is mostly decoding). Taken from the speed model
     (``ftadvisor.speed.training_flops_per_token``) so that measured MFU and predicted MFU count
-    the same FLOPs; without it, the textbook count: 6N + 12 L a d S for full training (Kaplan et
-    al. 2020 section 2.1; PaLM appendix B), 4N + 2 N_trainable + 12 L a d S on a frozen base."""
+    the same FLOPs."""
     from ftadvisor import memory
+    from ftadvisor.speed import training_flops_per_token
 
     if technique.objective.generation:
         return None
     lay = memory.build_layout(arch, technique, hardware, plan)
-    try:
-        from ftadvisor.speed import training_flops_per_token
-    except ImportError:
-        training_flops_per_token = None
-    if training_flops_per_token is not None:
-        return float(training_flops_per_token(lay, plan).model)
-    n = arch.active_params - arch.embedding_params + (arch.vocab_size * arch.hidden_size if arch.tie_word_embeddings else 0)
-    attn = 12 * arch.num_layers * arch.num_attention_heads * arch.head_dim * plan.seq_len
-    if technique.method.name in ("full", "moe") and plan.moe_train == "all":
-        return float(6 * n + attn)
-    trainable = memory.count_params(lay, plan).trainable
-    return float(4 * n + 2 * trainable + attn)
+    return float(training_flops_per_token(lay, plan).model)
 
 
 def peak_flops(hw, precision: str) -> float | None:
     """Dense peak FLOP/s for the plan's compute precision (the speed model's choice of datasheet
-    figure when available: bf16 / fp16 tensor, else plain fp32)."""
-    try:
-        from ftadvisor.speed import peak_flops as speed_peak
-    except ImportError:
-        speed_peak = None
-    if speed_peak is not None:
-        return float(speed_peak(hw, precision)[0])
-    if precision.startswith("bf16") and hw.bf16_dense_tflops:
-        return hw.bf16_dense_tflops * 1e12
-    if precision.startswith("fp16") and hw.fp16_dense_tflops:
-        return hw.fp16_dense_tflops * 1e12
-    return hw.fp32_tflops * 1e12
+    figure: bf16 / fp16 tensor, else plain fp32)."""
+    from ftadvisor.speed import peak_flops as speed_peak
+
+    return float(speed_peak(hw, precision)[0])
 
 
 # --- loading -----------------------------------------------------------------------------------

@@ -192,6 +192,9 @@ class Objective:
     """Record formats (``ftadvisor.datasets.FORMATS``) the engine trains this objective on."""
     data_kind: ClassVar[str]
     """What ``recommend`` calls the data this objective needs (text, preference, prompts ...)."""
+    prompt_bos: ClassVar[Literal["tokenizer", "prepend"]] = "tokenizer"
+    """How the trainer puts special tokens before a text prompt: the tokenizer's own, or a BOS it
+    prepends itself (trl's ORPO trainer, trl/experimental/utils.py add_bos_token_if_needed)."""
     default_learning_rate: ClassVar[float]
     """The engine's learning rate when the user gives none (trl's defaults for the trainer)."""
 

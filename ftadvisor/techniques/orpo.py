@@ -15,6 +15,7 @@ class ORPO(AlignmentObjective):
     train_hook = "ftadvisor.train.techniques:train_orpo"
     data_formats = ("preference",)
     data_kind = "preference"
+    prompt_bos = "prepend"
     default_learning_rate = 8e-6  # trl ORPOConfig learning_rate
     sequences_per_example = 2
     # ORPO's NLL term: a cross-entropy over the chosen half, its fp32 log-softmax (trl ORPOTrainer)

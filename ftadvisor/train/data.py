@@ -37,8 +37,7 @@ from ftadvisor.techniques import OBJECTIVES
 
 FORMATS = ("messages", "prompt_completion", "text", "tokens", "preference", "prompt", "qa")
 
-# Which formats each objective can train on.
-# The formats each objective trains on, as its declaration in ftadvisor/techniques.py states them.
+# The formats each objective trains on, as its declaration in ftadvisor/techniques/ states them.
 ACCEPTS: dict[str, tuple[str, ...]] = {name: o.data_formats for name, o in OBJECTIVES.items()}
 
 
@@ -85,7 +84,8 @@ def convert(records: list[dict[str, Any]], objective: str) -> list[dict[str, Any
         raise FtAdvisorError(
             "data", f"{objective} cannot train on {fmt} records", list(ACCEPTS[objective])
         )
-    if objective == "sft":
+    kind = OBJECTIVES[objective].data_kind
+    if kind == "text":
         if fmt == "qa":
             # Lamini-style memory tuning trains on facts as question -> answer.
             return [{"prompt": r["question"], "completion": r["answer"]} for r in records]
@@ -96,7 +96,7 @@ def convert(records: list[dict[str, Any]], objective: str) -> list[dict[str, Any
         if fmt == "text":
             return [{"text": r["text"]} for r in records]
         return [{k: r[k] for k in ("input_ids", "labels") if k in r} for r in records]
-    if objective in ("dpo", "orpo"):
+    if kind == "preference":
         return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in records]
     # RL: prompts (+ answer where known, for the exact_match reward).
     out = []
@@ -164,7 +164,7 @@ def _prompt_specials(objective: str, tokenizer) -> int:
     tokenizer's own special tokens (a BOS for Llama-3 tokenizers); the ORPO trainer tokenizes
     without them and then prepends bos_token_id when the tokenizer has one
     (trl/experimental/utils.py add_bos_token_if_needed)."""
-    if objective == "orpo":
+    if OBJECTIVES[objective].prompt_bos == "prepend":
         return 1 if tokenizer.bos_token_id is not None else 0
     return len(tokenizer("a")["input_ids"]) - len(tokenizer("a", add_special_tokens=False)["input_ids"])
 
@@ -173,12 +173,13 @@ def synthetic_records(objective: str, plan, tokenizer, n: int, seed: int = 0) ->
     """``n`` records of the planned shape for ``objective`` (see the module docstring)."""
     rng = random.Random(seed)
     L = plan.seq_len
-    if objective == "sft":
+    kind = OBJECTIVES[objective].data_kind
+    if kind == "text":
         special = _special_ids(tokenizer)
         ids = [i for i in range(len(tokenizer)) if i not in special]
         return [{"input_ids": [rng.choice(ids) for _ in range(L)]} for _ in range(n)]
     pool = word_pool(tokenizer)
-    if objective in ("dpo", "orpo"):
+    if kind == "preference":
         if L < 4:
             raise FtAdvisorError("seq_len", f"{objective} needs at least 4 tokens (prompt + two answers)")
         p_len = L // 2 - _prompt_specials(objective, tokenizer)
