@@ -31,6 +31,7 @@ from ftadvisor.errors import FtAdvisorError, check_size
 from ftadvisor.estimator import estimate, estimate_grid, make_plan
 from ftadvisor.profiles import resolve_hardware, resolve_model
 from ftadvisor.schema import Estimate, HardwareProfile, ModelProfile, TrainingPlan
+from ftadvisor.techniques import METHODS, OBJECTIVES, Technique, parse_technique
 
 GIB = 2**30
 
@@ -38,12 +39,11 @@ GOALS = ("chat", "domain", "code", "math", "preference", "rl", "facts")
 DATA_KINDS = ("chat", "preference", "text", "facts", "prompts")
 DEFAULT_DATA = {"chat": "chat", "domain": "text", "code": "chat", "math": "chat", "preference": "preference",
                 "rl": "prompts", "facts": "facts"}
+# The objectives each kind of data trains, as the objectives declare them (ftadvisor/techniques/).
 OBJECTIVES_FOR_DATA = {
-    "chat": ("sft",),
-    "text": ("sft",),
-    "facts": ("sft",),
-    "preference": ("dpo", "orpo"),
-    "prompts": ("grpo", "ppo"),
+    kind: tuple(sorted((n for n, o in OBJECTIVES.items() if kind in o.recommend_data_kinds),
+                       key=lambda n: OBJECTIVES[n].recommend_priority))
+    for kind in DATA_KINDS
 }
 DATA_REASON = {
     "chat": "supervised fine-tuning because you have instruction/chat pairs",
@@ -110,20 +110,22 @@ class Recommendation(BaseModel):
 
 
 def _methods_for(objective: str, data_kind: str, mp: ModelProfile, goal: str) -> list[str]:
-    if objective == "sft":
-        methods = ["full", "lora", "qlora", "dora", "adapter", "half_ft"]
-        if data_kind == "facts":
-            methods.append("lamini")
-        if mp.arch.is_moe:
-            methods.append("moe")
-        return methods
-    return ["full", "lora", "qlora"]
+    """The methods to plan with ``objective`` on this data and model, as the methods declare."""
+    sft = OBJECTIVES[objective].sft_loss
+    out = []
+    for name, m in METHODS.items():
+        if not (m.offered_for_sft if sft else m.offered_for_preference):
+            continue
+        if m.offered_data_kinds is not None and data_kind not in m.offered_data_kinds:
+            continue
+        if m.requires_moe and not mp.arch.is_moe:
+            continue
+        out.append(name)
+    return out
 
 
 def _technique_name(objective: str, method: str) -> str:
-    if objective == "sft":
-        return method
-    return objective if method == "full" else f"{objective}+{method}"
+    return Technique(OBJECTIVES[objective], METHODS[method]).name
 
 
 def _seq_len_for(mp: ModelProfile, seq_len: int | None, avg_tokens: float | None) -> int:
@@ -263,8 +265,9 @@ def recommend(
     for objective in OBJECTIVES_FOR_DATA[data_kind]:
         for method in _methods_for(objective, data_kind, mp, goal):
             tech = _technique_name(objective, method)
-            lora_like = method in ("lora", "qlora", "dora")
-            optimizers = ["adamw", "adamw_8bit", "paged_adamw_8bit"] if method in ("full", "half_ft", "moe") else ["adamw"]
+            meth = METHODS[method]
+            lora_like = meth.lora
+            optimizers = list(meth.recommend_optimizers)
             grids = []
             for sharding in _sharding_options(num_gpus):
                 grids.append(estimate_grid(
@@ -322,8 +325,9 @@ def recommend(
                                 dataset_tokens=dataset_tokens, epochs=epochs, hourly_price_usd=hourly_price_usd)
             tc, q = est.time_cost, est.quality
             best_fitting_by_method[tech] = est
-            reasons = [DATA_REASON[data_kind]] if objective != "sft" or method == "full" else []
-            reasons += _method_reasons(mp, method, est, hw, lora_fits=_technique_name(objective, "lora") in best_fitting_by_method)
+            reasons = [DATA_REASON[data_kind]] if not OBJECTIVES[objective].sft_loss or meth.reference_method else []
+            sibling = _technique_name(objective, meth.unquantized) if meth.unquantized else None
+            reasons += meth.recommend_reasons(_ReasonContext(mp, hw, est, sibling in best_fitting_by_method))
             if lora_like:
                 reasons.append(RANK_REASON[r])
             reasons.append(_knob_reason(plan, est, hw))
@@ -403,33 +407,19 @@ def _gib(x: float) -> str:
     return f"{x / GIB:.1f} GiB"
 
 
-def _method_reasons(mp: ModelProfile, method: str, est: Estimate, hw: HardwareProfile, lora_fits: bool = True) -> list[str]:
-    m = est.memory
-    out = []
-    if method == "qlora":
-        lora = estimate(mp, hw, est.plan.technique.replace("qlora", "lora"),
-                        **est.plan.model_dump(exclude={"technique", "quantization"}))
-        if not lora_fits:
-            out.append(f"QLoRA because LoRA needs {_gib(lora.memory.device_total_bytes)} even at these settings "
-                       f"on a {hw.memory_gib:.0f} GiB card; the 4-bit base needs {_gib(m.weights_bytes)} of weights")
-        else:
-            out.append(f"QLoRA stores the base in 4-bit NF4: {_gib(m.weights_bytes)} of weights instead of "
-                       f"{_gib(lora.memory.weights_bytes)} (QLoRA paper: near-equal quality on chat, flag for math)")
-    elif method == "full":
-        out.append(f"full fine-tuning fits: {_gib(m.device_total_bytes)} of {hw.memory_gib:.0f} GiB per GPU")
-    elif method == "lora":
-        out.append(f"LoRA trains {est.trainable_params / 1e6:.0f}M parameters on a frozen base ({_gib(m.device_total_bytes)} per GPU)")
-    elif method == "dora":
-        out.append("DoRA: LoRA with a learned magnitude, more robust at low rank (DoRA paper, Table 1)")
-    elif method == "adapter":
-        out.append("bottleneck adapters: modular, not mergeable into the weights (adds inference latency)")
-    elif method == "half_ft":
-        out.append("half fine-tuning trains half the layers and keeps more of the base model's skills (HFT paper)")
-    elif method == "lamini":
-        out.append("memory experts add a bank of low-rank experts for exact recall of a fixed fact set (evidence: vendor only)")
-    elif method == "moe":
-        out.append(f"MoE fine-tuning of all {est.total_params / 1e9:.0f}B parameters (router included)")
-    return out
+class _ReasonContext:
+    """What a method's ``recommend_reasons`` hook may look at: the chosen plan's estimate, the card,
+    and the same plan over an unquantized base (for a quantized method)."""
+
+    def __init__(self, mp: ModelProfile, hw: HardwareProfile, est: Estimate, unquantized_fits: bool):
+        self.mp, self.hw, self.est, self.unquantized_fits = mp, hw, est, unquantized_fits
+
+    gib = staticmethod(lambda x: _gib(x))
+
+    def unquantized_estimate(self) -> Estimate:
+        tech = parse_technique(self.est.plan.technique)
+        plain = Technique(tech.objective, METHODS[tech.method.unquantized]).name
+        return estimate(self.mp, self.hw, plain, **self.est.plan.model_dump(exclude={"technique", "quantization"}))
 
 
 def _knob_reason(plan: TrainingPlan, est: Estimate, hw: HardwareProfile) -> str:

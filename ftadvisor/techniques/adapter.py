@@ -20,7 +20,9 @@ class Adapter(Method):
     own_modules = True
     norm_training = "all"
     retention_note = "adapter retention: frozen base like LoRA, not measured"
-    reason = "small bottleneck MLPs in every layer on a frozen base; not mergeable (inference latency)"
+
+    def recommend_reasons(self, r) -> list[str]:
+        return ["bottleneck adapters: modular, not mergeable into the weights (adds inference latency)"]
 
     def added_layers(self, arch, plan) -> int:
         return arch.num_layers

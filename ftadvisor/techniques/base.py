@@ -123,13 +123,15 @@ class Method:
     preferred_format: ClassVar[str | None] = None
     """A data format the method is meant for; other formats get a warning (memory tuning: facts)."""
     offered_for_sft: ClassVar[bool] = True
-    """``recommend`` offers it for SFT goals."""
+    """``recommend`` offers it with the SFT objective."""
+    offered_data_kinds: ClassVar[tuple[str, ...] | None] = None
+    """Data kinds ``recommend`` offers it for (None: any its objective takes)."""
     offered_for_preference: ClassVar[bool] = False
     """``recommend`` offers it with preference/RL objectives too."""
     recommend_optimizers: ClassVar[tuple[str, ...]] = ("adamw",)
     """Optimizers ``recommend`` tries (8-bit ones pay off where the optimizer state is large)."""
-    reason: ClassVar[str] = ""
-    """One line ``recommend`` shows for this method."""
+    unquantized: ClassVar[str | None] = None
+    """The same method over an unquantized base (QLoRA -> LoRA), for comparing the two."""
 
     @property
     def lora_like(self) -> bool:
@@ -169,6 +171,11 @@ class Method:
     def quality_terms(self, q) -> None:
         """Add this method's factors to the quality estimate ``q`` (see ``ftadvisor.quality``)."""
 
+    def recommend_reasons(self, r) -> list[str]:
+        """Why ``recommend`` offers this method, given its chosen plan ``r.est`` (see
+        ``ftadvisor.recommend._ReasonContext``)."""
+        return []
+
     def rank_matters(self, task: str) -> bool:
         """The rank changes the expected quality on ``task`` (so an assumed rank is worth a note)."""
         return self.uses_rank
@@ -191,7 +198,12 @@ class Objective:
     data_formats: ClassVar[tuple[str, ...]]
     """Record formats (``ftadvisor.datasets.FORMATS``) the engine trains this objective on."""
     data_kind: ClassVar[str]
-    """What ``recommend`` calls the data this objective needs (text, preference, prompts ...)."""
+    """What the engine's data conversion calls the records this objective takes (text, preference,
+    prompts ...)."""
+    recommend_data_kinds: ClassVar[tuple[str, ...]] = ()
+    """The kinds of user data (``ftadvisor.recommend.DATA_KINDS``) ``recommend`` trains this objective on."""
+    recommend_priority: ClassVar[int] = 0
+    """Order among the objectives for the same data (lower first; breaks ties between equal plans)."""
     prompt_bos: ClassVar[Literal["tokenizer", "prepend"]] = "tokenizer"
     """How the trainer puts special tokens before a text prompt: the tokenizer's own, or a BOS it
     prepends itself (trl's ORPO trainer, trl/experimental/utils.py add_bos_token_if_needed)."""

@@ -16,6 +16,7 @@ class DPO(AlignmentObjective):
     train_hook = "ftadvisor.train.techniques:train_dpo"
     data_formats = ("preference",)
     data_kind = "preference"
+    recommend_data_kinds = ("preference",)
     default_learning_rate = 1e-6  # trl DPOConfig learning_rate
     sequences_per_example = 2
     reference = "always"

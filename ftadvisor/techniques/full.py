@@ -13,8 +13,11 @@ class Full(Method):
     base_training = "all"
     retention = "full"
     reference_method = True
+    offered_for_preference = True
     recommend_optimizers = ("adamw", "adamw_8bit", "paged_adamw_8bit")
-    reason = "trains every weight: the reference for quality, and the most memory"
+
+    def recommend_reasons(self, r) -> list[str]:
+        return [f"full fine-tuning fits: {r.gib(r.est.memory.device_total_bytes)} of {r.hw.memory_gib:.0f} GiB per GPU"]
 
     def quality_terms(self, q) -> None:
         if q.regime == "small":

@@ -17,6 +17,8 @@ class GRPO(AlignmentObjective):
     train_hook = "ftadvisor.train.techniques:train_grpo"
     data_formats = ("prompt", "messages", "qa", "prompt_completion")
     data_kind = "prompts"
+    recommend_data_kinds = ("prompts",)
+    recommend_priority = -1  # before PPO on equal terms: no value or reward model to train or hold
     default_learning_rate = 1e-6  # trl GRPOConfig learning_rate
     reference = "if_kl"
     generation = True

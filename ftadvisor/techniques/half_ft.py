@@ -19,7 +19,9 @@ class HalfFT(Method):
     retention = "between"
     retention_note = "half fine-tuning retention: placed between full FT and LoRA"
     recommend_optimizers = ("adamw", "adamw_8bit", "paged_adamw_8bit")
-    reason = "trains half of the layers: less forgetting than full fine-tuning, about half its optimizer memory"
+
+    def recommend_reasons(self, r) -> list[str]:
+        return ["half fine-tuning trains half the layers and keeps more of the base model's skills (HFT paper)"]
 
     def trained_layers(self, arch, plan) -> int:
         n = round(arch.num_layers * plan.half_ft_fraction)

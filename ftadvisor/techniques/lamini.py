@@ -20,7 +20,11 @@ class Lamini(Method):
     uses_rank = True
     preferred_format = "qa"
     retention_note = "lamini retention: frozen base like LoRA, not measured"
-    reason = "memory experts in the top layers: built to memorise facts (question/answer data)"
+    offered_data_kinds = ("facts",)
+
+    def recommend_reasons(self, r) -> list[str]:
+        return ["memory experts add a bank of low-rank experts for exact recall of a fixed fact set "
+                "(evidence: vendor only)"]
 
     def added_layers(self, arch, plan) -> int:
         return min(plan.lamini_layers, arch.num_layers)

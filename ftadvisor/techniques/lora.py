@@ -24,7 +24,11 @@ class LoRA(Method):
     lora = True
     uses_rank = True
     offered_for_preference = True
-    reason = "trains low-rank adapters on a frozen base: a fraction of full fine-tuning's memory"
+
+    def recommend_reasons(self, r) -> list[str]:
+        m = r.est.memory
+        return [f"LoRA trains {r.est.trainable_params / 1e6:.0f}M parameters on a frozen base "
+                f"({r.gib(m.device_total_bytes)} per GPU)"]
 
     def quality_terms(self, q) -> None:
         base = q.lora_base(q.rank)
@@ -49,7 +53,16 @@ class QLoRA(LoRA):
     evidence = LoRA.evidence + ("quant.nf4", "quant.nf4.math_risk", "quant.int8")
     default_quantization = "nf4"
     quantized_base = True
-    reason = "LoRA over a 4-bit base: the least memory of the LoRA family, some speed lost to dequantization"
+    unquantized = "lora"
+
+    def recommend_reasons(self, r) -> list[str]:
+        m = r.est.memory
+        plain = r.unquantized_estimate()
+        if not r.unquantized_fits:
+            return [f"QLoRA because LoRA needs {r.gib(plain.memory.device_total_bytes)} even at these settings "
+                    f"on a {r.hw.memory_gib:.0f} GiB card; the 4-bit base needs {r.gib(m.weights_bytes)} of weights"]
+        return [f"QLoRA stores the base in 4-bit NF4: {r.gib(m.weights_bytes)} of weights instead of "
+                f"{r.gib(plain.memory.weights_bytes)} (QLoRA paper: near-equal quality on chat, flag for math)"]
 
 
 class DoRA(LoRA):
@@ -59,7 +72,9 @@ class DoRA(LoRA):
     evidence = LoRA.evidence + ("dora.gain", "dora.low_rank.r4", "dora.low_rank.r8")
     dora = True
     offered_for_preference = False
-    reason = "LoRA with a learned magnitude: closer to full fine-tuning at low rank, slower steps"
+
+    def recommend_reasons(self, r) -> list[str]:
+        return ["DoRA: LoRA with a learned magnitude, more robust at low rank (DoRA paper, Table 1)"]
 
 
 METHODS = (LoRA(), QLoRA(), DoRA())

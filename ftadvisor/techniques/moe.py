@@ -18,7 +18,9 @@ class MoE(Method):
     retention = "full"
     retention_note = "MoE retention: not measured, full-FT figures used"
     recommend_optimizers = ("adamw", "adamw_8bit", "paged_adamw_8bit")
-    reason = "trains the experts (or a chosen part) of the MoE model"
+
+    def recommend_reasons(self, r) -> list[str]:
+        return [f"MoE fine-tuning of all {r.est.total_params / 1e9:.0f}B parameters (router included)"]
 
     def quality_terms(self, q) -> None:
         q.term("moe.full", "all parameters of the MoE model trained")

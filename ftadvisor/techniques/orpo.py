@@ -15,6 +15,7 @@ class ORPO(AlignmentObjective):
     train_hook = "ftadvisor.train.techniques:train_orpo"
     data_formats = ("preference",)
     data_kind = "preference"
+    recommend_data_kinds = ("preference",)
     prompt_bos = "prepend"
     default_learning_rate = 8e-6  # trl ORPOConfig learning_rate
     sequences_per_example = 2

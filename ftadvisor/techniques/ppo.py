@@ -16,6 +16,7 @@ class PPO(AlignmentObjective):
     train_hook = "ftadvisor.train.techniques:train_ppo"
     data_formats = ("prompt", "messages", "qa", "prompt_completion")
     data_kind = "prompts"
+    recommend_data_kinds = ("prompts",)
     default_learning_rate = 3e-6  # trl PPOConfig learning_rate
     reference = "always"
     generation = True

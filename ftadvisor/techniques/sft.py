@@ -13,6 +13,7 @@ class SFT(Objective):
     train_hook = "ftadvisor.train.techniques:train_sft"
     data_formats = ("messages", "prompt_completion", "text", "tokens", "qa")
     data_kind = "text"
+    recommend_data_kinds = ("chat", "text", "facts")
     default_learning_rate = 2e-5  # trl SFTConfig learning_rate
     sft_loss = True
 
