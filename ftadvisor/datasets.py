@@ -352,14 +352,14 @@ def check_for_technique(data: UserData, technique: str) -> list[str]:
             list(ok),
         )
     warnings = []
-    if objective == "sft" and data.format == "messages":
+    if tech.objective.data_kind == "text" and data.format == "messages":
         for rec, loc in zip(data.records, data.locations):
             if not any(m["role"] == "assistant" for m in rec["messages"]):
                 raise FtAdvisorError("data", f"{data.source} {loc}: 'messages' has no assistant turn to learn from")
-    if tech.method.name == "lamini" and data.format != "qa":
-        warnings.append(
-            f"Lamini-style memory tuning is meant to memorise facts (question/answer records); got {data.format} data"
-        )
-    if objective in ("ppo", "grpo") and data.format == "prompt" and not any(r.get("answer") for r in data.records):
+    preferred = tech.method.preferred_format
+    if preferred is not None and data.format != preferred:
+        warnings.append(f"{tech.method.name} ({tech.method.summary}) is meant for {preferred} records "
+                        f"({FORMATS[preferred].summary}); got {data.format} data")
+    if tech.objective.generation and data.format == "prompt" and not any(r.get("answer") for r in data.records):
         warnings.append(f"{objective} prompts carry no 'answer': a reward that checks answers has nothing to check")
     return warnings
