@@ -617,20 +617,10 @@ def test_cli_errors_are_one_line():
 def test_cli_dry_run_lists_cases_without_the_training_stack(tmp_path):
     code = ("import sys\nfrom ftadvisor.cli import app\n"
             "try:\n    app(['calibrate', 'cpu-tiny', '--dry-run', '--results', sys.argv[1]], standalone_mode=False)\n"
-            "except SystemExit:\n    pass\n"
-            "print('HEAVY:' + ','.join(m for m in ('torch','transformers','peft','trl','pandas','numpy') if m in sys.modules))\n")
+            "except SystemExit:\n    pass\n")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     lines = out.stdout.strip().splitlines()
-    assert lines[-1] == "HEAVY:"
-    assert len(lines) == 15 and all(" todo " in ln for ln in lines[:-1])
-
-
-def test_pure_modules_import_light():
-    code = ("import sys, ftadvisor.calibration, ftadvisor.calibration.sweep, ftadvisor.calibration.store,"
-            " ftadvisor.calibration.corrections, ftadvisor.calibration.runner, ftadvisor.cli_calibrate\n"
-            "print(','.join(m for m in ('torch','transformers','peft','bitsandbytes','trl','pandas','numpy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == ""
+    assert len(lines) == 14 and all(" todo " in ln for ln in lines)  # (that it loads nothing heavy: test_layers)
 
 
 # --- GPU (skipped without one) ---------------------------------------------------------------------

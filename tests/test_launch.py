@@ -33,7 +33,7 @@ TINY_CONFIG = dict(
     rms_norm_eps=1e-6, hidden_act="silu",
 )
 
-HEAVY = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets", "pandas")
+from tests.test_layers import HEAVY  # noqa: E402 - the one list of modules light paths must not load
 
 
 @pytest.fixture()

@@ -299,21 +299,6 @@ def test_run_cancel_stops_the_whole_group(fake_train, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_tui_imports_textual_only():
-    code = (
-        "import sys, ftadvisor.tui, ftadvisor.tui.app\n"
-        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'bitsandbytes', 'accelerate', 'pandas', 'numpy')"
-        " if m in sys.modules]\n"
-        "print(heavy, 'textual' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "[] True"
-    # and the package itself loads nothing until the app runs
-    out = subprocess.run([sys.executable, "-c", "import sys, ftadvisor.tui; print('textual' in sys.modules)"],
-                         capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "False"
-
-
 def test_missing_textual_is_one_line_not_a_traceback():
     code = (
         "import sys; sys.modules['textual'] = None\n"  # what an install without the [tui] extra looks like
