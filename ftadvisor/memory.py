@@ -153,53 +153,37 @@ def resolve_lora_targets(arch: ArchSpec, targets) -> set[str]:
     return set(targets)
 
 
-def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile, plan: TrainingPlan) -> Layout:
-    """Decide, for every parameter group, whether it is trained, adapted, frozen or quantized."""
-    m = technique.method
-    obj = technique.objective
-    warnings: list[str] = []
+# MoE selection (plan.moe_train): which linear groups train.
+_MOE_GROUPS = {"attention": ("attention",), "experts": ("expert", "shared_expert"), "router": ("router",)}
+
+
+def _base_quantization(arch: ArchSpec, m, plan: TrainingPlan) -> str:
+    """The frozen base's storage: the plan's choice or the method's default, where it makes sense."""
     if m.requires_moe and not arch.is_moe:
         raise FtAdvisorError("technique", f"{m.name} needs a mixture-of-experts model; {arch.model_type} is dense")
     if plan.moe_train != "all" and not arch.is_moe:
         raise FtAdvisorError("moe_train", f"only applies to MoE models; {arch.model_type} is dense", ["all"])
-
     quant = plan.quantization if plan.quantization is not None else m.default_quantization
     if quant != "none" and not m.peft:
-        raise FtAdvisorError(
-            "quantization",
-            f"{quant} stores a frozen base; {m.name} trains base weights, use {'/'.join(n for n, x in METHODS.items() if x.peft)}",
-            ["none"],
-        )
+        peft_methods = "/".join(n for n, x in METHODS.items() if x.peft)
+        raise FtAdvisorError("quantization", f"{quant} stores a frozen base; {m.name} trains base weights, "
+                             f"use {peft_methods}", ["none"])
     if quant == "none" and m.quantized_base:
-        raise FtAdvisorError("quantization", "qlora means a quantized base", ["nf4", "int8"])
-    if quant != "none" and plan.sharding in ("zero3", "fsdp"):
-        warnings.append("quantized base under zero3/fsdp: bitsandbytes weights are sharded only with recent accelerate/peft; "
-                        "the estimate assumes they shard like bf16 weights")
+        raise FtAdvisorError("quantization", f"{m.name} means a quantized base", ["nf4", "int8"])
+    return quant
 
+
+def _linear_roles(arch: ArchSpec, m, plan: TrainingPlan, quant: str, half_layers: int) -> tuple[LinearRole, ...]:
+    """Each decoder linear's trained share, LoRA adaptation and storage, as the method declares."""
     targets = resolve_lora_targets(arch, plan.lora_targets) if m.lora else set()
-    half_layers = m.trained_layers(arch, plan) if m.base_training == "half_layers" else 0
-
-    full_like = m.base_training == "all"
     moe_sel = plan.moe_train if arch.is_moe else "all"
     roles = []
     for lin in arch.linears:
-        if full_like:
-            if moe_sel == "all":
-                frac = 1.0
-            elif moe_sel == "attention":
-                frac = 1.0 if lin.group == "attention" else 0.0
-            elif moe_sel == "experts":
-                frac = 1.0 if lin.group in ("expert", "shared_expert") else 0.0
-            else:
-                frac = 1.0 if lin.group == "router" else 0.0
+        selected = moe_sel == "all" or lin.group in _MOE_GROUPS[moe_sel]
+        if m.base_training == "all":
+            frac = 1.0 if selected else 0.0
         elif m.base_training == "half_layers":
-            frac = half_layers / arch.num_layers
-            if arch.is_moe and moe_sel != "all":
-                frac *= 1.0 if (
-                    (moe_sel == "attention" and lin.group == "attention")
-                    or (moe_sel == "experts" and lin.group in ("expert", "shared_expert"))
-                    or (moe_sel == "router" and lin.group == "router")
-                ) else 0.0
+            frac = half_layers / arch.num_layers if selected else 0.0
         else:
             frac = 0.0
         roles.append(
@@ -212,17 +196,14 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
                 quantized=quant if (m.peft and lin.group not in ("router", "expert")) else "none",
             )
         )
+    return tuple(roles)
 
-    train_embed = full_like and moe_sel == "all"
-    if m.norm_training == "trained_layers":
-        norm_frac = half_layers / arch.num_layers
-    elif m.norm_training == "all":
-        norm_frac = 1.0
-    else:
-        norm_frac = 1.0 if train_embed else 0.0
 
-    reference_copy = obj.reference_resident(plan) and not m.peft
-
+def _layout_warnings(arch: ArchSpec, m, hardware: HardwareProfile, plan: TrainingPlan, quant: str) -> tuple[str, ...]:
+    warnings = []
+    if quant != "none" and plan.sharding in ("zero3", "fsdp"):
+        warnings.append("quantized base under zero3/fsdp: bitsandbytes weights are sharded only with recent accelerate/peft; "
+                        "the estimate assumes they shard like bf16 weights")
     if plan.attention == "flash" and not hardware.supports_flash_attention:
         warnings.append(f"FlashAttention-2 does not run on {hardware.name}; use sdpa")
     if quant == "nf4" and not hardware.supports_bnb_4bit:
@@ -235,7 +216,21 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         warnings.append("all-linear LoRA on an MoE model adapts attention (and shared experts), not the routed experts")
     if plan.optimizer.startswith("paged") and hardware.vendor == "cpu":
         warnings.append("paged optimizers page between GPU and host; on the CPU they behave like the unpaged ones")
+    return tuple(warnings)
 
+
+def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile, plan: TrainingPlan) -> Layout:
+    """Decide, for every parameter group, whether it is trained, adapted, frozen or quantized."""
+    m = technique.method
+    quant = _base_quantization(arch, m, plan)
+    half_layers = m.trained_layers(arch, plan) if m.base_training == "half_layers" else 0
+    train_embed = m.base_training == "all" and (plan.moe_train if arch.is_moe else "all") == "all"
+    if m.norm_training == "trained_layers":
+        norm_frac = half_layers / arch.num_layers
+    elif m.norm_training == "all":
+        norm_frac = 1.0
+    else:
+        norm_frac = 1.0 if train_embed else 0.0
     return Layout(
         arch=arch,
         technique=technique,
@@ -248,7 +243,7 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         checkpointing=plan.gradient_checkpointing,
         quantization=quant,
         double_quant=plan.double_quant,
-        roles=tuple(roles),
+        roles=_linear_roles(arch, m, plan, quant, half_layers),
         embed_trained=train_embed,
         lm_head_trained=train_embed,
         norm_trained_fraction=norm_frac,
@@ -256,8 +251,8 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         added_layers=m.added_layers(arch, plan),
         dropout=plan.lora_dropout > 0,
         sft_chunked_loss=plan.sft_chunked_loss,
-        reference_copy=reference_copy,
-        warnings=tuple(warnings),
+        reference_copy=technique.objective.reference_resident(plan) and not m.peft,
+        warnings=_layout_warnings(arch, m, hardware, plan, quant),
     )
 
 
@@ -290,68 +285,71 @@ def _quant_bytes(lay: Layout, lin: LinearSpec) -> float:
     )
 
 
-def count_params(lay: Layout, plan) -> Params:
-    """Trainable and stored parameters. ``plan.lora_r`` and ``plan.adapter_bottleneck`` may be arrays."""
-    arch = lay.arch
-    h = arch.hidden_size
-    L = arch.num_layers
-    r = plan.lora_r
-    tb = lay.trainable_bytes
-    fb = lay.frozen_bytes
-    by: dict = {}
+class _Tally:
+    """Running totals while counting parameters: trainable count, Adafactor's rows + cols, the
+    largest trainable tensor, the largest quantized linear, and stored bytes by dtype."""
 
-    def add(label, nbytes):
-        by[label] = by.get(label, 0) + nbytes
+    def __init__(self, lay: Layout):
+        self.lay = lay
+        self.trainable = 0.0
+        self.rows_cols = 0.0
+        self.largest = 0.0
+        self.quant_largest = 0.0
+        self.by: dict = {}
 
-    def dlabel(nb):
-        return {2: "bf16" if lay.precision != "fp16-mixed" else "fp16", 4: "fp32"}[nb]
+    def add(self, label: str, nbytes) -> None:
+        self.by[label] = self.by.get(label, 0) + nbytes
 
-    trainable = 0.0
-    rows_cols = 0.0
-    largest = 0.0
-    quant_largest = 0.0
+    def dtype(self, nbytes: int) -> str:
+        return {2: "bf16" if self.lay.precision != "fp16-mixed" else "fp16", 4: "fp32"}[nbytes]
 
-    # 1. Linear layers of the decoder: trained share in the trainable dtype, the rest frozen
-    #    (quantized when the method puts the base in nf4/int8).
+    def train(self, n, rows_cols, nbytes_each: int) -> None:
+        self.trainable = self.trainable + n
+        self.rows_cols = self.rows_cols + rows_cols
+        self.add(self.dtype(nbytes_each), n * nbytes_each)
+
+
+def _count_linears(t: _Tally, lay: Layout, plan) -> None:
+    """1. Linear layers of the decoder: trained share in the trainable dtype, the rest frozen
+    (quantized when the method puts the base in nf4/int8). 2. LoRA (Hu et al. 2021, eq. 3):
+    A (r x in) + B (out x r) per adapted module; DoRA adds a magnitude vector of out_features
+    (Liu et al. 2024, eq. 5)."""
+    tb, fb, r = lay.trainable_bytes, lay.frozen_bytes, plan.lora_r
     for role in lay.roles:
         lin = role.spec
-        tot = lin.params_total
-        tr = tot * role.trained_fraction
-        fr = tot - tr
+        tr = lin.params_total * role.trained_fraction
+        fr = lin.params_total - tr
         if tr:
-            trainable += tr
-            rows_cols += lin.count * role.trained_fraction * (lin.in_features + lin.out_features)
-            largest = max(largest, lin.params_each)
-            add(dlabel(tb), tr * tb)
+            t.train(tr, lin.count * role.trained_fraction * (lin.in_features + lin.out_features), tb)
+            t.largest = max(t.largest, lin.params_each)
         if fr:
             if role.quantized != "none":
-                add(role.quantized, _quant_bytes(lay, lin) * lin.count * (1 - role.trained_fraction))
-                quant_largest = max(quant_largest, lin.in_features * lin.out_features)
+                t.add(role.quantized, _quant_bytes(lay, lin) * lin.count * (1 - role.trained_fraction))
+                t.quant_largest = max(t.quant_largest, lin.in_features * lin.out_features)
             else:
                 # fused experts next to a quantized base stay in the compute dtype (the engine keeps
                 # them out of prepare_model_for_kbit_training's fp32 upcast)
                 eb_ = lay.c if (lin.group == "expert" and lay.quantization != "none") else fb
-                add(dlabel(eb_), fr * eb_)
-        # 2. LoRA (Hu et al. 2021, eq. 3): A (r x in) + B (out x r) per adapted module;
-        #    DoRA adds a magnitude vector of out_features (Liu et al. 2024, eq. 5).
+                t.add(t.dtype(eb_), fr * eb_)
         if role.adapted:
             n = lin.count * (r * (lin.in_features + lin.out_features) + (lin.out_features if lay.technique.method.dora else 0))
-            trainable = trainable + n
-            rows_cols = rows_cols + lin.count * (2 * r + lin.in_features + lin.out_features)
-            add(dlabel(tb), n * tb)
+            t.train(n, lin.count * (2 * r + lin.in_features + lin.out_features), tb)
 
-    # 3. Embeddings, lm_head, norms.
-    emb = arch.embedding_params
-    head = arch.lm_head_params
+
+def _count_embeddings_and_norms(t: _Tally, lay: Layout) -> float:
+    """3. Embeddings, lm_head, norms and other parameters; returns the trained norm parameters."""
+    arch = lay.arch
+    h, tb, fb = arch.hidden_size, lay.trainable_bytes, lay.frozen_bytes
+    emb, head = arch.embedding_params, arch.lm_head_params
     eb = tb if lay.embed_trained else fb
-    add(dlabel(eb), emb * eb)
+    t.add(t.dtype(eb), emb * eb)
     if lay.embed_trained:
-        trainable += emb + head
-        rows_cols += arch.vocab_size + h + (arch.vocab_size + h if head else 0)
-        largest = max(largest, emb)
+        t.trainable += emb + head
+        t.rows_cols += arch.vocab_size + h + (arch.vocab_size + h if head else 0)
+        t.largest = max(t.largest, emb)
     if head:
         hb = tb if lay.lm_head_trained else fb
-        add(dlabel(hb), head * hb)
+        t.add(t.dtype(hb), head * hb)
     # HFT trains the norms inside the trained layers only, not the final norm (one norm of width h,
     # with a bias for LayerNorm).
     final_norm = h * (2 if arch.norm == "layernorm" else 1)
@@ -359,41 +357,46 @@ def count_params(lay: Layout, plan) -> Params:
         norms_tr = (arch.norm_params - final_norm) * lay.norm_trained_fraction
     else:
         norms_tr = arch.norm_params * lay.norm_trained_fraction
-    trainable += norms_tr + arch.other_params * (1 if lay.embed_trained else 0)
-    rows_cols += norms_tr
-    add(dlabel(tb), (norms_tr + (arch.other_params if lay.embed_trained else 0)) * tb)
-    add(dlabel(fb), (arch.norm_params - norms_tr + (0 if lay.embed_trained else arch.other_params)) * fb)
+    t.trainable += norms_tr + arch.other_params * (1 if lay.embed_trained else 0)
+    t.rows_cols += norms_tr
+    t.add(t.dtype(tb), (norms_tr + (arch.other_params if lay.embed_trained else 0)) * tb)
+    t.add(t.dtype(fb), (arch.norm_params - norms_tr + (0 if lay.embed_trained else arch.other_params)) * fb)
+    return norms_tr
 
+
+def count_params(lay: Layout, plan) -> Params:
+    """Trainable and stored parameters. ``plan.lora_r`` and ``plan.adapter_bottleneck`` may be arrays."""
+    arch = lay.arch
+    t = _Tally(lay)
+    _count_linears(t, lay, plan)
+    norms_tr = _count_embeddings_and_norms(t, lay)
     # 4. Modules the method adds (bottleneck adapters, memory experts): the method's declaration
     #    (ftadvisor/techniques/<method>.py) counts them.
     added = lay.technique.method.added(lay, plan)
     if added.layers:
-        trainable = trainable + added.params
-        rows_cols = rows_cols + added.rows_cols
-        largest = _num.maximum(largest, added.largest)
-        add(dlabel(tb), added.params * tb)
+        t.train(added.params, added.rows_cols, lay.trainable_bytes)
+        t.largest = _num.maximum(t.largest, added.largest)
 
     # autocast casts the weights of matmuls (linears, adapters, the lm_head -- also when it is the
     # tied embedding); F.embedding and RMSNorm's fp32 multiply are not on its cast list (measured).
-    cast = trainable - norms_tr - (arch.other_params + emb if lay.embed_trained else 0)
+    emb, head = arch.embedding_params, arch.lm_head_params
+    cast = t.trainable - norms_tr - (arch.other_params + emb if lay.embed_trained else 0)
     if lay.lm_head_trained and not head:
         cast = cast + emb
     if added.layers:
         cast = cast - (added.params - added.matmul_params)  # biases are added, not cast for a matmul
-    stored = sum(by.values())
-    layer_params = sum(lin.params_each * lin.count for lin in arch.linears) / L + arch.norm_params / L
-    root = emb + head
     return Params(
         total=arch.total_params,
-        trainable=trainable,
-        trainable_matrix_rows_cols=rows_cols,
-        largest_trainable=largest,
+        trainable=t.trainable,
+        trainable_matrix_rows_cols=t.rows_cols,
+        largest_trainable=t.largest,
         autocast_cast_params=cast,
-        stored_bytes=stored,
-        by_dtype=by,
-        largest_layer_params=layer_params,
-        root_params=root,
-        quant_largest_linear=quant_largest,
+        stored_bytes=sum(t.by.values()),
+        by_dtype=t.by,
+        largest_layer_params=sum(lin.params_each * lin.count for lin in arch.linears) / arch.num_layers
+        + arch.norm_params / arch.num_layers,
+        root_params=emb + head,
+        quant_largest_linear=t.quant_largest,
     )
 
 
@@ -450,6 +453,128 @@ class ActivationCoefficients:
     backward_ws: float  # gradient working set of the layer in flight
 
 
+class _Saved:
+    """Bytes per token one decoder layer keeps for backward, block by block (see
+    :func:`activation_coefficients` for the rules and their sources)."""
+
+    def __init__(self, lay: Layout):
+        self.lay, self.arch, self.c = lay, lay.arch, lay.c
+        self.h = lay.arch.hidden_size
+        self.mixed_fp32_weights = lay.precision in ("bf16-mixed", "fp16-mixed")
+        resid = 4 if (lay.embed_trained and lay.precision != "bf16-true") or lay.precision == "fp32" else 2
+        if lay.quantization != "none" and lay.precision != "bf16-true":
+            resid = 4  # prepare_model_for_kbit_training upcasts the embeddings to fp32
+        self.resid = resid
+        self.norm_trains = lay.norm_trained_fraction > 0
+        self.norm_out_fp32 = lay.precision == "fp32" or (self.mixed_fp32_weights and (self.norm_trains or resid == 4))
+        self.roles_by_source: dict[str, list[LinearRole]] = {}
+        for role in lay.roles:
+            self.roles_by_source.setdefault(role.spec.input_source, []).append(role)
+        self.share_adapter_input = lay.precision in ("bf16-true", "fp32") and not lay.dropout
+
+    def norm(self) -> float:
+        """RMSNorm keeps its fp32 input (and the normalised copy when its weight trains); LayerNorm,
+        an fp32 op under autocast, keeps its input."""
+        arch, h, c = self.arch, self.h, self.c
+        base = 4 * h if arch.norm == "rmsnorm" else (4 if self.mixed_fp32_weights else c) * h
+        return base + (self.resid * h * self.lay.norm_trained_fraction if arch.norm == "rmsnorm" else 0)
+
+    def inputs(self, source: str, width: int, fp32_source: bool) -> tuple[float, float]:
+        """Bytes/token kept for the linears reading ``source``: (constant, per unit of LoRA rank)."""
+        lay, c = self.lay, self.c
+        const = 0.0
+        per_r = 0.0
+        saving_weights = 0.0  # how many consumers keep an input for a trained weight
+        for role in self.roles_by_source.get(source, []):
+            lin = role.spec
+            inst = lin.count / max(self.arch.num_layers, 1)  # instances per layer (experts counted elsewhere)
+            if lin.group in ("expert",):
+                continue
+            if role.trained_fraction:
+                saving_weights += role.trained_fraction * (inst if fp32_source else 1)
+            if role.adapted:
+                if self.share_adapter_input:
+                    saving_weights = max(saving_weights, 1)
+                else:
+                    const += inst * c * width
+                if lay.dropout:
+                    const += inst * width * (c + 1)
+                per_r += inst * c
+                if lay.technique.method.dora:
+                    const += inst * 2 * c * lin.out_features
+        if fp32_source:
+            const += saving_weights * c * width
+        else:
+            const += min(saving_weights, 1) * c * width
+        return const, per_r
+
+    def attention(self) -> tuple[float, float, float]:
+        """(constant, per rank, per sequence position) of the attention block."""
+        arch, lay, c, h = self.arch, self.lay, self.c, self.h
+        a, kv, d = arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
+        const = self.norm() if arch.norms_per_layer else 0.0
+        ac, ar = self.inputs("attn_in", h, self.norm_out_fp32)
+        const += ac
+        # transformers 5 passes enable_gqa to SDPA when no mask is needed (integrations/sdpa_attention.py
+        # use_gqa_in_sdpa), and flash handles GQA natively: k/v stay at kv heads; eager repeats them.
+        kv_saved = a if lay.attention == "eager" else kv
+        const += c * (a * d + 2 * kv_saved * d)  # q, k, v kept by the attention kernel
+        per_seq = 0.0
+        if lay.attention == "eager":
+            per_seq = a * (4 + c)  # fp32 softmax output + its cast, per token per key position
+        else:
+            const += c * a * d + 4 * a  # output + logsumexp
+        oc, o_r = self.inputs("attn_out", a * d, False)
+        if lay.attention != "eager":
+            # SDPA/flash return (B, S, H, D)-contiguous output, so HF's transpose(1, 2).contiguous() is a
+            # no-op and a trained o_proj keeps the same storage the kernel already keeps (measured on CPU
+            # with a storage-tracking dispatch mode, scripts/check_memory_cpu.py).
+            o_shared = sum(r_.trained_fraction for r_ in self.roles_by_source.get("attn_out", []))
+            oc -= min(o_shared, 1) * c * a * d
+        return const + oc, ar + o_r, per_seq
+
+    def dense_mlp(self) -> tuple[float, float]:
+        """(constant, per rank) of a dense MLP block."""
+        arch, lay, c, h = self.arch, self.lay, self.c, self.h
+        I = arch.intermediate_size
+        # phi-2 and Falcon-7B feed the MLP from the attention's norm (fc1 reads "attn_in", counted
+        # above); sequential blocks and GPT-NeoX's parallel residual have a norm of their own.
+        const = self.norm() if "mlp_in" in self.roles_by_source else 0.0
+        mc, mr = self.inputs("mlp_in", h, self.norm_out_fp32)
+        const += mc
+        # Next to a bitsandbytes base, prepare_model_for_kbit_training makes the residual stream fp32 and
+        # the 4-bit linears return the input's dtype, so the MLP's elementwise tensors are fp32
+        # (bitsandbytes nn.Linear4bit.forward casts the output back to the input dtype; measured).
+        mlp_c = 4 if (lay.quantization != "none" and lay.precision != "bf16-true") else c
+        const += (3 if arch.mlp_gated else 1) * mlp_c * I
+        dc, dr = self.inputs("mlp_mid", I, False)
+        return const + dc, mr + dr
+
+    def moe(self) -> tuple[float, float]:
+        """(constant, per rank) of a mixture-of-experts block (router, routed and shared experts)."""
+        arch, lay, c, h = self.arch, self.lay, self.c, self.h
+        if not arch.is_moe:
+            return 0.0, 0.0
+        E, k, Im = arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size
+        const = self.norm()
+        rc, _ = self.inputs("router_in", h, self.norm_out_fp32)
+        const += rc + 4 * E + 4 * k  # router logits softmax (fp32) and top-k weights
+        exp_roles = [r_ for r_ in lay.roles if r_.spec.group == "expert"]
+        in_tr = any(r_.trained_fraction or r_.adapted for r_ in exp_roles if r_.spec.input_source == "expert_in")
+        mid_tr = any(r_.trained_fraction or r_.adapted for r_ in exp_roles if r_.spec.input_source == "expert_mid")
+        # Per routed (token, expert): the gathered input copy, the gated MLP's 3*Im, the down
+        # projection input, and the expert output kept for the routing-weight multiply.
+        const += k * (c * h * (1 if in_tr else 0) + 3 * c * Im + (c * Im if mid_tr else 0) + c * h)
+        per_r = sum(c * (r_.spec.count / arch.num_layers / E) * k for r_ in exp_roles if r_.adapted)
+        Is = arch.shared_expert_intermediate_size
+        if Is:
+            sc, sr = self.inputs("shared_in", h, self.norm_out_fp32)
+            sc2, sr2 = self.inputs("shared_mid", Is, False)
+            const += sc + sc2 + 3 * c * Is + c * h
+            per_r += sr + sr2
+        return const, per_r
+
+
 def activation_coefficients(lay: Layout) -> ActivationCoefficients:
     """Saved-tensor accounting for one decoder layer, following what autograd keeps in the
     Hugging Face implementations (modeling_llama.py and relatives):
@@ -470,131 +595,16 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
       a 1-byte mask when lora_dropout > 0) and the rank-r intermediate; DoRA also keeps the base
       and LoRA results for the magnitude rescale (2 * out).
     """
-    arch = lay.arch
-    c = lay.c
-    h = arch.hidden_size
-    a, kv, d = arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
-    mixed_fp32_weights = lay.precision in ("bf16-mixed", "fp16-mixed")
-    resid = 4 if (lay.embed_trained and lay.precision != "bf16-true") or lay.precision == "fp32" else 2
-    if lay.quantization != "none" and lay.precision != "bf16-true":
-        resid = 4  # prepare_model_for_kbit_training upcasts the embeddings to fp32
-    norm_trains = lay.norm_trained_fraction > 0
-    norm_out_fp32 = lay.precision == "fp32" or (mixed_fp32_weights and (norm_trains or resid == 4))
-
-    # Norm: rmsnorm keeps the fp32 input; layer_norm (an fp32 op under autocast) keeps its input.
-    def norm_saved():
-        base = 4 * h if arch.norm == "rmsnorm" else (4 if mixed_fp32_weights else c) * h
-        return base + (resid * h * lay.norm_trained_fraction if arch.norm == "rmsnorm" else 0)
-
-    roles_by_source: dict[str, list[LinearRole]] = {}
-    for role in lay.roles:
-        roles_by_source.setdefault(role.spec.input_source, []).append(role)
-
-    share_adapter_input = lay.precision in ("bf16-true", "fp32") and not lay.dropout
-    dora = lay.technique.method.dora
-
-    def inputs_saved(source: str, width: int, fp32_source: bool):
-        """Bytes/token kept for linears reading ``source``; returns (constant, per-r)."""
-        const = 0.0
-        per_r = 0.0
-        saving_weights = 0.0  # how many consumers keep an input for a trained weight
-        for role in roles_by_source.get(source, []):
-            lin = role.spec
-            inst = lin.count / max(arch.num_layers, 1)  # instances per layer (experts counted elsewhere)
-            if lin.group in ("expert",):
-                continue
-            if role.trained_fraction:
-                saving_weights += role.trained_fraction * (inst if fp32_source else 1)
-            if role.adapted:
-                if share_adapter_input:
-                    saving_weights = max(saving_weights, 1)
-                else:
-                    const += inst * c * width
-                if lay.dropout:
-                    const += inst * width * (c + 1)
-                per_r += inst * c
-                if dora:
-                    const += inst * 2 * c * lin.out_features
-        if fp32_source:
-            const += saving_weights * c * width
-        else:
-            const += min(saving_weights, 1) * c * width
-        return const, per_r
-
-    # Attention block ----------------------------------------------------------
-    attn_const = norm_saved() if arch.norms_per_layer else 0.0
-    ac, ar = inputs_saved("attn_in", h, norm_out_fp32)
-    attn_const += ac
-    # transformers 5 passes enable_gqa to SDPA when no mask is needed (integrations/sdpa_attention.py
-    # use_gqa_in_sdpa), and flash handles GQA natively: k/v stay at kv heads; eager repeats them.
-    kv_saved = a if lay.attention == "eager" else kv
-    attn_const += c * (a * d + 2 * kv_saved * d)  # q, k, v kept by the attention kernel
-    per_seq = 0.0
-    if lay.attention == "eager":
-        per_seq = a * (4 + c)  # fp32 softmax output + its cast, per token per key position
-    else:
-        attn_const += c * a * d + 4 * a  # output + logsumexp
-    oc, o_r = inputs_saved("attn_out", a * d, False)
-    if lay.attention != "eager":
-        # SDPA/flash return (B, S, H, D)-contiguous output, so HF's transpose(1, 2).contiguous() is a
-        # no-op and a trained o_proj keeps the same storage the kernel already keeps (measured on CPU
-        # with a storage-tracking dispatch mode, scripts/check_memory_cpu.py).
-        o_shared = sum(r_.trained_fraction for r_ in roles_by_source.get("attn_out", []))
-        oc -= min(o_shared, 1) * c * a * d
-    attn_const += oc
-
-    # MLP block (dense) --------------------------------------------------------
-    I = arch.intermediate_size
-    # phi-2 and Falcon-7B feed the MLP from the attention's norm (fc1 reads "attn_in", counted
-    # above); sequential blocks and GPT-NeoX's parallel residual have a norm of their own.
-    has_mlp_norm = "mlp_in" in roles_by_source
-    mlp_const = norm_saved() if has_mlp_norm else 0.0
-    mc, mr = inputs_saved("mlp_in", h, norm_out_fp32)
-    mlp_const += mc
-    # Next to a bitsandbytes base, prepare_model_for_kbit_training makes the residual stream fp32 and
-    # the 4-bit linears return the input's dtype, so the MLP's elementwise tensors are fp32
-    # (bitsandbytes nn.Linear4bit.forward casts the output back to the input dtype; measured).
-    mlp_c = 4 if (lay.quantization != "none" and lay.precision != "bf16-true") else c
-    mlp_const += (3 if arch.mlp_gated else 1) * mlp_c * I
-    dc, dr = inputs_saved("mlp_mid", I, False)
-    mlp_const += dc
-
-    # MoE block ----------------------------------------------------------------
-    moe_const = 0.0
-    moe_r = 0.0
-    if arch.is_moe:
-        E, k, Im = arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size
-        moe_const += norm_saved()
-        rc, rr = inputs_saved("router_in", h, norm_out_fp32)
-        moe_const += rc + 4 * E + 4 * k  # router logits softmax (fp32) and top-k weights
-        exp_roles = [r_ for r_ in lay.roles if r_.spec.group == "expert"]
-        in_tr = any(r_.trained_fraction or r_.adapted for r_ in exp_roles if r_.spec.input_source == "expert_in")
-        mid_tr = any(r_.trained_fraction or r_.adapted for r_ in exp_roles if r_.spec.input_source == "expert_mid")
-        # Per routed (token, expert): the gathered input copy, the gated MLP's 3*Im, the down
-        # projection input, and the expert output kept for the routing-weight multiply.
-        moe_const += k * (c * h * (1 if in_tr else 0) + 3 * c * Im + (c * Im if mid_tr else 0) + c * h)
-        moe_r += sum(c * (r_.spec.count / arch.num_layers / E) * k for r_ in exp_roles if r_.adapted)
-        Is = arch.shared_expert_intermediate_size
-        if Is:
-            sc, sr = inputs_saved("shared_in", h, norm_out_fp32)
-            sc2, sr2 = inputs_saved("shared_mid", Is, False)
-            moe_const += sc + sc2 + 3 * c * Is + c * h
-            moe_r += sr + sr2
-
-    per_layer_r = ar + o_r
-    dense_layer = attn_const + mlp_const
-    moe_layer = attn_const + moe_const
-    if arch.is_moe:
-        moe_r_total = moe_r
-    else:
-        moe_r_total = 0.0
-    per_layer_r_dense = per_layer_r + mr + dr
-
+    sv = _Saved(lay)
+    arch, c, h = lay.arch, lay.c, lay.arch.hidden_size
+    a, d = arch.num_attention_heads, arch.head_dim
+    attn_const, attn_r, per_seq = sv.attention()
+    mlp_const, mlp_r = sv.dense_mlp()
+    moe_const, moe_r = sv.moe()
     # (Modules a method adds -- adapters, memory experts -- declare their own saved bytes:
     # Method.added() in ftadvisor/techniques/.)
-
-    top = 4 * h + (resid * h if norm_trains else 0) + (c * h if lay.lm_head_trained else 0)
-    ckpt = resid * h  # HF gradient checkpointing keeps each decoder layer's input
+    top = 4 * h + (sv.resid * h if sv.norm_trains else 0) + (c * h if lay.lm_head_trained else 0)
+    ckpt = sv.resid * h  # HF gradient checkpointing keeps each decoder layer's input
     # Gradient working set while one layer runs backward: gradients of its input and output (2h)
     # and four of its widest intermediate: in a gated MLP the gradient of the down projection's
     # input and the mul's two gradient outputs are alive while SiLU's backward forms the fourth
@@ -602,16 +612,15 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
     # Llama-3.1-8B LoRA at 32,768 tokens/micro-batch: a depth-independent 1.84 GB above a
     # 2-intermediate term, i.e. 2 x c x I per token (calibration/results/cpu/trace-llama-3.1-8b.jsonl;
     # -5.2% -> -0.2% after this term).
-    widest = max(I, arch.moe_intermediate_size * max(arch.experts_per_token, 1), a * d)
-    bws = c * (2 * h + 4 * widest)
+    widest = max(arch.intermediate_size, arch.moe_intermediate_size * max(arch.experts_per_token, 1), a * d)
     return ActivationCoefficients(
-        per_layer_dense=dense_layer,
-        per_layer_moe=moe_layer,
+        per_layer_dense=attn_const + mlp_const,
+        per_layer_moe=attn_const + moe_const,
         per_layer_seq=per_seq,
-        per_layer_r=per_layer_r_dense if not arch.is_moe else per_layer_r + moe_r_total,
+        per_layer_r=attn_r + (moe_r if arch.is_moe else mlp_r),
         top=top,
         checkpoint_per_layer=ckpt,
-        backward_ws=bws,
+        backward_ws=c * (2 * h + 4 * widest),
     )
 
 
@@ -684,31 +693,30 @@ class Evaluation:
     host_bytes: float
 
 
-def evaluate(lay: Layout, plan) -> Evaluation:
-    """Per-GPU bytes at each training phase. ``plan`` is a TrainingPlan or any object with the
-    same numeric attributes (possibly numpy arrays)."""
-    arch = lay.arch
-    obj = lay.technique.objective
-    c = lay.c
-    tb = lay.trainable_bytes
-    h, L, V = arch.hidden_size, arch.num_layers, arch.vocab_size
-    N = plan.num_gpus
-    mixed = lay.precision in ("bf16-mixed", "fp16-mixed")
-    p = count_params(lay, plan)
-    opt_dev, paged = optimizer_state_bytes(lay, p)
+@dataclass
+class _Copies:
+    """The policy's trainable parameters plus those of the models trained beside it, and the
+    bytes of the frozen models resident with it."""
 
-    # 1. Model copies beyond the policy (trl's trainers): PPO's value model mirrors the policy
-    #    and trains with the same method; its reward model and a reference model are frozen
-    #    copies (a PEFT method's reference is the base with adapters disabled: no copy).
-    #    The value and reward models are sequence classifiers: the lm_head (V x h) is replaced by a
-    #    one-output score head (h), trained in the value model (transformers
-    #    AutoModelForSequenceClassification; trl experimental/ppo).
+    trainable: float  # policy + value model
+    copies_trained: int  # models running forward/backward on the same tokens
+    extra: float  # reference / reward / value model and trl's reference adapter, bytes
+    share: float  # value model's trainable parameters per policy parameter (its optimizer state)
+
+
+def _model_copies(lay: Layout, plan, p: Params) -> _Copies:
+    """1. Model copies beyond the policy (trl's trainers): PPO's value model mirrors the policy
+    and trains with the same method; its reward model and a reference model are frozen copies (a
+    PEFT method's reference is the base with adapters disabled: no copy). The value and reward
+    models are sequence classifiers: the lm_head (V x h) is replaced by a one-output score head
+    (h), trained in the value model (transformers AutoModelForSequenceClassification; trl
+    experimental/ppo)."""
+    arch, obj, c, tb = lay.arch, lay.technique.objective, lay.c, lay.trainable_bytes
+    h = arch.hidden_size
     value = 1 if obj.value_model else 0
-    copies_trained = 1 + value
     head = arch.lm_head_params
     head_tb = tb if lay.lm_head_trained else lay.frozen_bytes
     value_trainable = (p.trainable - (head if lay.lm_head_trained else 0) + h) if value else 0.0
-    trainable = p.trainable + value_trainable
     frozen_copy = frozen_copy_bytes(lay)
     extra = frozen_copy * (1 if lay.reference_copy else 0)
     if obj.peft_reference_adapter_copy and lay.technique.method.lora and obj.uses_reference(plan):
@@ -716,109 +724,131 @@ def evaluate(lay: Layout, plan) -> Evaluation:
         # (trl/trainer/dpo_trainer.py) -- adapter weights in the compute dtype.
         extra = extra + p.trainable * c
     if obj.reward_model:
-        extra = extra + frozen_copy - head * lay.c + h * lay.c
+        extra = extra + frozen_copy - head * c + h * c
     if value:
         extra = extra + p.stored_bytes - head * head_tb + h * tb
-    share = value_trainable / p.trainable
-    opt_dev = opt_dev * (1 + share)
-    paged = paged * (1 + share)
+    return _Copies(p.trainable + value_trainable, 1 + value, extra, value_trainable / p.trainable)
+
+
+@dataclass
+class _States:
+    """Per-GPU bytes of the model states after sharding and offload."""
+
+    weights: float
+    grads: float
+    master: float
+    opt_dev: float
+    paged: float
+    comm: float
+    extra: float
+    host: float = 0.0
+    copies: float = 0.0  # autocast's bf16 weight copies kept for backward (torch AMP, none/ddp)
+
+
+def _replicated_states(lay: Layout, plan, p: Params, cp: _Copies, opt_dev, paged) -> _States:
+    """No sharding or DDP: every GPU holds everything."""
+    tb, c = lay.trainable_bytes, lay.c
+    st = _States(weights=p.stored_bytes, grads=cp.trainable * tb, master=0.0, opt_dev=opt_dev, paged=paged,
+                 comm=0.0, extra=cp.extra)
+    if lay.precision in ("bf16-mixed", "fp16-mixed"):
+        # torch.autocast caches the low-precision cast of every leaf weight that requires grad
+        # until the forward ends (aten/src/ATen/autocast_mode.cpp, cached_cast).
+        st.copies = p.autocast_cast_params * c
+    if lay.sharding == "ddp":
+        # DDP's reducer keeps flat bucket buffers the size of all gradients
+        # (torch/nn/parallel/distributed.py, gradient_as_bucket_view=False by default).
+        st.comm = cp.trainable * tb
+    return st
+
+
+def _zero_states(lay: Layout, plan, p: Params, cp: _Copies, opt_dev, paged) -> _States:
+    """DeepSpeed ZeRO stages 1-3 (Rajbhandari et al. 2020, Fig. 1: stage 1 partitions optimizer
+    state, stage 2 also gradients, stage 3 also parameters), with optional CPU offload."""
+    h, c, tb, N = lay.arch.hidden_size, lay.c, lay.trainable_bytes, plan.num_gpus
+    mixed = lay.precision in ("bf16-mixed", "fp16-mixed")
+    trainable = cp.trainable
+    # DeepSpeed bf16/fp16: working weights and gradients in the compute dtype, fp32 master weights
+    # and fp32 gradient partitions for the optimizer (deepspeed/runtime/zero/stage_1_and_2.py
+    # single_partition_of_fp32_groups; stage3.py fp32_partitioned_groups_flat).
+    wt = c if mixed else tb
+    stage3 = lay.sharding == "zero3"
     W_tr = p.trainable * tb
-    W_fr = p.stored_bytes - W_tr
-
-    # 2. Sharding (Rajbhandari et al. 2020, ZeRO, Fig. 1: stage 1 partitions optimizer state,
-    #    stage 2 also gradients, stage 3 also parameters; FSDP FULL_SHARD = stage 3 with fp32
-    #    sharded FlatParameters, Zhao et al. 2023 section 3).
-    host = 0.0
-    copies = 0.0  # autocast's bf16 weight copies kept for backward (torch AMP, none/ddp)
-    comm = 0.0
-    largest_layer = p.largest_layer_params
-    if lay.sharding in ("none", "ddp"):
-        weights = W_tr + W_fr
-        grads = trainable * tb
-        master = 0.0
-        if mixed:
-            # torch.autocast caches the low-precision cast of every leaf weight that requires grad
-            # until the forward ends (aten/src/ATen/autocast_mode.cpp, cached_cast).
-            copies = p.autocast_cast_params * c
-        if lay.sharding == "ddp":
-            # DDP's reducer keeps flat bucket buffers the size of all gradients
-            # (torch/nn/parallel/distributed.py, gradient_as_bucket_view=False by default).
-            comm = trainable * tb
-    elif lay.zero:
-        # DeepSpeed bf16/fp16: working weights and gradients in the compute dtype, fp32 master
-        # weights and fp32 gradient partitions for the optimizer (deepspeed/runtime/zero/stage_1_and_2.py
-        # single_partition_of_fp32_groups; stage3.py fp32_partitioned_groups_flat).
-        wt = c if mixed else tb
-        stage3 = lay.sharding == "zero3"
-        weights = W_fr + p.trainable * wt
-        if stage3:
-            weights = weights / N
-        master = (4 * trainable / N) if mixed else 0.0
-        # Stage 3 builds the fp32 gradient one optimizer sub-group at a time (sub_group_size
-        # defaults to 1e9 elements, deepspeed/runtime/zero/config.py).
-        part = _num.minimum(trainable / N, 1e9) if stage3 else trainable / N
-        fp32_grad_part = 4 * part if mixed else 0.0
-        if lay.sharding == "zero1":
-            grads = trainable * wt + fp32_grad_part
-        else:
-            grads = trainable * wt / N + fp32_grad_part
-        opt_dev = opt_dev / N
-        paged = paged / N
-        # HF's "auto" DeepSpeed config: reduce_bucket_size = h^2, stage3_prefetch_bucket_size = 0.9 h^2
-        # (transformers/integrations/deepspeed.py); stage 3 also holds the gathered layer in flight
-        # and the prefetched next one.
-        bucket = _num.minimum(h * h, trainable + 1)
-        comm = c * 2 * bucket
-        if stage3:
-            comm = comm + c * (2 * largest_layer + 0.9 * h * h)
-        if lay.cpu_offload:
-            host = host + master + opt_dev + paged + fp32_grad_part
-            grads = grads - fp32_grad_part
-            master = 0.0
-            opt_dev = 0.0
-            paged = 0.0
-            if stage3:
-                host = host + weights
-                weights = 0.0
-        extra = extra / N if stage3 else extra
-    else:  # fsdp
-        weights = (W_tr + W_fr) / N
-        grads = trainable * tb / N
-        master = 0.0
-        opt_dev = opt_dev / N
-        paged = paged / N
-        # Unsharded parameters in the compute dtype: the root unit (embeddings, lm_head) stays
-        # gathered between forward and backward, plus the current and the prefetched layer, plus
-        # the unsharded gradient of the layer being reduce-scattered (torch/distributed/fsdp).
-        trained_share = _num.minimum(1.0, p.trainable / arch.total_params)
-        comm = c * (p.root_params + 2 * largest_layer) + c * largest_layer * trained_share
-        extra = extra / N
-        if lay.cpu_offload:
-            host = host + weights + grads + opt_dev + paged
-            weights = 0.0
-            grads = 0.0
-            opt_dev = 0.0
-            paged = 0.0
-
-    if lay.hardware.vendor == "cpu":
-        opt_dev = opt_dev + paged  # no unified memory to page into on the host
-        paged = 0.0
-
-    # 3. Tokens on one GPU per micro-batch.
-    seqs = plan.micro_batch_size * obj.sequences_per_example
-    S = plan.seq_len
-    T = seqs * S
-    if obj.generation:
-        T_loss = seqs * plan.rl_max_new_tokens
+    weights = p.stored_bytes - W_tr + p.trainable * wt
+    if stage3:
+        weights = weights / N
+    master = (4 * trainable / N) if mixed else 0.0
+    # Stage 3 builds the fp32 gradient one optimizer sub-group at a time (sub_group_size defaults to
+    # 1e9 elements, deepspeed/runtime/zero/config.py).
+    part = _num.minimum(trainable / N, 1e9) if stage3 else trainable / N
+    fp32_grad_part = 4 * part if mixed else 0.0
+    if lay.sharding == "zero1":
+        grads = trainable * wt + fp32_grad_part
     else:
-        T_loss = T
+        grads = trainable * wt / N + fp32_grad_part
+    # HF's "auto" DeepSpeed config: reduce_bucket_size = h^2, stage3_prefetch_bucket_size = 0.9 h^2
+    # (transformers/integrations/deepspeed.py); stage 3 also holds the gathered layer in flight and
+    # the prefetched next one.
+    bucket = _num.minimum(h * h, trainable + 1)
+    comm = c * 2 * bucket
+    if stage3:
+        comm = comm + c * (2 * p.largest_layer_params + 0.9 * h * h)
+    st = _States(weights=weights, grads=grads, master=master, opt_dev=opt_dev / N, paged=paged / N, comm=comm,
+                 extra=cp.extra / N if stage3 else cp.extra)
+    if lay.cpu_offload:
+        st.host = st.master + st.opt_dev + st.paged + fp32_grad_part
+        st.grads = st.grads - fp32_grad_part
+        st.master = st.opt_dev = st.paged = 0.0
+        if stage3:
+            st.host = st.host + st.weights
+            st.weights = 0.0
+    return st
 
-    # 4. Activations (see activation_coefficients).
+
+def _fsdp_states(lay: Layout, plan, p: Params, cp: _Copies, opt_dev, paged) -> _States:
+    """FSDP FULL_SHARD (= stage 3 with fp32 sharded FlatParameters, Zhao et al. 2023 section 3),
+    with optional CPU offload."""
+    c, tb, N = lay.c, lay.trainable_bytes, plan.num_gpus
+    # Unsharded parameters in the compute dtype: the root unit (embeddings, lm_head) stays gathered
+    # between forward and backward, plus the current and the prefetched layer, plus the unsharded
+    # gradient of the layer being reduce-scattered (torch/distributed/fsdp).
+    largest_layer = p.largest_layer_params
+    trained_share = _num.minimum(1.0, p.trainable / lay.arch.total_params)
+    comm = c * (p.root_params + 2 * largest_layer) + c * largest_layer * trained_share
+    st = _States(weights=p.stored_bytes / N, grads=cp.trainable * tb / N, master=0.0, opt_dev=opt_dev / N,
+                 paged=paged / N, comm=comm, extra=cp.extra / N)
+    if lay.cpu_offload:
+        st.host = st.weights + st.grads + st.opt_dev + st.paged
+        st.weights = st.grads = st.opt_dev = st.paged = 0.0
+    return st
+
+
+def _sharded_states(lay: Layout, plan, p: Params, cp: _Copies) -> _States:
+    """2. Model states per GPU: weights, gradients, master weights, optimizer state (the value
+    model's included), communication buffers, frozen models, and what is offloaded to the host."""
+    opt_dev, paged = optimizer_state_bytes(lay, p)
+    opt_dev, paged = opt_dev * (1 + cp.share), paged * (1 + cp.share)
+    if lay.sharding in ("none", "ddp"):
+        st = _replicated_states(lay, plan, p, cp, opt_dev, paged)
+    elif lay.zero:
+        st = _zero_states(lay, plan, p, cp, opt_dev, paged)
+    else:
+        st = _fsdp_states(lay, plan, p, cp, opt_dev, paged)
+    if lay.hardware.vendor == "cpu":
+        st.opt_dev = st.opt_dev + st.paged  # no unified memory to page into on the host
+        st.paged = 0.0
+    return st
+
+
+def _activations(lay: Layout, plan, T, S, copies_trained):
+    """4. Bytes kept for backward (see activation_coefficients): under checkpointing each layer's
+    input plus, in backward, one recomputed layer; otherwise every layer's saved set. Returns
+    (saved, recomputed layer, gradient working set)."""
+    arch = lay.arch
+    L = arch.num_layers
     k = activation_coefficients(lay)
-    r = plan.lora_r
     n_moe = arch.num_moe_layers
     n_dense = L - n_moe
-    layer_terms = k.per_layer_seq * S + k.per_layer_r * r
+    layer_terms = k.per_layer_seq * S + k.per_layer_r * plan.lora_r
     added = lay.technique.method.added(lay, plan)
     added_saved = added.saved_per_token if added.layers else 0.0  # per carrying layer (adapters, memory experts)
     layer_max = (k.per_layer_moe if n_moe else k.per_layer_dense) + layer_terms + added_saved
@@ -830,50 +860,87 @@ def evaluate(lay: Layout, plan) -> Evaluation:
                      + added.layers * added_saved + k.top)
         recompute = 0.0
     saved = saved * copies_trained  # PPO runs the value model's forward on the same tokens
-    bws = T * k.backward_ws
+    return saved, recompute, T * k.backward_ws
 
-    # 5. Logits and loss (see loss_logits_bytes).
-    logits_total = loss_logits_bytes(lay, T, T_loss)
 
-    # 6. Transient workspaces: bitsandbytes dequantizes one 4/8-bit weight to the compute dtype
-    #    per matmul (bitsandbytes/autograd/_functions.py MatMul4Bit); peft's DoRA forms the
-    #    full weight W + s*BA in fp32 to take its column norm (peft/tuners/lora/dora.py).
+def _workspace_bytes(lay: Layout, p: Params):
+    """6. Transient workspaces: bitsandbytes dequantizes one 4/8-bit weight to the compute dtype per
+    matmul (bitsandbytes/autograd/_functions.py MatMul4Bit); peft's DoRA forms the full weight
+    W + s*BA in fp32 to take its column norm (peft/tuners/lora/dora.py) and pushes an in x in
+    identity through the LoRA matrices to form B @ A (get_weight_norm path; measured 392 MiB for
+    Llama-8B's down_proj)."""
+    c = lay.c
     qws = p.quant_largest_linear * c
     if lay.technique.method.dora:
         big = max((r_.spec.in_features * r_.spec.out_features for r_ in lay.roles if r_.adapted), default=0)
-        # ... and pushes an in x in identity through the LoRA matrices to form B @ A
-        # (peft/tuners/lora/dora.py get_weight_norm path; measured 392 MiB for Llama-8B's down_proj)
         eye = max((r_.spec.in_features ** 2 for r_ in lay.roles if r_.adapted), default=0)
         qws = qws + big * 8 + eye * c
+    return qws
+
+
+def _generation_phase(lay: Layout, plan, static: dict, zero: dict, qws) -> dict:
+    """Generation (PPO/GRPO): KV cache of the rollout batch, 2 * L * kv * d per token in the compute
+    dtype (Pope et al. 2022, "Efficiently Scaling Transformer Inference", section 2; transformers
+    DynamicCache), plus per-step logits and sampling buffers. How many sequences are generated at
+    once is the objective's run shape (trl's GRPO: micro_batch x steps_per_generation; trl's PPO:
+    chunks of local_rollout_forward_batch_size = 64)."""
+    arch, obj, c = lay.arch, lay.technique.objective, lay.c
+    V, S = arch.vocab_size, plan.seq_len
+    B = obj.generation_batch(plan)
+    kv = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * c * B * S
+    gen_logits = B * V * (c + 4 + 4)
+    if obj.full_sequence_logits:
+        # scoring the rollouts (PPO): full-sequence logits and their log-softmax, no grad
+        gen_logits = _num.maximum(gen_logits, B * S * V * (c + 4))
+    g = dict(static, **zero)
+    g.update(generation_cache=kv, logits=gen_logits, quantization_workspace=qws)
+    return g
+
+
+def evaluate(lay: Layout, plan) -> Evaluation:
+    """Per-GPU bytes at each training phase. ``plan`` is a TrainingPlan or any object with the
+    same numeric attributes (possibly numpy arrays)."""
+    arch, obj = lay.arch, lay.technique.objective
+    tb, N = lay.trainable_bytes, plan.num_gpus
+    p = count_params(lay, plan)
+    cp = _model_copies(lay, plan, p)
+    st = _sharded_states(lay, plan, p, cp)
+
+    # 3. Tokens on one GPU per micro-batch.
+    S = plan.seq_len
+    T = plan.micro_batch_size * obj.sequences_per_example * S
+    T_loss = plan.micro_batch_size * obj.sequences_per_example * plan.rl_max_new_tokens if obj.generation else T
+
+    saved, recompute, bws = _activations(lay, plan, T, S, cp.copies_trained)
+    logits_total = loss_logits_bytes(lay, T, T_loss)  # 5. (see loss_logits_bytes)
+    qws = _workspace_bytes(lay, p)
 
     # 7. Gradients alive during backward: with accumulation the previous micro-batches'
     #    gradients; otherwise the first gradient backward allocates, the lm_head's (V x h).
     head_grad = (arch.lm_head_params or arch.embedding_params) * tb if lay.lm_head_trained else 0.0
     if lay.sharding in ("zero2", "zero3", "fsdp"):
         head_grad = head_grad / N
-    head_grad = _num.minimum(head_grad, grads)
+    head_grad = _num.minimum(head_grad, st.grads)
 
     framework = FRAMEWORK_OVERHEAD_BYTES_GPU if lay.hardware.vendor != "cpu" else 0.0
-
     static = dict(
-        weights=weights, optimizer_state=opt_dev, master_weights=master, extra_models=extra,
-        communication=comm, framework_overhead=framework,
+        weights=st.weights, optimizer_state=st.opt_dev, master_weights=st.master, extra_models=st.extra,
+        communication=st.comm, framework_overhead=framework,
     )
     zero = dict(gradients=0.0, activations=0.0, logits=0.0, generation_cache=0.0, quantization_workspace=0.0)
 
-    # Peak of forward+backward: all saved activations, then either the loss' logits tensors
-    # (at the end of forward) or the recomputed layer and the gradient working set (in backward).
-    logits_branch = logits_total
-    # The lm_head's gradient appears only after the loss' backward has released the logits.
+    # Peak of forward+backward: all saved activations, then either the loss' logits tensors (at the
+    # end of forward) or the recomputed layer and the gradient working set (in backward). The
+    # lm_head's gradient appears only after the loss' backward has released the logits.
     act_branch = recompute + bws + head_grad
-    use_logits = logits_branch >= act_branch
-    grads_fb = _num.where(plan.gradient_accumulation_steps > 1, grads, _num.where(use_logits, 0.0, head_grad))
+    use_logits = logits_total >= act_branch
+    grads_fb = _num.where(plan.gradient_accumulation_steps > 1, st.grads, _num.where(use_logits, 0.0, head_grad))
     fb = dict(static, **zero)
     fb.update(
         gradients=grads_fb,
-        master_weights=master + copies,
+        master_weights=st.master + st.copies,
         activations=saved + _num.where(use_logits, 0.0, recompute + bws),
-        logits=_num.where(use_logits, logits_branch, 0.0),
+        logits=_num.where(use_logits, logits_total, 0.0),
         quantization_workspace=qws,
     )
     phases = {"forward_backward": fb}
@@ -882,24 +949,11 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     # bitsandbytes kernels update in place; Adafactor/SGD's per-tensor path allocates about two
     # fp32 copies of the largest tensor).
     step_tmp = 2 * 4 * p.largest_trainable if lay.optimizer in ("adafactor", "sgd") else 0.0
-    st = dict(static, **zero)
-    st.update(gradients=grads, activations=step_tmp)
-    phases["optimizer_step"] = st
+    opt_phase = dict(static, **zero)
+    opt_phase.update(gradients=st.grads, activations=step_tmp)
+    phases["optimizer_step"] = opt_phase
 
-    # Generation (PPO/GRPO): KV cache of the rollout batch, 2 * L * kv * d per token in the
-    # compute dtype (Pope et al. 2022, "Efficiently Scaling Transformer Inference", section 2;
-    # transformers DynamicCache), plus per-step logits and sampling buffers. trl's GRPO
-    # generates micro_batch x steps_per_generation (= gradient_accumulation_steps) completions at
-    # once; trl's PPO generates and scores in chunks of local_rollout_forward_batch_size = 64.
     if obj.generation:
-        B = obj.generation_batch(plan)  # the objective's run shape (ftadvisor/techniques/<objective>.py)
-        kv = 2 * L * arch.num_kv_heads * arch.head_dim * c * B * S
-        gen_logits = B * V * (c + 4 + 4)
-        if obj.full_sequence_logits:
-            # scoring the rollouts (PPO): full-sequence logits and their log-softmax, no grad
-            gen_logits = _num.maximum(gen_logits, B * S * V * (c + 4))
-        g = dict(static, **zero)
-        g.update(generation_cache=kv, logits=gen_logits, quantization_workspace=qws)
-        phases["generation"] = g
+        phases["generation"] = _generation_phase(lay, plan, static, zero, qws)
 
-    return Evaluation(phases=phases, params=p, trainable_params=trainable, paged_bytes=paged, host_bytes=host)
+    return Evaluation(phases=phases, params=p, trainable_params=cp.trainable, paged_bytes=st.paged, host_bytes=st.host)

@@ -26,6 +26,9 @@ KNOBS = [
     dict(num_gpus=4, sharding="fsdp", cpu_offload=True, attention="eager", seq_len=512),
     dict(num_gpus=2, sharding="ddp", optimizer="paged_adamw_8bit", lora_dropout=0.1),
     dict(seq_len=2048, rl_max_new_tokens=256, grpo_beta=0.04, dpo_precompute_ref=True, sft_chunked_loss=False),
+    dict(num_gpus=4, sharding="zero1", precision="fp32", optimizer="adafactor"),
+    dict(num_gpus=16, num_nodes=2, sharding="zero2", cpu_offload=True, optimizer="sgd", lamini_layers=2),
+    dict(num_gpus=8, sharding="zero3", cpu_offload=True, adapter_bottleneck=16, micro_batch_size=2),
 ]
 
 
