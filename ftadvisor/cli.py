@@ -99,75 +99,60 @@ def _flat_row(est) -> dict[str, Any]:
     return row
 
 
-@app.command()
-def estimate(
-    model: str = typer.Option("llama-3.1-8b", "--model", "-m", help="Profile id, HF id, config.json path or directory."),
-    gpu: str = typer.Option("rtx4090-24gb", "--gpu", "-g", help="Hardware profile id or alias (h100, a100, rtx4090 ...)."),
-    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", "-n", help="GPUs in total."),
-    technique: list[str] = typer.Option(["all"], "--technique", "-t", help="Technique(s), e.g. lora, dpo+qlora; 'all' compares every one."),
-    sets: list[str] = typer.Option([], "--set", "-s", help="Plan field=value (repeatable), e.g. seq_len=4096."),
-    plan: Optional[Path] = typer.Option(None, "--plan", help="YAML file of plan fields (may also hold model, gpu, technique)."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON (a list of estimates)."),
-    as_csv: bool = typer.Option(False, "--csv", help="One CSV row per technique."),
-    goal: Optional[str] = typer.Option(None, "--goal", help="Task family for the quality column: chat, domain, code, math, preference, rl, facts."),
-    examples: Optional[int] = typer.Option(None, "--data-examples", help="Training examples (for time and cost)."),
-    avg_tokens: Optional[float] = typer.Option(None, "--avg-tokens", help="Average tokens per example."),
-    dataset_tokens: Optional[float] = typer.Option(None, "--data-tokens", help="Total training tokens (instead of examples)."),
-    epochs: float = typer.Option(1.0, "--epochs"),
-    price: Optional[float] = typer.Option(None, "--price", help="Your price per GPU-hour in USD (overrides the profile default)."),
-) -> None:
-    """Peak memory per GPU for each technique (breakdown, fits or not), throughput, and with a
-    dataset size and goal also time, cost and expected quality."""
-    from ftadvisor.estimator import estimate as run_estimate
-    from ftadvisor.profiles import resolve_hardware, resolve_model
+def _technique_names(technique: list[str], mp) -> list[str]:
+    """The techniques asked for: comma-separated lists, ``all`` = every one the model allows."""
     from ftadvisor.techniques import techniques_for
 
-    try:
-        fields: dict[str, Any] = {}
-        if plan is not None:
-            fields.update(_load_plan_file(plan))
-            model = fields.pop("model", model)
-            gpu = fields.pop("gpu", fields.pop("hardware", gpu))
-            if "technique" in fields and technique == ["all"]:
-                technique = [fields.pop("technique")]
-            fields.pop("technique", None)
-        fields.update(_parse_sets(sets))
-        if num_gpus is not None:
-            fields["num_gpus"] = num_gpus
-        mp = resolve_model(model)
-        hw = resolve_hardware(gpu)
-        names: list[str] = []
-        for t in technique:
-            for part in t.split(","):
-                part = part.strip()
-                if part == "all":
-                    names += techniques_for(mp.arch)
-                elif part:
-                    names.append(part)
-        extra = dict(with_speed=True, goal=goal, examples=examples, avg_tokens=avg_tokens,
-                     dataset_tokens=dataset_tokens, epochs=epochs, hourly_price_usd=price)
-        results = [run_estimate(mp, hw, name, **extra, **fields) for name in names]
-    except FtAdvisorError as err:
-        _fail(err)
-        return
+    names: list[str] = []
+    for t in technique:
+        for part in t.split(","):
+            part = part.strip()
+            if part == "all":
+                names += techniques_for(mp.arch)
+            elif part:
+                names.append(part)
+    return names
 
-    if as_json:
-        typer.echo(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
-        return
-    if as_csv:
-        import csv
 
-        rows = [_flat_row(r) for r in results]
-        w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-        return
+def _run_estimates(model: str, gpu: str, num_gpus: int | None, technique: list[str], sets: list[str],
+                   plan: Path | None, extra: dict[str, Any]) -> tuple[Any, Any, list]:
+    """(model profile, hardware profile, one estimate per technique): the plan file's fields (it may
+    also name the model, gpu and technique), then ``--set`` fields, then ``--num-gpus``."""
+    from ftadvisor.estimator import estimate as run_estimate
+    from ftadvisor.profiles import resolve_hardware, resolve_model
 
-    from rich.console import Console
+    fields: dict[str, Any] = {}
+    if plan is not None:
+        fields.update(_load_plan_file(plan))
+        model = fields.pop("model", model)
+        gpu = fields.pop("gpu", fields.pop("hardware", gpu))
+        if "technique" in fields and technique == ["all"]:
+            technique = [fields.pop("technique")]
+        fields.pop("technique", None)
+    fields.update(_parse_sets(sets))
+    if num_gpus is not None:
+        fields["num_gpus"] = num_gpus
+    mp = resolve_model(model)
+    hw = resolve_hardware(gpu)
+    names = _technique_names(technique, mp)
+    return mp, hw, [run_estimate(mp, hw, name, **extra, **fields) for name in names]
+
+
+def _echo_csv(results: list) -> None:
+    import csv
+
+    rows = [_flat_row(r) for r in results]
+    w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+
+
+def _estimate_table(mp, hw, results: list):
+    """The comparison table: one row per technique; trainable and largest part only when no time or
+    quality columns are shown (the table stays within 80 columns)."""
     from rich.table import Table
 
     first = results[0]
-    cap = hw.memory_bytes
     title = (
         f"{mp.name} ({first.total_params / 1e9:.2f}B) on {first.plan.num_gpus}× {hw.name}\n"
         f"seq {first.plan.seq_len}, micro-batch {first.plan.micro_batch_size}, {first.plan.precision}, "
@@ -193,26 +178,32 @@ def estimate(
     if rated:
         table.add_column("quality", no_wrap=True)
     for r in results:
-        m = r.memory
-        tr = r.trainable_params
-        row = [r.technique]
-        if not compact:
-            row.append(f"{tr / 1e9:.2f}B" if tr >= 1e9 else f"{tr / 1e6:.1f}M")
-        row += [f"{m.device_total_bytes / GIB:.1f}", _bar(m.device_total_bytes / cap, 8),
-                "[green]yes[/]" if r.fits else "[red]no[/]"]
-        if not compact:
-            row.append(_largest(r))
-        row.append(f"{r.speed.tokens_per_second_total:,.0f}" if r.speed else "-")
-        if timed:
-            tc = r.time_cost
-            row += [_hours(tc.wall_clock_hours) if tc else "-",
-                    f"${tc.cost_usd:,.0f}" if tc and tc.cost_usd is not None else "-"]
-        if rated:
-            q = r.quality
-            row.append(("n/a" if not q.applicable else f"{q.relative_to_full:.2f} {q.low:.2f}-{q.high:.2f}") if q else "-")
-        table.add_row(*row)
-    console = Console()
-    console.print(table)
+        table.add_row(*_estimate_row(r, hw.memory_bytes, compact, timed, rated))
+    return table
+
+
+def _estimate_row(r, cap: float, compact: bool, timed: bool, rated: bool) -> list[str]:
+    m = r.memory
+    tr = r.trainable_params
+    row = [r.technique]
+    if not compact:
+        row.append(f"{tr / 1e9:.2f}B" if tr >= 1e9 else f"{tr / 1e6:.1f}M")
+    row += [f"{m.device_total_bytes / GIB:.1f}", _bar(m.device_total_bytes / cap, 8),
+            "[green]yes[/]" if r.fits else "[red]no[/]"]
+    if not compact:
+        row.append(_largest(r))
+    row.append(f"{r.speed.tokens_per_second_total:,.0f}" if r.speed else "-")
+    if timed:
+        tc = r.time_cost
+        row += [_hours(tc.wall_clock_hours) if tc else "-",
+                f"${tc.cost_usd:,.0f}" if tc and tc.cost_usd is not None else "-"]
+    if rated:
+        q = r.quality
+        row.append(("n/a" if not q.applicable else f"{q.relative_to_full:.2f} {q.low:.2f}-{q.high:.2f}") if q else "-")
+    return row
+
+
+def _print_estimate_notes(console, hw, results: list) -> None:
     warned = {w for r in results for w in r.warnings}
     for w in sorted(warned):
         console.print(f"[yellow]note:[/] {w}")
@@ -222,6 +213,47 @@ def estimate(
                       "applied (see --json 'corrections'; calibrated=False in the API for the bare model)")
     console.print("[dim]Change knobs with --set field=value (seq_len, micro_batch_size, gradient_checkpointing, lora_r, "
                   "sharding, optimizer ...); --json for the full breakdown.[/]")
+
+
+@app.command()
+def estimate(
+    model: str = typer.Option("llama-3.1-8b", "--model", "-m", help="Profile id, HF id, config.json path or directory."),
+    gpu: str = typer.Option("rtx4090-24gb", "--gpu", "-g", help="Hardware profile id or alias (h100, a100, rtx4090 ...)."),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", "-n", help="GPUs in total."),
+    technique: list[str] = typer.Option(["all"], "--technique", "-t", help="Technique(s), e.g. lora, dpo+qlora; 'all' compares every one."),
+    sets: list[str] = typer.Option([], "--set", "-s", help="Plan field=value (repeatable), e.g. seq_len=4096."),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="YAML file of plan fields (may also hold model, gpu, technique)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON (a list of estimates)."),
+    as_csv: bool = typer.Option(False, "--csv", help="One CSV row per technique."),
+    goal: Optional[str] = typer.Option(None, "--goal", help="Task family for the quality column: chat, domain, code, math, preference, rl, facts."),
+    examples: Optional[int] = typer.Option(None, "--data-examples", help="Training examples (for time and cost)."),
+    avg_tokens: Optional[float] = typer.Option(None, "--avg-tokens", help="Average tokens per example."),
+    dataset_tokens: Optional[float] = typer.Option(None, "--data-tokens", help="Total training tokens (instead of examples)."),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    price: Optional[float] = typer.Option(None, "--price", help="Your price per GPU-hour in USD (overrides the profile default)."),
+) -> None:
+    """Peak memory per GPU for each technique (breakdown, fits or not), throughput, and with a
+    dataset size and goal also time, cost and expected quality."""
+    try:
+        extra = dict(with_speed=True, goal=goal, examples=examples, avg_tokens=avg_tokens,
+                     dataset_tokens=dataset_tokens, epochs=epochs, hourly_price_usd=price)
+        mp, hw, results = _run_estimates(model, gpu, num_gpus, technique, sets, plan, extra)
+    except FtAdvisorError as err:
+        _fail(err)
+        return
+
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
+        return
+    if as_csv:
+        _echo_csv(results)
+        return
+
+    from rich.console import Console
+
+    console = Console()
+    console.print(_estimate_table(mp, hw, results))
+    _print_estimate_notes(console, hw, results)
 
 
 @app.command()

@@ -680,16 +680,9 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
-@lru_cache(maxsize=16384)
-def _estimate(objective: str, method: str, name: str, task: str, regime: str | None, examples: int | None,
-              lora_r: int | None, total_params: int | None, quantization: str | None,
-              targets: tuple[str, ...]) -> QualityEstimate:
-    ev = evidence()
-    m = METHODS[method]
-    obj = OBJECTIVES[objective]
-    acc = _Acc()
-
-    # data regime
+def _data_regime(ev: Evidence, regime: str | None, examples: int | None) -> tuple[str, bool]:
+    """(regime, assumed): the one derived from ``examples`` (a given regime must agree), else the
+    given one, else medium (assumed)."""
     if examples is not None:
         derived = regime_for(examples)
         if regime is not None and regime != derived:
@@ -701,56 +694,47 @@ def _estimate(objective: str, method: str, name: str, task: str, regime: str | N
             )
         regime = derived
     assumed = regime is None
-    regime = regime or "medium"
+    return regime or "medium", assumed
 
-    # quantized base (same rules as the memory model)
+
+def _base_quantization(m, method: str, quantization: str | None) -> str:
+    """The frozen base's storage (same rules as the memory model)."""
     quant = quantization if quantization is not None else m.default_quantization
     if quant != "none" and not m.peft:
         raise FtAdvisorError("quantization", f"{quant} stores a frozen base; {method} trains the base weights", ["none"])
     if quant == "none" and m.quantized_base:
         raise FtAdvisorError("quantization", f"{method} means a quantized base", ["nf4", "int8"])
+    return quant
 
-    rank = None
-    if m.uses_rank:
-        rank = lora_r if lora_r is not None else 16  # TrainingPlan's default lora_r
-        if lora_r is None and m.rank_matters(task):
-            acc.notes.append("Rank not given: r=16 assumed.")
-    tkind = _targets_kind(targets) if m.lora else "all"
 
-    ref = REFERENCE_OBJECTIVE.get(task, "sft")
-    applicable = True
-    head = [f"Reference (= 1.0): full fine-tuning with {ref.upper()} on this task."]
-    if assumed:
-        head.append("Data size not given: medium regime assumed.")
+def _not_applicable(ev: Evidence, m, obj, objective: str, name: str, task: str, regime: str) -> QualityEstimate:
+    """An objective that cannot learn the target (a preference or reward objective on a corpus or a
+    fact list): nothing is learned towards it (0); retention as usual."""
+    fig = ev.figures[obj.definition_figure]
+    r_point, r_low, r_high, _r_strength, r_cites, _ = _retention(ev, m, obj, task)
+    what = "a domain corpus" if task == "domain" else "a fixed fact list"
+    notes = (f"Not applicable: {objective.upper()} optimises preferences or a reward, so it does not fit {what}; "
+             f"nothing is learned towards the target (0). Train with SFT (continued pretraining) instead.")
+    return QualityEstimate(
+        technique=name, task=task, data_regime=regime, applicable=False, relative_to_full=0.0, low=0.0, high=0.0,
+        retention=round(r_point, 3), retention_low=round(r_low, 3), retention_high=round(r_high, 3),
+        sources=_dedupe([fig.citation, *r_cites]), notes=notes, evidence_strength="strong",
+    )
 
-    # an objective that cannot learn the target
-    if not obj.learns_corpus() and task in ("domain", "facts"):
-        fig = ev.figures[obj.definition_figure]
-        r_point, r_low, r_high, _r_strength, r_cites, _ = _retention(ev, m, obj, task)
-        what = "a domain corpus" if task == "domain" else "a fixed fact list"
-        notes = (f"Not applicable: {objective.upper()} optimises preferences or a reward, so it does not fit {what}; "
-                 f"nothing is learned towards the target (0). Train with SFT (continued pretraining) instead.")
-        return QualityEstimate(
-            technique=name, task=task, data_regime=regime, applicable=False, relative_to_full=0.0, low=0.0, high=0.0,
-            retention=round(r_point, 3), retention_low=round(r_low, 3), retention_high=round(r_high, 3),
-            sources=_dedupe([fig.citation, *r_cites]), notes=notes, evidence_strength="strong",
-        )
-    if not obj.applicable(task):
-        applicable = False
 
-    draft = _Draft(ev, acc, task, regime, rank, tkind, total_params)
-    obj.quality_terms(draft)
-    n_objective = len(acc.terms)
-    _method_terms(ev, draft, m, obj, quant)
+def _size_warnings(ev: Evidence, acc: _Acc, total_params: int | None) -> None:
+    """Thin evidence: the model's size is outside what a factor's figures cover."""
+    if total_params is None:
+        return
+    billions = total_params / 1e9
+    for t in acc.terms:
+        if t.params_b and not (min(t.params_b) / ev.size_tolerance <= billions <= max(t.params_b) * ev.size_tolerance):
+            acc.weak.append(f"{t.label}: measured on {_span(t.params_b)} parameters, the model has {billions:.3g}B")
 
-    # model size outside what a factor's figures cover
-    if total_params is not None:
-        billions = total_params / 1e9
-        for t in acc.terms:
-            if t.params_b and not (min(t.params_b) / ev.size_tolerance <= billions <= max(t.params_b) * ev.size_tolerance):
-                acc.weak.append(f"{t.label}: measured on {_span(t.params_b)} parameters, the model has {billions:.3g}B")
 
-    # compose
+def _compose(ev: Evidence, acc: _Acc) -> tuple[float, float, float, int]:
+    """(point, low, high, strength): the factors multiply, and so do their ranges; range-only
+    evidence moves the ends; thin evidence widens the range by ``halfwidth`` each side."""
     point = low = high = 1.0
     strength = acc.cap
     for t in acc.terms:
@@ -767,8 +751,12 @@ def _estimate(objective: str, method: str, name: str, task: str, regime: str | N
         strength = 0
     low = min(max(low, 0.0), point)
     high = max(high, point)
+    return point, low, high, strength
 
-    # notes
+
+def _notes(ev: Evidence, acc: _Acc, head: list[str], n_objective: int, retention: tuple) -> str:
+    """The estimate in words: the reference, each factor, how they combine, why the range is wide,
+    the factors' own notes and retention."""
     parts = []
     if acc.terms:
         parts.append("; ".join(f"{t.label}: {_fmt(t.point)}" for t in acc.terms) + ".")
@@ -781,11 +769,15 @@ def _estimate(objective: str, method: str, name: str, task: str, regime: str | N
         parts.append("This is the reference itself.")
     if acc.weak:
         parts.append(f"Range widened by {_fmt(ev.halfwidth)} each side for thin evidence: " + "; ".join(acc.weak) + ".")
-    r_point, r_low, r_high, _r_strength, r_cites, r_weak = _retention(ev, m, obj, task)
+    r_point, r_low, r_high, _r_strength, _r_cites, r_weak = retention
     retention_note = f"Retention {_fmt(r_point)} ({_fmt(r_low)}-{_fmt(r_high)}) from Biderman et al.'s forgetting metric"
     retention_note += " (widened: " + "; ".join(r_weak) + ")." if r_weak else "."
-    notes = " ".join(head + parts + acc.notes + [retention_note])
+    return " ".join(head + parts + acc.notes + [retention_note])
 
+
+def _citations(ev: Evidence, acc: _Acc, r_cites: list[Citation], examples: int | None) -> tuple[Citation, ...]:
+    """Every factor's citations, range-only evidence, retention, and the regime thresholds' sources
+    when the regime was derived from an example count."""
     cites: list[Citation] = []
     for t in acc.terms:
         cites.extend(t.cites)
@@ -793,11 +785,56 @@ def _estimate(objective: str, method: str, name: str, task: str, regime: str | N
     cites.extend(r_cites)
     if examples is not None:
         cites.extend(ev.regime_cites)
+    return _dedupe(cites)
+
+
+@lru_cache(maxsize=16384)
+def _estimate(objective: str, method: str, name: str, task: str, regime: str | None, examples: int | None,
+              lora_r: int | None, total_params: int | None, quantization: str | None,
+              targets: tuple[str, ...]) -> QualityEstimate:
+    ev = evidence()
+    m = METHODS[method]
+    obj = OBJECTIVES[objective]
+    acc = _Acc()
+    # data regime
+    regime, assumed = _data_regime(ev, regime, examples)
+    # quantized base (same rules as the memory model)
+    quant = _base_quantization(m, method, quantization)
+
+    rank = None
+    if m.uses_rank:
+        rank = lora_r if lora_r is not None else 16  # TrainingPlan's default lora_r
+        if lora_r is None and m.rank_matters(task):
+            acc.notes.append("Rank not given: r=16 assumed.")
+    tkind = _targets_kind(targets) if m.lora else "all"
+
+    ref = REFERENCE_OBJECTIVE.get(task, "sft")
+    head = [f"Reference (= 1.0): full fine-tuning with {ref.upper()} on this task."]
+    if assumed:
+        head.append("Data size not given: medium regime assumed.")
+
+    # an objective that cannot learn the target
+    if not obj.learns_corpus() and task in ("domain", "facts"):
+        return _not_applicable(ev, m, obj, objective, name, task, regime)
+    applicable = bool(obj.applicable(task))
+
+    draft = _Draft(ev, acc, task, regime, rank, tkind, total_params)
+    obj.quality_terms(draft)
+    n_objective = len(acc.terms)
+    _method_terms(ev, draft, m, obj, quant)
+    # model size outside what a factor's figures cover
+    _size_warnings(ev, acc, total_params)
+    # compose
+    point, low, high, strength = _compose(ev, acc)
+    # notes
+    retention = _retention(ev, m, obj, task)
+    notes = _notes(ev, acc, head, n_objective, retention)
+    r_point, r_low, r_high, _r_strength, r_cites, _r_weak = retention
     return QualityEstimate(
         technique=name, task=task, data_regime=regime, applicable=applicable,
         relative_to_full=round(point, 3), low=round(low, 3), high=round(high, 3),
         retention=round(r_point, 3), retention_low=round(r_low, 3), retention_high=round(r_high, 3),
-        sources=_dedupe(cites), notes=notes, evidence_strength=_STRENGTHS[strength],
+        sources=_citations(ev, acc, r_cites, examples), notes=notes, evidence_strength=_STRENGTHS[strength],
     )
 
 

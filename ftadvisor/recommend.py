@@ -24,13 +24,14 @@ How it searches (all through the same pure estimator the CLI uses):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
 from ftadvisor.errors import FtAdvisorError, check_size
 from ftadvisor.estimator import estimate, estimate_grid, make_plan
 from ftadvisor.profiles import resolve_hardware, resolve_model
-from ftadvisor.schema import Estimate, HardwareProfile, ModelProfile, TrainingPlan
+from ftadvisor.schema import Estimate, HardwareProfile, ModelProfile, SpeedEstimate, TrainingPlan
 from ftadvisor.techniques import METHODS, OBJECTIVES, Technique, parse_technique
 
 GIB = 2**30
@@ -207,6 +208,184 @@ def min_gpus(model, hardware, technique: str, max_gpus: int = 1024, gpus_per_nod
 # --- the search ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Question:
+    """What one :func:`recommend` call asks, as each technique's search reads it."""
+
+    mp: ModelProfile
+    hw: HardwareProfile
+    num_gpus: int
+    num_nodes: int
+    goal: str
+    data_kind: str
+    seq_len: int
+    rank: int
+    headroom: float
+    examples: int | None
+    avg_tokens: float | None
+    dataset_tokens: float | None
+    epochs: float
+    hourly_price_usd: float | None
+    budget_hours: float | None
+    budget_usd: float | None
+
+    @property
+    def sized(self) -> bool:
+        """A data size is given (time and cost can be computed)."""
+        return self.examples is not None or self.dataset_tokens is not None
+
+
+def _check_question(goal: str, data_kind: str | None, num_gpus: int, num_nodes: int, memory_headroom: float,
+                    sizes: dict[str, float | None], hourly_price_usd: float | None) -> str:
+    """Validate the inputs; returns the data kind (the goal's default when not given)."""
+    if goal not in GOALS:
+        raise FtAdvisorError("goal", f"unknown {goal!r}", GOALS)
+    data_kind = data_kind or DEFAULT_DATA[goal]
+    if data_kind not in DATA_KINDS:
+        raise FtAdvisorError("data_kind", f"unknown {data_kind!r}", DATA_KINDS)
+    for name, val in sizes.items():
+        check_size(name, val)
+    check_size("hourly_price_usd", hourly_price_usd, allow_zero=True)
+    if not 0 <= memory_headroom < 1:
+        raise FtAdvisorError("memory_headroom", "must be a fraction in [0, 1)")
+    if num_gpus < 1 or num_nodes < 1 or num_gpus % num_nodes:
+        raise FtAdvisorError("num_gpus", f"{num_gpus} GPUs cannot be split evenly over {num_nodes} nodes")
+    return data_kind
+
+
+def _technique_grids(q: _Question, tech: str, meth) -> list:
+    """Step 2: one grid per sharding over micro-batch x checkpointing x optimizer (x CPU offload)."""
+    grids = []
+    for sharding in _sharding_options(q.num_gpus):
+        grids.append(estimate_grid(
+            q.mp, q.hw, technique=tech, num_gpus=q.num_gpus, num_nodes=q.num_nodes, seq_len=q.seq_len,
+            micro_batch_size=list(MICRO_BATCHES), gradient_checkpointing=[False, True],
+            optimizer=list(meth.recommend_optimizers), sharding=sharding, lora_r=q.rank if meth.lora else 16,
+            # CPU offload exists for the sharded layouts only (ZeRO-Offload, FSDP CPUOffload)
+            cpu_offload=[False, True] if sharding in ("zero2", "zero3", "fsdp") else False,
+            # each micro-batch is evaluated at the accumulation it will run with (rows with
+            # another accumulation are dropped below): accumulation > 1 keeps the gradients
+            # alive across micro-batches, and GRPO/PPO generate micro-batch x accumulation
+            # completions at once
+            gradient_accumulation_steps=sorted({_accumulation(mb, q.num_gpus) for mb in MICRO_BATCHES}),
+        ))
+    return grids
+
+
+def _rejected(q: _Question, est: Estimate) -> RankedPlan:
+    """A technique that does not fit, with what would make it fit."""
+    return RankedPlan(rank=0, plan=est.plan, estimate=est, score=0.0,
+                      reasons=tuple(_why_not(q.mp, q.hw, est, q.headroom, q.num_gpus)))
+
+
+def _closest_miss(q: _Question, grids: list) -> RankedPlan:
+    """Step 4: the smallest configuration (at the accumulation it would run with), rejected."""
+    g, i = min(((g, i) for g in grids for i in _fitting_rows(g.columns, math.inf, q.num_gpus)),
+               key=lambda gi: gi[0].columns["device_total_bytes"][gi[1]])
+    return _rejected(q, g.estimate(i))
+
+
+def _fastest_fitting(q: _Question, candidates: list) -> tuple[TrainingPlan, SpeedEstimate] | None:
+    """Step 3: the fastest fitting configuration (plan, speed): shortest wall-clock time when the data
+    size is known (padding and the last partial step depend on the micro-batch), else most tokens/s."""
+    from ftadvisor.speed import estimate_speed, estimate_time_cost
+
+    ranked = []
+    for grid, i in candidates:
+        row = grid.row(i)
+        plan = make_plan(**{k: row[k] for k in TrainingPlan.model_fields if k in row})
+        sp = estimate_speed(q.mp, q.hw, plan)
+        if q.sized:
+            tc = estimate_time_cost(sp, q.hw, plan, dataset_tokens=q.dataset_tokens, examples=q.examples,
+                                    avg_tokens_per_example=q.avg_tokens if q.dataset_tokens is None else None,
+                                    epochs=q.epochs)
+            key = (tc.wall_clock_hours, -sp.tokens_per_second_total)
+        else:
+            key = (-sp.tokens_per_second_total,)
+        ranked.append((key, len(ranked), plan, sp))
+    ranked.sort(key=lambda t: t[:2])
+    for _, _, plan, sp in ranked:
+        # the grid and the single-plan estimate are the same model; check the chosen plan anyway
+        if _fits(estimate(q.mp, q.hw, plan=plan), q.headroom):
+            return plan, sp
+    return None
+
+
+def _plan_reasons(q: _Question, objective: str, meth, plan: TrainingPlan, est: Estimate,
+                  unquantized_fits: bool) -> list[str]:
+    """Why this plan: the data, the method's own reasons, the rank, the knobs, the quality."""
+    q_est = est.quality
+    reasons = [DATA_REASON[q.data_kind]] if not OBJECTIVES[objective].sft_loss or meth.reference_method else []
+    reasons += meth.recommend_reasons(_ReasonContext(q.mp, q.hw, est, unquantized_fits))
+    if meth.lora:
+        reasons.append(RANK_REASON[q.rank])
+    reasons.append(_knob_reason(plan, est, q.hw))
+    if q_est.notes:
+        reasons.append(f"quality {q_est.relative_to_full:.2f} of full FT ({q_est.low:.2f}–{q_est.high:.2f}): "
+                       f"{q_est.notes}")
+    return reasons
+
+
+def _over_budget(q: _Question, tc) -> list[str]:
+    """The budgets the plan breaks."""
+    over = []
+    if q.budget_hours is not None and tc is not None and tc.wall_clock_hours > q.budget_hours:
+        over.append(f"takes {tc.wall_clock_hours:.1f} h > budget {q.budget_hours:g} h")
+    if q.budget_usd is not None and tc is not None and tc.cost_usd is not None and tc.cost_usd > q.budget_usd:
+        over.append(f"costs ${tc.cost_usd:,.0f} > budget ${q.budget_usd:,.0f}")
+    return over
+
+
+def _search_technique(q: _Question, objective: str, method: str, best_fitting_by_method: dict[str, Estimate]
+                      ) -> tuple[tuple[float, float, RankedPlan] | None, RankedPlan | None]:
+    """Steps 2-4 for one technique: (kept as (quality, hours, plan), None) or (None, rejected)."""
+    tech = _technique_name(objective, method)
+    meth = METHODS[method]
+    grids = _technique_grids(q, tech, meth)
+    candidates = [(g, i) for g in grids
+                  for i in _fitting_rows(g.columns, q.hw.memory_bytes * (1 - q.headroom), q.num_gpus,
+                                         every_micro_batch=q.sized)]
+    if not candidates:
+        # closest miss: the smallest configuration (at the accumulation it would run with)
+        return None, _closest_miss(q, grids)
+    # the fastest fitting configuration: shortest wall-clock time when the data size is known
+    # (padding and the last partial step depend on the micro-batch), else most tokens/s
+    best = _fastest_fitting(q, candidates)
+    if best is None:
+        g, i = candidates[0]
+        return None, _rejected(q, g.estimate(i))
+    plan, sp = best
+    est = evaluate_plan(q.mp, q.hw, plan, goal=q.goal, examples=q.examples, avg_tokens=q.avg_tokens,
+                        dataset_tokens=q.dataset_tokens, epochs=q.epochs, hourly_price_usd=q.hourly_price_usd)
+    tc, qual = est.time_cost, est.quality
+    best_fitting_by_method[tech] = est
+    sibling = _technique_name(objective, meth.unquantized) if meth.unquantized else None
+    reasons = _plan_reasons(q, objective, meth, plan, est, sibling in best_fitting_by_method)
+    over = _over_budget(q, tc)
+    if over:
+        return None, RankedPlan(rank=0, plan=plan, estimate=est, score=0.0, reasons=tuple(over + reasons))
+    if not qual.applicable:
+        return None, RankedPlan(rank=0, plan=plan, estimate=est, score=0.0,
+                                reasons=(f"{tech} does not train on {q.data_kind} data for a {q.goal} goal",)
+                                + tuple(reasons))
+    hours = tc.wall_clock_hours if tc else 1 / max(sp.tokens_per_second_total, 1e-9)
+    return (qual.relative_to_full, hours, RankedPlan(rank=0, plan=plan, estimate=est, score=0.0,
+                                                     reasons=tuple(reasons))), None
+
+
+def _ranked(kept: list[tuple[float, float, RankedPlan]], quality_per_time_doubling: float,
+            top: int) -> tuple[RankedPlan, ...]:
+    """Step 3's score: expected quality minus ``quality_per_time_doubling`` per doubling of the
+    fastest plan's time; best first, ties to the faster plan, the first ``top``."""
+    fastest = min((h for _, h, _ in kept), default=1.0)
+    scored = []
+    for quality, hours, p in kept:
+        score = quality - quality_per_time_doubling * math.log2(hours / fastest)
+        scored.append((score, hours, p.model_copy(update={"score": round(score, 4)})))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    return tuple(p.model_copy(update={"rank": k + 1}) for k, (_, _, p) in enumerate(scored[:top]))
+
+
 def recommend(
     model: str | dict | ModelProfile,
     hardware: str | HardwareProfile,
@@ -228,22 +407,10 @@ def recommend(
     quality_per_time_doubling: float = 0.05,
 ) -> Recommendation:
     """Ranked fine-tuning plans for this model, hardware, goal and data (see the module docstring)."""
-    from ftadvisor.speed import estimate_speed, estimate_time_cost
-
-    if goal not in GOALS:
-        raise FtAdvisorError("goal", f"unknown {goal!r}", GOALS)
-    data_kind = data_kind or DEFAULT_DATA[goal]
-    if data_kind not in DATA_KINDS:
-        raise FtAdvisorError("data_kind", f"unknown {data_kind!r}", DATA_KINDS)
-    for name, val in (("examples", examples), ("avg_tokens", avg_tokens), ("dataset_tokens", dataset_tokens),
-                      ("epochs", epochs), ("budget_hours", budget_hours), ("budget_usd", budget_usd)):
-        check_size(name, val)
-    check_size("hourly_price_usd", hourly_price_usd, allow_zero=True)
-    if not 0 <= memory_headroom < 1:
-        raise FtAdvisorError("memory_headroom", "must be a fraction in [0, 1)")
-    if num_gpus < 1 or num_nodes < 1 or num_gpus % num_nodes:
-        raise FtAdvisorError("num_gpus", f"{num_gpus} GPUs cannot be split evenly over {num_nodes} nodes")
-
+    data_kind = _check_question(goal, data_kind, num_gpus, num_nodes, memory_headroom,
+                                {"examples": examples, "avg_tokens": avg_tokens, "dataset_tokens": dataset_tokens,
+                                 "epochs": epochs, "budget_hours": budget_hours, "budget_usd": budget_usd},
+                                hourly_price_usd)
     mp = resolve_model(model)
     hw = resolve_hardware(hardware)
     notes: list[str] = []
@@ -254,107 +421,23 @@ def recommend(
     if examples is not None and avg_tokens is None and dataset_tokens is None:
         notes.append(f"no average example length given: time and cost count every example as seq_len {S} "
                      "tokens (an upper bound); pass avg_tokens to refine")
-    r = RANK_FOR_GOAL[goal]
-    cap = hw.memory_bytes * (1 - memory_headroom)
-    sized = examples is not None or dataset_tokens is not None
+    q = _Question(mp, hw, num_gpus, num_nodes, goal, data_kind, S, RANK_FOR_GOAL[goal], memory_headroom,
+                  examples, avg_tokens, dataset_tokens, epochs, hourly_price_usd, budget_hours, budget_usd)
 
     kept: list[tuple[float, float, RankedPlan]] = []
     rejected: list[RankedPlan] = []
     best_fitting_by_method: dict[str, Estimate] = {}
-
+    # 1. the objectives the data allows, and the methods that go with each
     for objective in OBJECTIVES_FOR_DATA[data_kind]:
         for method in _methods_for(objective, data_kind, mp, goal):
-            tech = _technique_name(objective, method)
-            meth = METHODS[method]
-            lora_like = meth.lora
-            optimizers = list(meth.recommend_optimizers)
-            grids = []
-            for sharding in _sharding_options(num_gpus):
-                grids.append(estimate_grid(
-                    mp, hw, technique=tech, num_gpus=num_gpus, num_nodes=num_nodes, seq_len=S,
-                    micro_batch_size=list(MICRO_BATCHES), gradient_checkpointing=[False, True],
-                    optimizer=optimizers, sharding=sharding, lora_r=r if lora_like else 16,
-                    # CPU offload exists for the sharded layouts only (ZeRO-Offload, FSDP CPUOffload)
-                    cpu_offload=[False, True] if sharding in ("zero2", "zero3", "fsdp") else False,
-                    # each micro-batch is evaluated at the accumulation it will run with (rows with
-                    # another accumulation are dropped below): accumulation > 1 keeps the gradients
-                    # alive across micro-batches, and GRPO/PPO generate micro-batch x accumulation
-                    # completions at once
-                    gradient_accumulation_steps=sorted({_accumulation(mb, num_gpus) for mb in MICRO_BATCHES}),
-                ))
-            candidates = [(g, i) for g in grids
-                          for i in _fitting_rows(g.columns, cap, num_gpus, every_micro_batch=sized)]
-            if not candidates:
-                # closest miss: the smallest configuration (at the accumulation it would run with)
-                g, i = min(((g, i) for g in grids for i in _fitting_rows(g.columns, math.inf, num_gpus)),
-                           key=lambda gi: gi[0].columns["device_total_bytes"][gi[1]])
-                est = g.estimate(i)
-                rejected.append(RankedPlan(rank=0, plan=est.plan, estimate=est, score=0.0,
-                                           reasons=tuple(_why_not(mp, hw, est, memory_headroom, num_gpus))))
-                continue
-            # the fastest fitting configuration: shortest wall-clock time when the data size is known
-            # (padding and the last partial step depend on the micro-batch), else most tokens/s
-            ranked = []
-            for grid, i in candidates:
-                row = grid.row(i)
-                plan = make_plan(**{k: row[k] for k in TrainingPlan.model_fields if k in row})
-                sp = estimate_speed(mp, hw, plan)
-                if sized:
-                    tc = estimate_time_cost(sp, hw, plan, dataset_tokens=dataset_tokens, examples=examples,
-                                            avg_tokens_per_example=avg_tokens if dataset_tokens is None else None,
-                                            epochs=epochs)
-                    key = (tc.wall_clock_hours, -sp.tokens_per_second_total)
-                else:
-                    key = (-sp.tokens_per_second_total,)
-                ranked.append((key, len(ranked), plan, sp))
-            ranked.sort(key=lambda t: t[:2])
-            best = None
-            for _, _, plan, sp in ranked:
-                # the grid and the single-plan estimate are the same model; check the chosen plan anyway
-                if _fits(estimate(mp, hw, plan=plan), memory_headroom):
-                    best = (plan, sp)
-                    break
-            if best is None:
-                g, i = candidates[0]
-                est = g.estimate(i)
-                rejected.append(RankedPlan(rank=0, plan=est.plan, estimate=est, score=0.0,
-                                           reasons=tuple(_why_not(mp, hw, est, memory_headroom, num_gpus))))
-                continue
-            plan, sp = best
-            est = evaluate_plan(mp, hw, plan, goal=goal, examples=examples, avg_tokens=avg_tokens,
-                                dataset_tokens=dataset_tokens, epochs=epochs, hourly_price_usd=hourly_price_usd)
-            tc, q = est.time_cost, est.quality
-            best_fitting_by_method[tech] = est
-            reasons = [DATA_REASON[data_kind]] if not OBJECTIVES[objective].sft_loss or meth.reference_method else []
-            sibling = _technique_name(objective, meth.unquantized) if meth.unquantized else None
-            reasons += meth.recommend_reasons(_ReasonContext(mp, hw, est, sibling in best_fitting_by_method))
-            if lora_like:
-                reasons.append(RANK_REASON[r])
-            reasons.append(_knob_reason(plan, est, hw))
-            if q.notes:
-                reasons.append(f"quality {q.relative_to_full:.2f} of full FT ({q.low:.2f}–{q.high:.2f}): {q.notes}")
-            over = []
-            if budget_hours is not None and tc is not None and tc.wall_clock_hours > budget_hours:
-                over.append(f"takes {tc.wall_clock_hours:.1f} h > budget {budget_hours:g} h")
-            if budget_usd is not None and tc is not None and tc.cost_usd is not None and tc.cost_usd > budget_usd:
-                over.append(f"costs ${tc.cost_usd:,.0f} > budget ${budget_usd:,.0f}")
-            if over:
-                rejected.append(RankedPlan(rank=0, plan=plan, estimate=est, score=0.0, reasons=tuple(over + reasons)))
-                continue
-            if not q.applicable:
-                rejected.append(RankedPlan(rank=0, plan=plan, estimate=est, score=0.0,
-                                           reasons=(f"{tech} does not train on {data_kind} data for a {goal} goal",) + tuple(reasons)))
-                continue
-            hours = tc.wall_clock_hours if tc else 1 / max(sp.tokens_per_second_total, 1e-9)
-            kept.append((q.relative_to_full, hours, RankedPlan(rank=0, plan=plan, estimate=est, score=0.0, reasons=tuple(reasons))))
+            # 2.-4. the fastest fitting configuration of the technique, or why it is rejected
+            keep, reject = _search_technique(q, objective, method, best_fitting_by_method)
+            if keep is not None:
+                kept.append(keep)
+            else:
+                rejected.append(reject)
 
-    fastest = min((h for _, h, _ in kept), default=1.0)
-    scored = []
-    for quality, hours, p in kept:
-        score = quality - quality_per_time_doubling * math.log2(hours / fastest)
-        scored.append((score, hours, p.model_copy(update={"score": round(score, 4)})))
-    scored.sort(key=lambda t: (-t[0], t[1]))
-    plans = tuple(p.model_copy(update={"rank": k + 1}) for k, (_, _, p) in enumerate(scored[:top]))
+    plans = _ranked(kept, quality_per_time_doubling, top)
     if not plans:
         notes.append("no plan fits; see `rejected` for what would make one fit")
     return Recommendation(model_id=mp.id, hardware_id=hw.id, num_gpus=num_gpus, goal=goal, data_kind=data_kind,

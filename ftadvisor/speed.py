@@ -622,6 +622,130 @@ def _backward_op(op: _Op, trained_share: float, flash_bwd: float, grad_cast_byte
                kind=op.kind)
 
 
+def _elementwise(units: float, nbytes: float) -> list[tuple[_Op, float]]:
+    """An op without weights: ``units`` eager kernels moving ``nbytes`` (none when units is 0)."""
+    if units <= 0:
+        return []
+    return [(_Op(units, mem_bytes=nbytes), 0.0)]
+
+
+def _linear_shape(arch: ArchSpec, sp: Any, T: float) -> tuple[float, float, float, float, float]:
+    """(instances per layer, rows per GEMM, share of the weight read, host units, FLOPs) of one
+    linear role over T tokens. Experts: each of a token's ``experts_per_token`` experts sees its
+    share of the tokens; only the experts hit are read, in a loop over them."""
+    inst = sp.count / arch.num_layers
+    rows = T
+    wfrac = 1.0
+    units = inst
+    if sp.group == "expert" and arch.num_experts:
+        inst = sp.count / max(arch.num_moe_layers, 1)
+        act = arch.experts_per_token / arch.num_experts
+        rows = max(T * act, 1.0)  # tokens per expert GEMM
+        wfrac = min(1.0, T * arch.experts_per_token / arch.num_experts)
+        units = min(inst, 4.0 * arch.experts_per_token)  # the experts-hit loop
+        flops = 2.0 * T * sp.in_features * sp.out_features * inst * act
+    else:
+        flops = 2.0 * T * sp.in_features * sp.out_features * inst
+    return inst, rows, wfrac, units, flops
+
+
+def _linear_role_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, role: Any) -> list[tuple[_Op, float]]:
+    """One linear role of a layer: the bitsandbytes dequantization of a quantized weight, the
+    matmul (with the trained share of its weight), then the LoRA/DoRA branch [bnb_4bit, peft_lora,
+    peft_dora]."""
+    sp = role.spec
+    c, m_ = dt.c, dt.mlp
+    inst, rows, wfrac, units, flops = _linear_shape(lay.arch, sp, T)
+    per_tok, per_call = _linear_extra_bytes(lay, sp, role.quantized, role.adapted)
+    n_w = sp.in_features * sp.out_features * inst * wfrac
+    ops: list[tuple[_Op, float]] = []
+    if role.quantized != "none":
+        qb = memory.NF4_DQ_BYTES if lay.double_quant else memory.NF4_BYTES
+        if role.quantized == "int8":
+            qb = memory.int8_bytes_per_param(sp.in_features)
+        cast = (m_ + c) * sp.in_features + (c + m_) * sp.out_features if m_ != c else 0.0
+        ops.append((_Op(units * HOST_BNB_OPS, dq_bytes=n_w * (qb + c), mem_bytes=T * inst * cast,
+                        kind="dequant"), 0.0))
+        per_tok -= cast
+    # autocast casts a trainable fp32 weight to the compute dtype on every forward call
+    wcast = (4 + c) * n_w * role.trained_fraction if (dt.mixed and role.trained_fraction) else 0.0
+    ops.append((_Op(units, flops_mm=flops, weight_bytes=c * n_w, mem_bytes=wcast, mm_tokens=rows,
+                    kind="gemm"), role.trained_fraction))
+    if role.adapted:
+        r = plan.lora_r
+        a_units = units * ((HOST_DORA_OPS if lay.technique.method.dora else HOST_LORA_OPS)
+                           + (1 if lay.dropout else 0))
+        a_flops = 2.0 * T * r * (sp.in_features + sp.out_features) * inst * (rows / T)
+        ops.append((_Op(a_units, flops_mm=a_flops, mem_bytes=T * inst * (rows / T) * per_tok
+                        + inst * per_call, mm_tokens=rows, kind="adapter"), 0.0))
+    return ops
+
+
+def _linear_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, source: str) -> list[tuple[_Op, float]]:
+    """The ops of every linear role that reads ``source`` (attn_in, mlp_in, expert_mid ...)."""
+    ops: list[tuple[_Op, float]] = []
+    for role in lay.roles:
+        if role.spec.input_source == source:
+            ops += _linear_role_ops(lay, dt, plan, T, role)
+    return ops
+
+
+def _attention_block_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, S: float,
+                         decode_ctx: float | None, norm_units: float) -> list[tuple[_Op, float]]:
+    """Norm, attention-input linears, rotary, attention, output projection, residual add [hf_llama].
+    ``decode_ctx``: KV-cache reads of one generated token per sequence instead of attention over S."""
+    arch = lay.arch
+    c = dt.c
+    L = arch.num_layers
+    nh, kv, d = arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
+    ops = _elementwise(arch.norms_per_layer and norm_units, _norm_bytes(arch, dt) * T)
+    ops += _linear_ops(lay, dt, plan, T, "attn_in")
+    ops += _elementwise(10, 10.0 * c * (nh + kv) * d * T)
+    if decode_ctx is not None:
+        kv_bytes = 2.0 * kv * d * c * decode_ctx * T  # this layer's cache, once per generated token
+        ops.append((_Op(1, flops_attn=4.0 * nh * d * decode_ctx * T, mem_bytes=kv_bytes + c * (2 * nh + 2 * kv) * d * T,
+                        kind="attn"), 0.0))
+    else:
+        causal = lay.attention != "eager"
+        ops.append((_Op(6 if lay.attention == "eager" else 1,
+                        flops_attn=attention_flops_per_token(arch, S, causal) / L * T,
+                        mem_bytes=_attention_io_bytes(lay, S) * T, kind="attn"), 0.0))
+    ops += _linear_ops(lay, dt, plan, T, "attn_out")
+    ops += _elementwise(1, 3.0 * dt.resid * arch.hidden_size * T)
+    return ops
+
+
+def _mlp_block_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, moe_layer: bool,
+                   norm_units: float) -> list[tuple[_Op, float]]:
+    """Norm, then the MLP (linears, activation, down projection) or the MoE block (router, routed
+    experts, shared expert), then the residual add [hf_llama]."""
+    arch = lay.arch
+    c, m_ = dt.c, dt.mlp
+    srcs = {ro.spec.input_source for ro in lay.roles}
+    ops: list[tuple[_Op, float]] = []
+    if "mlp_in" in srcs or "router_in" in srcs:
+        ops += _elementwise(max(arch.norms_per_layer - 1, 1) * norm_units if arch.norms_per_layer > 1 else norm_units,
+                            _norm_bytes(arch, dt) * T * max(arch.norms_per_layer - 1, 1))
+    if moe_layer:
+        ops += _linear_ops(lay, dt, plan, T, "router_in")
+        ops += _elementwise(12, (_moe_bytes(lay) - (5.0 * c * arch.shared_expert_intermediate_size if
+                                                    arch.shared_expert_intermediate_size else 0.0)) * T * 0.5)
+        ops += _linear_ops(lay, dt, plan, T, "expert_in")
+        ops += _linear_ops(lay, dt, plan, T, "expert_mid")
+        ops += _elementwise(4, (_moe_bytes(lay)) * T * 0.5)
+        if arch.shared_expert_intermediate_size:
+            ops += _linear_ops(lay, dt, plan, T, "shared_in")
+            ops += _elementwise(2, 5.0 * c * arch.shared_expert_intermediate_size * T)
+            ops += _linear_ops(lay, dt, plan, T, "shared_mid")
+    else:
+        ops += _linear_ops(lay, dt, plan, T, "mlp_in")
+        ops += _elementwise(2 if arch.mlp_gated else 1,
+                            (5.0 if arch.mlp_gated else 2.0) * m_ * arch.intermediate_size * T)
+        ops += _linear_ops(lay, dt, plan, T, "mlp_mid")
+    ops += _elementwise(1, 3.0 * dt.resid * arch.hidden_size * T)
+    return ops
+
+
 def layer_program(lay: memory.Layout, plan: Any, tokens: float, moe_layer: bool = False,
                   seq_len: float | None = None, decode_ctx: float | None = None) -> list[tuple[_Op, float]]:
     """One decoder layer's forward as eager ops in execution order, each with the trained share of its
@@ -632,97 +756,13 @@ def layer_program(lay: memory.Layout, plan: Any, tokens: float, moe_layer: bool 
     positions (KV-cache reads instead of attention over the sequence)."""
     arch = lay.arch
     dt = _dtypes(lay)
-    c, a_, m_ = dt.c, dt.resid, dt.mlp
-    h = arch.hidden_size
-    L = arch.num_layers
-    T = tokens
     S = plan.seq_len if seq_len is None else seq_len
-    nh, kv, d = arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
-    r = plan.lora_r
-    ops: list[tuple[_Op, float]] = []
-    norm_units = (8 if a_ != 4 else 6) if arch.norm == "rmsnorm" else 2
-
-    def ew(units: float, nbytes: float) -> None:
-        if units <= 0:
-            return
-        ops.append((_Op(units, mem_bytes=nbytes), 0.0))
-
-    def linears(source: str) -> None:
-        for role in lay.roles:
-            sp = role.spec
-            if sp.input_source != source:
-                continue
-            inst = sp.count / L
-            rows = T
-            wfrac = 1.0
-            units = inst
-            if sp.group == "expert" and arch.num_experts:
-                inst = sp.count / max(arch.num_moe_layers, 1)
-                act = arch.experts_per_token / arch.num_experts
-                rows = max(T * act, 1.0)  # tokens per expert GEMM
-                wfrac = min(1.0, T * arch.experts_per_token / arch.num_experts)
-                units = min(inst, 4.0 * arch.experts_per_token)  # the experts-hit loop
-                flops = 2.0 * T * sp.in_features * sp.out_features * inst * act
-            else:
-                flops = 2.0 * T * sp.in_features * sp.out_features * inst
-            per_tok, per_call = _linear_extra_bytes(lay, sp, role.quantized, role.adapted)
-            n_w = sp.in_features * sp.out_features * inst * wfrac
-            if role.quantized != "none":
-                qb = memory.NF4_DQ_BYTES if lay.double_quant else memory.NF4_BYTES
-                if role.quantized == "int8":
-                    qb = memory.int8_bytes_per_param(sp.in_features)
-                cast = (m_ + c) * sp.in_features + (c + m_) * sp.out_features if m_ != c else 0.0
-                ops.append((_Op(units * HOST_BNB_OPS, dq_bytes=n_w * (qb + c), mem_bytes=T * inst * cast,
-                                kind="dequant"), 0.0))
-                per_tok -= cast
-            # autocast casts a trainable fp32 weight to the compute dtype on every forward call
-            wcast = (4 + c) * n_w * role.trained_fraction if (dt.mixed and role.trained_fraction) else 0.0
-            ops.append((_Op(units, flops_mm=flops, weight_bytes=c * n_w, mem_bytes=wcast, mm_tokens=rows,
-                            kind="gemm"), role.trained_fraction))
-            if role.adapted:
-                a_units = units * ((HOST_DORA_OPS if lay.technique.method.dora else HOST_LORA_OPS)
-                                   + (1 if lay.dropout else 0))
-                a_flops = 2.0 * T * r * (sp.in_features + sp.out_features) * inst * (rows / T)
-                ops.append((_Op(a_units, flops_mm=a_flops, mem_bytes=T * inst * (rows / T) * per_tok
-                                + inst * per_call, mm_tokens=rows, kind="adapter"), 0.0))
-
-    srcs = {ro.spec.input_source for ro in lay.roles}
+    norm_units = (8 if dt.resid != 4 else 6) if arch.norm == "rmsnorm" else 2
     # attention block
-    ew(arch.norms_per_layer and norm_units, _norm_bytes(arch, dt) * T)
-    linears("attn_in")
-    ew(10, 10.0 * c * (nh + kv) * d * T)
-    if decode_ctx is not None:
-        kv_bytes = 2.0 * kv * d * c * decode_ctx * T  # this layer's cache, once per generated token
-        ops.append((_Op(1, flops_attn=4.0 * nh * d * decode_ctx * T, mem_bytes=kv_bytes + c * (2 * nh + 2 * kv) * d * T,
-                        kind="attn"), 0.0))
-    else:
-        causal = lay.attention != "eager"
-        ops.append((_Op(6 if lay.attention == "eager" else 1,
-                        flops_attn=attention_flops_per_token(arch, S, causal) / L * T,
-                        mem_bytes=_attention_io_bytes(lay, S) * T, kind="attn"), 0.0))
-    linears("attn_out")
-    ew(1, 3.0 * a_ * h * T)
+    ops = _attention_block_ops(lay, dt, plan, tokens, S, decode_ctx, norm_units)
     # MLP (or MoE) block
-    if "mlp_in" in srcs or "router_in" in srcs:
-        ew(max(arch.norms_per_layer - 1, 1) * norm_units if arch.norms_per_layer > 1 else norm_units,
-           _norm_bytes(arch, dt) * T * max(arch.norms_per_layer - 1, 1))
-    if moe_layer:
-        linears("router_in")
-        ew(12, (_moe_bytes(lay) - (5.0 * c * arch.shared_expert_intermediate_size if
-                                   arch.shared_expert_intermediate_size else 0.0)) * T * 0.5)
-        linears("expert_in")
-        linears("expert_mid")
-        ew(4, (_moe_bytes(lay)) * T * 0.5)
-        if arch.shared_expert_intermediate_size:
-            linears("shared_in")
-            ew(2, 5.0 * c * arch.shared_expert_intermediate_size * T)
-            linears("shared_mid")
-    else:
-        linears("mlp_in")
-        ew(2 if arch.mlp_gated else 1, (5.0 if arch.mlp_gated else 2.0) * m_ * arch.intermediate_size * T)
-        linears("mlp_mid")
-    ew(1, 3.0 * a_ * h * T)
-    ops.extend(lay.technique.method.layer_ops(lay, plan, T, a_))  # modules the method adds (adapters)
+    ops += _mlp_block_ops(lay, dt, plan, tokens, moe_layer, norm_units)
+    ops.extend(lay.technique.method.layer_ops(lay, plan, tokens, dt.resid))  # modules the method adds (adapters)
     return ops
 
 
@@ -879,17 +919,19 @@ def _model_passes(lay: memory.Layout, tp: TrainingPlan, T: float, mode: str, fla
     return passes
 
 
-def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Technique,
-              lay: memory.Layout, adamw_kernel: str = "fused") -> SpeedEstimate:
-    arch = lay.arch
-    obj = tech.objective
-    meth = tech.method
-    p = memory.count_params(lay, tp)
+def _machine(hw: HardwareProfile, tp: TrainingPlan) -> tuple[_Machine, Efficiency, float, str]:
+    """The card as the step model sees it: achievable matmul, attention, elementwise and
+    dequantization rates (:data:`EFFICIENCY` of its class), with the peak and its name."""
     eff = EFFICIENCY[hardware_class(hw)]
     peak, peak_name = peak_flops(hw, tp.precision)
     bw = hw.hbm_bandwidth_gbps * 1e9
     mach = _Machine(peak=peak, mm=peak * eff.matmul, attn=peak * eff.attention, bw=bw * eff.bandwidth,
                     dq_bw=bw * eff.dequant, serial=hw.vendor == "cpu")
+    return mach, eff, peak, peak_name
+
+
+def _stack_assumptions(hw: HardwareProfile, tp: TrainingPlan, eff: Efficiency, peak_name: str) -> list[str]:
+    """What every estimate assumes about the software stack, the rates and the host."""
     assumptions: list[str] = [
         f"Hugging Face eager stack (transformers + peft + trl, no torch.compile), {tp.attention} attention; "
         f"matmuls at {eff.matmul:.0%} of the {peak_name} peak (less for few tokens per micro-batch), fused "
@@ -902,27 +944,19 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
     ]
     if peak_name.startswith("fp32_tflops ("):
         assumptions.append(f"{hw.name} lacks {tp.precision.split('-')[0]} tensor units: FP32 peak used")
-    N = tp.num_gpus
-    G = tp.gradient_accumulation_steps
-    seqs = tp.micro_batch_size * obj.sequences_per_example
-    S = tp.seq_len
-    T = seqs * S  # tokens per micro-batch per GPU
+    return assumptions
+
+
+def _training_passes_seconds(mach: _Machine, lay: memory.Layout, tp: TrainingPlan, meth: Any, T: float,
+                             flash_bwd: float, mb_times: int, parts: _Parts, assumptions: list[str]) -> float:
+    """Forward and backward of every micro-batch of a step (``mb_times``: accumulation x trained
+    copies x PPO epochs) into ``parts``; returns their compute and dequantization seconds (what a
+    fused stack keeps)."""
     c = lay.c
-    phi = backward_depth_fraction(lay)
-    fl = training_flops_per_token(lay, tp)
-    mm_fwd = forward_matmul_flops_per_token(arch)
-    adapt = adapter_flops_per_token(lay, tp)
-    attn_f = fl.attention_forward
-    dt = _dtypes(lay)
-    flash_bwd = 2.5 if lay.attention != "eager" else 2.0  # [fa2]: flash recomputes QK^T in backward
+    G = tp.gradient_accumulation_steps
     # Under *-mixed the bf16 gradient of each trainable weight is cast to fp32 and accumulated into
     # .grad (read c, write 4; read 4 more when accumulating) -- autograd's AccumulateGrad.
-    grad_cast = ((c + 4) + 8.0 * (G - 1) / G) if dt.mixed else 0.0
-
-    parts = _Parts()
-    copies_trained = 2 if obj.value_model else 1
-    ppo_epochs = obj.updates_per_rollout  # the objective's run shape, also what the engine runs [trl_rl]
-    mb_times = G * copies_trained * ppo_epochs
+    grad_cast = ((c + 4) + 8.0 * (G - 1) / G) if _dtypes(lay).mixed else 0.0
     comp, mem, dq_s, span = _simulate(mach, _model_passes(lay, tp, T, "train", flash_bwd, grad_cast))
     if meth.dora and lay.dropout:
         # peft's DoRA with dropout > 0 runs the base linear again on the dropped input (variants.py)
@@ -933,119 +967,146 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
     parts.compute += comp * mb_times
     parts.memory += mem * mb_times
     parts.launch += max(0.0, span - comp - mem) * mb_times
-    fused_s = (comp + dq_s) * mb_times
     if lay.checkpointing:
         assumptions.append("gradient checkpointing re-runs every decoder layer's forward in backward "
                            "(Hugging Face per-layer checkpointing)")
+    return (comp + dq_s) * mb_times
 
-    # --- extra no-grad forwards (reference, reward, value/policy scoring) --------------------------------
-    # the reference's forward when it is needed, plus the objective's own no-grad passes (PPO: policy
-    # log-probs, value and reward after each rollout [trl_rl])
-    nograd_passes = obj.nograd_passes(tp)
+
+def _nograd_passes_seconds(mach: _Machine, lay: memory.Layout, tp: TrainingPlan, obj: Any, T: float,
+                           flash_bwd: float, nograd_passes: int, parts: _Parts) -> tuple[float, float]:
+    """Extra no-grad forwards (reference, reward, value/policy scoring) into ``parts``: the reference's
+    forward when it is needed, plus the objective's own no-grad passes (PPO: policy log-probs, value
+    and reward after each rollout [trl_rl]). Returns (their compute and dequantization seconds, the
+    seconds per token of a reference pass precomputed before training, else 0)."""
+    G = tp.gradient_accumulation_steps
     # A PEFT reference is the same base with adapters disabled; a full-weight method keeps a copy.
     ng_c, ng_m, ng_dq, ng_span = _simulate(mach, _model_passes(lay, tp, T, "nograd", flash_bwd, 0.0))
+    fused_s = 0.0
     if nograd_passes:
         parts.compute += ng_c * G * nograd_passes
         parts.memory += ng_m * G * nograd_passes
         parts.launch += max(0.0, ng_span - ng_c - ng_m) * G * nograd_passes
-        fused_s += (ng_c + ng_dq) * G * nograd_passes
+        fused_s = (ng_c + ng_dq) * G * nograd_passes
     precomputed_ref = obj.precompute_reference and tp.dpo_precompute_ref
-    ref_pass_s_per_token = ng_span / T if precomputed_ref else 0.0
+    return fused_s, (ng_span / T if precomputed_ref else 0.0)
 
-    nograd_flops_tok = mm_fwd + adapt + attn_f
+
+def _step_flops_per_token(lay: memory.Layout, tp: TrainingPlan, nograd_passes: int, copies_trained: int,
+                          ppo_epochs: int, flash_bwd: float) -> tuple[float, float]:
+    """(executed, model) FLOPs per trained token: the training passes of every trained copy and PPO
+    epoch plus the no-grad forwards; executed counts flash attention's backward recomputation [fa2]."""
+    fl = training_flops_per_token(lay, tp)
+    attn_f = fl.attention_forward
+    nograd_flops_tok = forward_matmul_flops_per_token(lay.arch) + adapter_flops_per_token(lay, tp) + attn_f
     flops_exec_tok = fl.executed * copies_trained * ppo_epochs + nograd_passes * nograd_flops_tok
     flops_model_tok = fl.model * copies_trained * ppo_epochs + nograd_passes * nograd_flops_tok
     if flash_bwd != 2.0:
-        flops_exec_tok += 0.5 * attn_f * phi * copies_trained * ppo_epochs
+        flops_exec_tok += 0.5 * attn_f * backward_depth_fraction(lay) * copies_trained * ppo_epochs
+    return flops_exec_tok, flops_model_tok
 
-    # --- generation (PPO/GRPO) ----------------------------------------------------------------------------
-    gen_tokens_per_s = None
-    samples_local = G * seqs  # sequences trained per step per GPU
-    if obj.generation:
-        n_new = min(tp.rl_max_new_tokens, S - 1)
-        prompt = S - n_new
-        B_total = tp.micro_batch_size * G  # completions generated per step per GPU
-        B = obj.generation_batch(tp)
-        rounds = math.ceil(B_total / B)
-        # prefill: a no-grad forward over the B prompts
-        prefill = _simulate(mach, _model_passes(lay, tp, B * prompt, "nograd", flash_bwd, 0.0, seq_len=prompt))[3]
-        # decoding: one token per sequence reading every weight (a quantized base dequantized: the
-        # batched bitsandbytes path) and the KV cache [kv_decode]; plus generate's own host work
-        ctx = prompt + n_new / 2.0
-        step_passes = _model_passes(lay, tp, B, "decode", flash_bwd, 0.0, seq_len=1, decode_ctx=ctx)
-        step_passes.insert(0, ([_Op(1.0)], HOST_GENERATE_STEP_S, 1))
-        step = _simulate(mach, step_passes)[3]
-        gen = rounds * (prefill + n_new * step)
-        parts.generation += gen
-        gen_tokens_per_s = B_total * n_new / gen if gen > 0 else None
-        samples_local = B_total
-        assumptions.append(
-            f"generation with transformers generate and a KV cache, {B} sequences at a time "
-            f"({'all of' if obj.rollout_chunk is None else f'chunks of {obj.rollout_chunk} of'} micro-batch x accumulation), "
-            f"~{HOST_GENERATE_STEP_S * 1e3:.0f} ms of host work per decoding step; a vLLM server would be many "
-            "times faster")
-        if obj.value_model:
-            assumptions.append(f"{obj.name.upper()}: value model trained with the policy, {obj.updates_per_rollout} "
-                               f"optimizer passes per rollout, {obj.nograd_passes(tp)} no-grad scoring forwards "
-                               "(trl defaults)")
 
-    # --- optimizer step ------------------------------------------------------------------------------------
+def _generation_seconds(mach: _Machine, lay: memory.Layout, tp: TrainingPlan, obj: Any, flash_bwd: float,
+                        assumptions: list[str]) -> tuple[float, float | None, int]:
+    """One step's rollouts (PPO/GRPO): a prefill over the prompts, then one decoding step per new token,
+    in rounds of the generation batch. Returns (seconds, generated tokens/s, completions per step per GPU)."""
+    S = tp.seq_len
+    n_new = min(tp.rl_max_new_tokens, S - 1)
+    prompt = S - n_new
+    B_total = tp.micro_batch_size * tp.gradient_accumulation_steps  # completions generated per step per GPU
+    B = obj.generation_batch(tp)
+    rounds = math.ceil(B_total / B)
+    # prefill: a no-grad forward over the B prompts
+    prefill = _simulate(mach, _model_passes(lay, tp, B * prompt, "nograd", flash_bwd, 0.0, seq_len=prompt))[3]
+    # decoding: one token per sequence reading every weight (a quantized base dequantized: the
+    # batched bitsandbytes path) and the KV cache [kv_decode]; plus generate's own host work
+    ctx = prompt + n_new / 2.0
+    step_passes = _model_passes(lay, tp, B, "decode", flash_bwd, 0.0, seq_len=1, decode_ctx=ctx)
+    step_passes.insert(0, ([_Op(1.0)], HOST_GENERATE_STEP_S, 1))
+    step = _simulate(mach, step_passes)[3]
+    gen = rounds * (prefill + n_new * step)
+    assumptions.append(
+        f"generation with transformers generate and a KV cache, {B} sequences at a time "
+        f"({'all of' if obj.rollout_chunk is None else f'chunks of {obj.rollout_chunk} of'} micro-batch x accumulation), "
+        f"~{HOST_GENERATE_STEP_S * 1e3:.0f} ms of host work per decoding step; a vLLM server would be many "
+        "times faster")
+    if obj.value_model:
+        assumptions.append(f"{obj.name.upper()}: value model trained with the policy, {obj.updates_per_rollout} "
+                           f"optimizer passes per rollout, {obj.nograd_passes(tp)} no-grad scoring forwards "
+                           "(trl defaults)")
+    return gen, (B_total * n_new / gen if gen > 0 else None), B_total
+
+
+def _optimizer_bytes(lay: memory.Layout, tp: TrainingPlan, P_local: float, adamw_kernel: str) -> float:
+    """Bytes the optimizer step moves for this rank's ``P_local`` trainable parameters (fp32 masters
+    and gradients under ZeRO/FSDP and autocast), with gradient clipping and fp16 unscaling."""
+    c = lay.c
+    mixed = _dtypes(lay).mixed
     zero_like = lay.zero or lay.sharding == "fsdp"
-    sharded_opt = lay.sharding in ("zero1", "zero2", "zero3", "fsdp")
-    P_tr = p.trainable * copies_trained
-    P_local = P_tr / N if sharded_opt else P_tr
     pbytes = 4 if zero_like else lay.trainable_bytes
-    gbytes = 4 if (zero_like or dt.mixed) else lay.trainable_bytes
+    gbytes = 4 if (zero_like or mixed) else lay.trainable_bytes
     opt_bytes = optimizer_bytes_per_param(tp.optimizer, pbytes, gbytes, adamw_kernel) * P_local
     if tp.max_grad_norm:
         opt_bytes += 3.0 * gbytes * P_local  # clip_grad_norm_: norms read, then scale in place
     if tp.precision == "fp16-mixed":
         opt_bytes += 2.0 * gbytes * P_local  # GradScaler unscale_ reads and writes the gradients
-    if lay.zero and dt.mixed:
+    if lay.zero and mixed:
         opt_bytes += (4 + c) * P_local  # DeepSpeed copies fp32 masters back to the bf16 working weights
+    return opt_bytes
+
+
+def _optimizer_host_seconds(lay: memory.Layout, tp: TrainingPlan, copies_trained: int) -> float:
+    """Host time of one optimizer step."""
     n_tensors = _trainable_tensors(lay, tp) * copies_trained
     # host: fused/foreach kernels launch per chunk of tensors; bitsandbytes and Adafactor loop in Python
     per_tensor_units = 2.0 if ("8bit" in tp.optimizer or "32bit" in tp.optimizer) else (
         15.0 if tp.optimizer == "adafactor" else 0.05)
-    opt_host = (20.0 + per_tensor_units * n_tensors) * HOST_NOGRAD_S_PER_OP
-    if lay.cpu_offload:
-        parts.optimizer += opt_bytes / (HOST_DRAM_GBPS * 1e9)
-        link, link_name = host_link_gbps(hw)
-        # gradients down (c per parameter of this rank's shard), updated parameters back up [zero_offload]
-        parts.offload += 2.0 * c * P_local / (link * 1e9)
-        if lay.sharding in ("zero3", "fsdp"):
-            # parameters live on the host: each gather first copies this rank's shard up (forward, backward)
-            passes = 2 + (1 if lay.checkpointing and lay.sharding == "fsdp" else 0)
-            parts.offload += G * passes * c * p.total / N / (link * 1e9)
-        assumptions.append(f"CPU offload: optimizer on the host at {HOST_DRAM_GBPS:g} GB/s DRAM (assumed), "
-                           f"host link {link:g} GB/s ({link_name})")
-    else:
-        parts.optimizer += _simulate(mach, [([_Op(1.0, mem_bytes=opt_bytes)], opt_host, 1)])[3]
+    return (20.0 + per_tensor_units * n_tensors) * HOST_NOGRAD_S_PER_OP
 
-    # Paged optimizer state that does not fit: unified memory pages it in and out once per step.
-    if tp.optimizer.startswith("paged") and hw.vendor != "cpu":
-        spill = _paged_spill_bytes(lay, tp, hw)
-        if spill > 0:
-            link, link_name = host_link_gbps(hw)
-            parts.offload += 2.0 * spill / (link * 1e9)
-            assumptions.append(f"{spill / 2**30:.1f} GiB of paged optimizer state does not fit on the device and "
-                               f"moves over {link_name} twice per step")
 
-    # --- communication -------------------------------------------------------------------------------------
-    if N > 1:
-        parts.comm += _communication_seconds(lay, tp, p, hw, parts, mb_times, copies_trained, assumptions)
+def _optimizer_step_seconds(mach: _Machine, lay: memory.Layout, tp: TrainingPlan, hw: HardwareProfile, p: Any,
+                            copies_trained: int, adamw_kernel: str, assumptions: list[str]) -> tuple[float, float]:
+    """(optimizer, offload) seconds of one optimizer step: on the device, or under CPU offload on the
+    host with gradients and parameters over the host link [zero_offload]."""
+    N = tp.num_gpus
+    c = lay.c
+    sharded_opt = lay.sharding in ("zero1", "zero2", "zero3", "fsdp")
+    P_tr = p.trainable * copies_trained
+    P_local = P_tr / N if sharded_opt else P_tr
+    opt_bytes = _optimizer_bytes(lay, tp, P_local, adamw_kernel)
+    opt_host = _optimizer_host_seconds(lay, tp, copies_trained)
+    if not lay.cpu_offload:
+        return _simulate(mach, [([_Op(1.0, mem_bytes=opt_bytes)], opt_host, 1)])[3], 0.0
+    optimizer = opt_bytes / (HOST_DRAM_GBPS * 1e9)
+    link, link_name = host_link_gbps(hw)
+    # gradients down (c per parameter of this rank's shard), updated parameters back up [zero_offload]
+    offload = 2.0 * c * P_local / (link * 1e9)
+    if lay.sharding in ("zero3", "fsdp"):
+        # parameters live on the host: each gather first copies this rank's shard up (forward, backward)
+        passes = 2 + (1 if lay.checkpointing and lay.sharding == "fsdp" else 0)
+        offload += tp.gradient_accumulation_steps * passes * c * p.total / N / (link * 1e9)
+    assumptions.append(f"CPU offload: optimizer on the host at {HOST_DRAM_GBPS:g} GB/s DRAM (assumed), "
+                       f"host link {link:g} GB/s ({link_name})")
+    return optimizer, offload
 
-    total = parts.total()
-    tokens_step_local = G * T
-    tok_s_gpu = tokens_step_local / total
-    fused_total = fused_s + parts.comm + parts.optimizer + parts.generation + parts.offload
-    mfu = flops_model_tok * tok_s_gpu / peak
-    hfu = flops_exec_tok * tok_s_gpu / peak
-    comps = {"compute": parts.compute, "memory_bound": parts.memory, "launch_overhead": parts.launch,
-             "communication": parts.comm, "optimizer": parts.optimizer, "generation": parts.generation,
-             "offload": parts.offload}
-    bottleneck = max(comps, key=comps.get)
-    sec_per_sample = total / (samples_local * N) if obj.generation else None
+
+def _paged_optimizer_seconds(lay: memory.Layout, tp: TrainingPlan, hw: HardwareProfile,
+                             assumptions: list[str]) -> float:
+    """Paged optimizer state that does not fit: unified memory pages it in and out once per step."""
+    if not (tp.optimizer.startswith("paged") and hw.vendor != "cpu"):
+        return 0.0
+    spill = _paged_spill_bytes(lay, tp, hw)
+    if spill <= 0:
+        return 0.0
+    link, link_name = host_link_gbps(hw)
+    assumptions.append(f"{spill / 2**30:.1f} GiB of paged optimizer state does not fit on the device and "
+                       f"moves over {link_name} twice per step")
+    return 2.0 * spill / (link * 1e9)
+
+
+def _plan_assumptions(lay: memory.Layout, tp: TrainingPlan, meth: Any, adamw_kernel: str) -> list[str]:
+    """What the estimate assumes about the plan's adapters, base, optimizer and padding."""
+    assumptions = []
     if lay.dropout:
         assumptions.append("LoRA dropout > 0: each adapted module writes its own dropped copy of the input")
     if meth.dora:
@@ -1058,6 +1119,11 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
                            + (" (transformers' default optim for torch >= 2.8)" if adamw_kernel == "fused" else ""))
     if not tp.packing:
         assumptions.append("throughput counts padded positions (seq_len per sequence); pack to avoid padding")
+    return assumptions
+
+
+def _speed_sources(lay: memory.Layout, tp: TrainingPlan, meth: Any, obj: Any) -> tuple[str, ...]:
+    """The :data:`SOURCES` this plan's estimate rests on, as ``key: citation``."""
     srcs = ["kaplan", "palm_mfu", "mamf", "hf_llama", "torch_adamw"]
     if lay.checkpointing:
         srcs.append("korthikanti")
@@ -1071,13 +1137,71 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
         srcs.append("bnb_4bit")
     if "8bit" in tp.optimizer:
         srcs.append("bnb_adam8")
-    if N > 1:
+    if tp.num_gpus > 1:
         srcs += ["ring", "ddp" if lay.sharding == "ddp" else ("fsdp" if lay.sharding == "fsdp" else "zero")]
     if lay.cpu_offload:
         srcs.append("zero_offload")
     if obj.generation:
         srcs += ["kv_decode", "trl_rl"]
     srcs.append("device_h200")
+    return tuple(f"{k}: {SOURCES[k]}" for k in dict.fromkeys(srcs))
+
+
+def _part_seconds(parts: _Parts) -> dict[str, Any]:
+    """The step's parts as SpeedEstimate fields, with the largest one as the bottleneck."""
+    comps = {"compute": parts.compute, "memory_bound": parts.memory, "launch_overhead": parts.launch,
+             "communication": parts.comm, "optimizer": parts.optimizer, "generation": parts.generation,
+             "offload": parts.offload}
+    return {"compute_seconds": parts.compute, "memory_bound_seconds": parts.memory,
+            "launch_overhead_seconds": parts.launch, "communication_seconds": parts.comm,
+            "optimizer_seconds": parts.optimizer, "generation_seconds": parts.generation,
+            "offload_seconds": parts.offload, "bottleneck": max(comps, key=comps.get)}
+
+
+def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Technique,
+              lay: memory.Layout, adamw_kernel: str = "fused") -> SpeedEstimate:
+    obj = tech.objective
+    p = memory.count_params(lay, tp)
+    mach, eff, peak, peak_name = _machine(hw, tp)
+    assumptions = _stack_assumptions(hw, tp, eff, peak_name)
+    N = tp.num_gpus
+    G = tp.gradient_accumulation_steps
+    seqs = tp.micro_batch_size * obj.sequences_per_example
+    T = seqs * tp.seq_len  # tokens per micro-batch per GPU
+    flash_bwd = 2.5 if lay.attention != "eager" else 2.0  # [fa2]: flash recomputes QK^T in backward
+    copies_trained = 2 if obj.value_model else 1
+    ppo_epochs = obj.updates_per_rollout  # the objective's run shape, also what the engine runs [trl_rl]
+    mb_times = G * copies_trained * ppo_epochs
+    nograd_passes = obj.nograd_passes(tp)
+
+    # 1. forward and backward of every micro-batch
+    parts = _Parts()
+    fused_s = _training_passes_seconds(mach, lay, tp, tech.method, T, flash_bwd, mb_times, parts, assumptions)
+    # 2. extra no-grad forwards (reference, reward, value/policy scoring)
+    ng_fused_s, ref_pass_s_per_token = _nograd_passes_seconds(mach, lay, tp, obj, T, flash_bwd, nograd_passes, parts)
+    fused_s += ng_fused_s
+    flops_exec_tok, flops_model_tok = _step_flops_per_token(lay, tp, nograd_passes, copies_trained, ppo_epochs,
+                                                            flash_bwd)
+    # 3. generation (PPO/GRPO)
+    gen_tokens_per_s = None
+    samples_local = G * seqs  # sequences trained per step per GPU
+    if obj.generation:
+        gen, gen_tokens_per_s, samples_local = _generation_seconds(mach, lay, tp, obj, flash_bwd, assumptions)
+        parts.generation += gen
+    # 4. optimizer step, CPU offload, paged optimizer state
+    opt_s, offload_s = _optimizer_step_seconds(mach, lay, tp, hw, p, copies_trained, adamw_kernel, assumptions)
+    parts.optimizer += opt_s
+    parts.offload += offload_s
+    parts.offload += _paged_optimizer_seconds(lay, tp, hw, assumptions)
+    # 5. communication
+    if N > 1:
+        parts.comm += _communication_seconds(lay, tp, p, hw, parts, mb_times, copies_trained, assumptions)
+    assumptions += _plan_assumptions(lay, tp, tech.method, adamw_kernel)
+
+    total = parts.total()
+    tokens_step_local = G * T
+    tok_s_gpu = tokens_step_local / total
+    fused_total = fused_s + parts.comm + parts.optimizer + parts.generation + parts.offload
     return SpeedEstimate(
         model_id=mp.id,
         hardware_id=hw.id,
@@ -1087,26 +1211,19 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
         fused_tokens_per_second_per_gpu=tokens_step_local / fused_total,
         tokens_per_optimizer_step=tokens_step_local * N,
         seconds_per_optimizer_step=total,
-        mfu=mfu,
-        hfu=hfu,
+        mfu=flops_model_tok * tok_s_gpu / peak,
+        hfu=flops_exec_tok * tok_s_gpu / peak,
         flops_per_token=flops_exec_tok,
         model_flops_per_token=flops_model_tok,
         peak_tflops=peak / 1e12,
-        compute_seconds=parts.compute,
-        memory_bound_seconds=parts.memory,
-        launch_overhead_seconds=parts.launch,
-        communication_seconds=parts.comm,
-        optimizer_seconds=parts.optimizer,
-        generation_seconds=parts.generation,
-        offload_seconds=parts.offload,
-        bottleneck=bottleneck,
+        **_part_seconds(parts),
         samples_per_optimizer_step=samples_local * N,
-        seconds_per_sample=sec_per_sample,
+        seconds_per_sample=total / (samples_local * N) if obj.generation else None,
         generated_tokens_per_second=gen_tokens_per_s,
         reference_pass_seconds_per_token=ref_pass_s_per_token,
         efficiency_class=eff.hw_class,
         assumptions=tuple(assumptions),
-        sources=tuple(f"{k}: {SOURCES[k]}" for k in dict.fromkeys(srcs)),
+        sources=_speed_sources(lay, tp, tech.method, obj),
     )
 
 
@@ -1195,6 +1312,93 @@ def _communication_seconds(lay: memory.Layout, tp: TrainingPlan, p: Any, hw: Har
 # --------------------------------------------------------------------------------------------
 
 
+def _rl_positions(speed: SpeedEstimate, plan: TrainingPlan, obj: Any, dataset_tokens: float | None,
+                  examples: float | None, ep: float, notes: list[str]) -> tuple[float, int, float]:
+    """RL: examples are prompts; each becomes completions of seq_len positions. Returns (positions,
+    optimizer steps, seconds per completion)."""
+    S = plan.seq_len
+    prompt_len = max(S - plan.rl_max_new_tokens, 1)
+    if examples is None:
+        examples = dataset_tokens / prompt_len
+        notes.append(f"prompts counted as dataset_tokens / prompt length {prompt_len} (seq_len - rl_max_new_tokens)")
+    per_prompt = obj.completions_per_prompt(plan)
+    samples = examples * per_prompt * ep
+    positions = samples * S
+    seconds_per_sample = speed.seconds_per_optimizer_step / max(speed.samples_per_optimizer_step, 1e-12)
+    steps = math.ceil(samples / speed.samples_per_optimizer_step) if samples else 0
+    notes.append(f"{per_prompt} completion(s) per prompt of up to {plan.rl_max_new_tokens} new tokens")
+    return positions, steps, seconds_per_sample
+
+
+def _padded_positions(plan: TrainingPlan, spe: int, examples: float, avg: float, ep: float,
+                      notes: list[str]) -> float:
+    """Positions of unpacked examples of ``avg`` tokens, each micro-batch padded to its longest sequence."""
+    S = plan.seq_len
+    # trl's collators pad each micro-batch to its longest sequence, not to seq_len. With
+    # lengths spread uniformly on [0, 2 * avg] (our assumption; pass dataset_tokens or
+    # pack for exact counts) the longest of n has expected length 2 * avg * n / (n + 1).
+    per_seq = avg / spe
+    n = plan.micro_batch_size * spe
+    padded = min(S, per_seq if n == 1 else 2 * per_seq * n / (n + 1))
+    positions = examples * spe * padded * ep
+    if padded > per_seq:
+        notes.append(f"micro-batches padded to their longest sequence: ~{1 - per_seq / padded:.0%} of "
+                     "positions are padding (assumes lengths spread evenly up to twice the average)")
+    if per_seq > S:
+        notes.append(f"examples longer than seq_len {S} are truncated")
+    return positions
+
+
+def _trained_positions(plan: TrainingPlan, obj: Any, dataset_tokens: float | None, examples: float | None,
+                       avg: float | None, ep: float, notes: list[str]) -> float:
+    """Positions the trainer processes over all epochs (SFT and preference objectives): real tokens
+    when packing, else sequences padded per micro-batch."""
+    S = plan.seq_len
+    spe = obj.sequences_per_example
+    if plan.packing:
+        if dataset_tokens is None:
+            if avg is None:
+                raise FtAdvisorError("avg_tokens_per_example", "needed with examples when packing (how many tokens to pack)")
+            dataset_tokens = examples * avg
+        notes.append("packed: only real tokens are processed")
+        return dataset_tokens * ep
+    if examples is None:
+        # tokens only, no example count: assume sequences filled to seq_len
+        notes.append("no example count: assumed every sequence fills seq_len (pass examples to count padding)")
+        return dataset_tokens * ep
+    if avg is None:
+        notes.append(f"no average length given: every sequence counted as seq_len {S} (an upper bound)")
+        return examples * spe * S * ep
+    return _padded_positions(plan, spe, examples, avg, ep, notes)
+
+
+def _hourly_price(hw: HardwareProfile, price_override: float | None) -> tuple[float | None, str]:
+    """(price per GPU-hour, where it comes from): the caller's, else the profile's default."""
+    if price_override is not None:
+        return price_override, "given by the caller"
+    if hw.hourly_price_usd is not None:
+        return hw.hourly_price_usd, f"{hw.id} profile default: {hw.price_note.strip()}"
+    return None, f"no price: {hw.id} has no default and none was given"
+
+
+def _check_time_cost_inputs(speed: Any, plan: Any, dataset_tokens: Any, examples: Any, avg_tokens_per_example: Any,
+                            epochs: Any, hourly_price_usd: Any) -> tuple[Any, Any, Any, float, Any]:
+    """Validated (dataset_tokens, examples, avg tokens per example, epochs, price override)."""
+    if not isinstance(speed, SpeedEstimate):
+        raise FtAdvisorError("speed", f"expected a SpeedEstimate from estimate_speed, got {type(speed).__name__}")
+    if not isinstance(plan, TrainingPlan):
+        raise FtAdvisorError("plan", f"expected a TrainingPlan, got {type(plan).__name__}")
+    dataset_tokens = check_size("dataset_tokens", dataset_tokens, allow_zero=True)
+    examples = check_size("examples", examples, allow_zero=True)
+    avg = check_size("avg_tokens_per_example", avg_tokens_per_example)
+    ep = check_size("epochs", epochs)
+    price_override = check_size("hourly_price_usd", hourly_price_usd, allow_zero=True)
+    if dataset_tokens is None and examples is None:
+        raise FtAdvisorError("dataset_tokens", "give dataset_tokens or examples (with avg_tokens_per_example)",
+                             ["dataset_tokens", "examples"])
+    return dataset_tokens, examples, avg, ep, price_override
+
+
 def estimate_time_cost(
     speed: SpeedEstimate,
     hardware: Any,
@@ -1217,68 +1421,18 @@ def estimate_time_cost(
     from ftadvisor.profiles import resolve_hardware
 
     hw = resolve_hardware(hardware)
-    if not isinstance(speed, SpeedEstimate):
-        raise FtAdvisorError("speed", f"expected a SpeedEstimate from estimate_speed, got {type(speed).__name__}")
-    if not isinstance(plan, TrainingPlan):
-        raise FtAdvisorError("plan", f"expected a TrainingPlan, got {type(plan).__name__}")
-    dataset_tokens = check_size("dataset_tokens", dataset_tokens, allow_zero=True)
-    examples = check_size("examples", examples, allow_zero=True)
-    avg = check_size("avg_tokens_per_example", avg_tokens_per_example)
-    ep = check_size("epochs", epochs)
-    price_override = check_size("hourly_price_usd", hourly_price_usd, allow_zero=True)
-    if dataset_tokens is None and examples is None:
-        raise FtAdvisorError("dataset_tokens", "give dataset_tokens or examples (with avg_tokens_per_example)",
-                             ["dataset_tokens", "examples"])
-    tech = parse_technique(plan.technique)
-    obj = tech.objective
-    S = plan.seq_len
-    spe = obj.sequences_per_example
+    dataset_tokens, examples, avg, ep, price_override = _check_time_cost_inputs(
+        speed, plan, dataset_tokens, examples, avg_tokens_per_example, epochs, hourly_price_usd)
+    obj = parse_technique(plan.technique).objective
     notes: list[str] = []
 
     if examples is None and avg is not None:
         examples = dataset_tokens / avg
     if obj.generation:
-        # RL: examples are prompts; each becomes completions of seq_len positions.
-        prompt_len = max(S - plan.rl_max_new_tokens, 1)
-        if examples is None:
-            examples = dataset_tokens / prompt_len
-            notes.append(f"prompts counted as dataset_tokens / prompt length {prompt_len} (seq_len - rl_max_new_tokens)")
-        per_prompt = obj.completions_per_prompt(plan)
-        samples = examples * per_prompt * ep
-        positions = samples * S
-        seconds_per_sample = speed.seconds_per_optimizer_step / max(speed.samples_per_optimizer_step, 1e-12)
-        steps = math.ceil(samples / speed.samples_per_optimizer_step) if samples else 0
-        notes.append(f"{per_prompt} completion(s) per prompt of up to {plan.rl_max_new_tokens} new tokens")
+        positions, steps, seconds_per_sample = _rl_positions(speed, plan, obj, dataset_tokens, examples, ep, notes)
     else:
         seconds_per_sample = None
-        if plan.packing:
-            if dataset_tokens is None:
-                if avg is None:
-                    raise FtAdvisorError("avg_tokens_per_example", "needed with examples when packing (how many tokens to pack)")
-                dataset_tokens = examples * avg
-            positions = dataset_tokens * ep
-            notes.append("packed: only real tokens are processed")
-        else:
-            if examples is None:
-                # tokens only, no example count: assume sequences filled to seq_len
-                positions = dataset_tokens * ep
-                notes.append("no example count: assumed every sequence fills seq_len (pass examples to count padding)")
-            elif avg is None:
-                positions = examples * spe * S * ep
-                notes.append(f"no average length given: every sequence counted as seq_len {S} (an upper bound)")
-            else:
-                # trl's collators pad each micro-batch to its longest sequence, not to seq_len. With
-                # lengths spread uniformly on [0, 2 * avg] (our assumption; pass dataset_tokens or
-                # pack for exact counts) the longest of n has expected length 2 * avg * n / (n + 1).
-                per_seq = avg / spe
-                n = plan.micro_batch_size * spe
-                padded = min(S, per_seq if n == 1 else 2 * per_seq * n / (n + 1))
-                positions = examples * spe * padded * ep
-                if padded > per_seq:
-                    notes.append(f"micro-batches padded to their longest sequence: ~{1 - per_seq / padded:.0%} of "
-                                 "positions are padding (assumes lengths spread evenly up to twice the average)")
-                if per_seq > S:
-                    notes.append(f"examples longer than seq_len {S} are truncated")
+        positions = _trained_positions(plan, obj, dataset_tokens, examples, avg, ep, notes)
         steps = math.ceil(positions / speed.tokens_per_optimizer_step) if positions else 0
     seconds = steps * speed.seconds_per_optimizer_step
     if obj.precompute_reference and plan.dpo_precompute_ref and speed.reference_pass_seconds_per_token:
@@ -1286,12 +1440,7 @@ def estimate_time_cost(
         notes.append("reference log-probs precomputed once before training (one forward per example)")
     hours = seconds / 3600.0
     gpu_hours = hours * plan.num_gpus
-    if price_override is not None:
-        price, src = price_override, "given by the caller"
-    elif hw.hourly_price_usd is not None:
-        price, src = hw.hourly_price_usd, f"{hw.id} profile default: {hw.price_note.strip()}"
-    else:
-        price, src = None, f"no price: {hw.id} has no default and none was given"
+    price, src = _hourly_price(hw, price_override)
     cost = gpu_hours * price if price is not None else None
     return TimeCostEstimate(
         wall_clock_hours=hours,

@@ -86,34 +86,158 @@ def resolve_backend(name: str) -> str:
 # --- the live-tensor meter (cpu and trace) ---------------------------------------------------
 
 
+class _LiveBytes:
+    """The live-tensor meter's bookkeeping, without the dispatch hook (:func:`_meter_class` adds
+    it): live storages by id with their bytes and tag, the running sum per tag, and the peaks inside
+    a window (``open_window`` .. ``close_window``), overall and per phase."""
+
+    def _init_book(self, fake: bool) -> None:
+        self.fake = fake
+        self.live: dict[int, list] = {}  # id(storage) -> [nbytes, tag]
+        self.by_tag = dict.fromkeys(TAGS, 0)
+        self.cur = 0
+        self.window = False
+        self.peak = 0
+        self.peak_by_tag: dict[str, int] = {}
+        self.peak_phase: str | None = None
+        self.phase = "forward_backward"
+        self.phase_peak: dict[str, int] = {}
+        self.ops = 0
+        self.peak_op: str | None = None
+        self.top_at_peak: list = []
+        self._snap_at = 0
+        self._op = "(alive before the window)"
+
+    # registration ----------------------------------------------------------------
+    def add(self, t, tag: str = "other") -> None:
+        st = self._storage(t)
+        if st is None:
+            return
+        k = id(st)
+        if k in self.live:
+            return
+        n = int(st.nbytes())
+        self.live[k] = [n, tag, self._op, tuple(t.shape), str(t.dtype).replace("torch.", "")]
+        self.by_tag[tag] += n
+        self.cur += n
+        weakref.finalize(st, self._free, k)
+
+    def retag(self, t, tag: str) -> None:
+        st = self._storage(t)
+        if st is None:
+            return
+        entry = self.live.get(id(st))
+        if entry is None:
+            self.add(t, tag)
+            return
+        n, old = entry[0], entry[1]
+        if old != tag:
+            self.by_tag[old] -= n
+            self.by_tag[tag] += n
+            entry[1] = tag
+
+    def _free(self, k: int) -> None:
+        entry = self.live.pop(k, None)
+        if entry is not None:
+            self.cur -= entry[0]
+            self.by_tag[entry[1]] -= entry[0]
+
+    def scan(self, modules=(), optimizer=None) -> None:
+        """Register what is alive now: module parameters and buffers as weights, the
+        optimizer's state, parameter gradients, then every other tensor the gc can see."""
+        import warnings
+
+        import torch
+
+        prev_op, self._op = self._op, "(alive before the window)"
+        seen_params = set()
+        for mod in modules:
+            for p in mod.parameters():
+                if id(p) in seen_params:
+                    continue
+                seen_params.add(id(p))
+                self.retag(p, "weights")
+                for q in _quant_state_tensors(p):
+                    self.retag(q, "weights")
+                if p.grad is not None:
+                    self.retag(p.grad, "gradients")
+            for b in mod.buffers():
+                self.retag(b, "weights")
+        if optimizer is not None:
+            for state in _optimizer_states(optimizer):
+                for v in state.values():
+                    if isinstance(v, torch.Tensor):
+                        self.retag(v, "optimizer_state")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # isinstance() on deprecated torch objects warns
+            for obj in gc.get_objects():
+                if isinstance(obj, torch.Tensor):
+                    self.add(obj, "other")
+        self._op = prev_op
+
+    # window ------------------------------------------------------------------------
+    def open_window(self, phase: str = "forward_backward") -> None:
+        self.window = True
+        self.phase = phase
+        self.peak = self.cur
+        self.peak_by_tag = dict(self.by_tag)
+        self.peak_phase = phase
+        self.phase_peak = {phase: self.cur}
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        if self.window:
+            self.phase_peak[phase] = max(self.phase_peak.get(phase, 0), self.cur)
+
+    def close_window(self) -> None:
+        self.window = False
+
+    # the mode itself is pushed/popped around parts of a run: ``suspend`` removes it from
+    # the dispatch stack (no per-op Python overhead while timing), ``resume`` puts it back
+    active = False
+
+    def resume(self) -> None:
+        if not self.active:
+            self.__enter__()
+            self.active = True
+
+    def suspend(self) -> None:
+        if self.active:
+            self.__exit__(None, None, None)
+            self.active = False
+
+    def _note(self) -> None:
+        if not self.window:
+            return
+        cur = self.cur
+        ph = self.phase
+        if cur > self.phase_peak.get(ph, -1):
+            self.phase_peak[ph] = cur
+        if cur > self.peak:
+            self.peak = cur
+            self.peak_by_tag = dict(self.by_tag)
+            self.peak_phase = ph
+            self.peak_op = self._op
+            if cur > self._snap_at * 1.002:  # the biggest non-static tensors near the peak
+                self._snap_at = cur
+                self.top_at_peak = sorted(
+                    (e for e in self.live.values() if e[1] in ("other", "gradients")), key=lambda e: -e[0]
+                )[: int(os.environ.get("FTADVISOR_CALIB_TOPN", "12"))]
+
+
 def _meter_class():
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    class LiveTensorMeter(TorchDispatchMode):
+    class LiveTensorMeter(_LiveBytes, TorchDispatchMode):
         """Running and peak bytes of live tensor storages, with a split by tag at the peak and
         a peak per phase. Only counts inside a window (``open_window`` .. ``close_window``)."""
 
         def __init__(self, fake: bool = False):
             super().__init__()
-            self.fake = fake
-            self.live: dict[int, list] = {}  # id(storage) -> [nbytes, tag]
-            self.by_tag = dict.fromkeys(TAGS, 0)
-            self.cur = 0
-            self.window = False
-            self.peak = 0
-            self.peak_by_tag: dict[str, int] = {}
-            self.peak_phase: str | None = None
-            self.phase = "forward_backward"
-            self.phase_peak: dict[str, int] = {}
-            self.ops = 0
-            self.peak_op: str | None = None
-            self.top_at_peak: list = []
-            self._snap_at = 0
-            self._op = "(alive before the window)"
+            self._init_book(fake)
 
-        # registration ----------------------------------------------------------------
         def _storage(self, t):
             if not isinstance(t, torch.Tensor) or t.is_sparse or getattr(t, "is_nested", False):
                 return None
@@ -128,119 +252,6 @@ def _meter_class():
                 return t.untyped_storage()
             except (RuntimeError, NotImplementedError):
                 return None
-
-        def add(self, t, tag: str = "other") -> None:
-            st = self._storage(t)
-            if st is None:
-                return
-            k = id(st)
-            if k in self.live:
-                return
-            n = int(st.nbytes())
-            self.live[k] = [n, tag, self._op, tuple(t.shape), str(t.dtype).replace("torch.", "")]
-            self.by_tag[tag] += n
-            self.cur += n
-            weakref.finalize(st, self._free, k)
-
-        def retag(self, t, tag: str) -> None:
-            st = self._storage(t)
-            if st is None:
-                return
-            entry = self.live.get(id(st))
-            if entry is None:
-                self.add(t, tag)
-                return
-            n, old = entry[0], entry[1]
-            if old != tag:
-                self.by_tag[old] -= n
-                self.by_tag[tag] += n
-                entry[1] = tag
-
-        def _free(self, k: int) -> None:
-            entry = self.live.pop(k, None)
-            if entry is not None:
-                self.cur -= entry[0]
-                self.by_tag[entry[1]] -= entry[0]
-
-        def scan(self, modules=(), optimizer=None) -> None:
-            """Register what is alive now: module parameters and buffers as weights, the
-            optimizer's state, parameter gradients, then every other tensor the gc can see."""
-            import warnings
-
-            prev_op, self._op = self._op, "(alive before the window)"
-            seen_params = set()
-            for mod in modules:
-                for p in mod.parameters():
-                    if id(p) in seen_params:
-                        continue
-                    seen_params.add(id(p))
-                    self.retag(p, "weights")
-                    for q in _quant_state_tensors(p):
-                        self.retag(q, "weights")
-                    if p.grad is not None:
-                        self.retag(p.grad, "gradients")
-                for b in mod.buffers():
-                    self.retag(b, "weights")
-            if optimizer is not None:
-                for state in _optimizer_states(optimizer):
-                    for v in state.values():
-                        if isinstance(v, torch.Tensor):
-                            self.retag(v, "optimizer_state")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # isinstance() on deprecated torch objects warns
-                for obj in gc.get_objects():
-                    if isinstance(obj, torch.Tensor):
-                        self.add(obj, "other")
-            self._op = prev_op
-
-        # window ------------------------------------------------------------------------
-        def open_window(self, phase: str = "forward_backward") -> None:
-            self.window = True
-            self.phase = phase
-            self.peak = self.cur
-            self.peak_by_tag = dict(self.by_tag)
-            self.peak_phase = phase
-            self.phase_peak = {phase: self.cur}
-
-        def set_phase(self, phase: str) -> None:
-            self.phase = phase
-            if self.window:
-                self.phase_peak[phase] = max(self.phase_peak.get(phase, 0), self.cur)
-
-        def close_window(self) -> None:
-            self.window = False
-
-        # the mode itself is pushed/popped around parts of a run: ``suspend`` removes it from
-        # the dispatch stack (no per-op Python overhead while timing), ``resume`` puts it back
-        active = False
-
-        def resume(self) -> None:
-            if not self.active:
-                self.__enter__()
-                self.active = True
-
-        def suspend(self) -> None:
-            if self.active:
-                self.__exit__(None, None, None)
-                self.active = False
-
-        def _note(self) -> None:
-            if not self.window:
-                return
-            cur = self.cur
-            ph = self.phase
-            if cur > self.phase_peak.get(ph, -1):
-                self.phase_peak[ph] = cur
-            if cur > self.peak:
-                self.peak = cur
-                self.peak_by_tag = dict(self.by_tag)
-                self.peak_phase = ph
-                self.peak_op = self._op
-                if cur > self._snap_at * 1.002:  # the biggest non-static tensors near the peak
-                    self._snap_at = cur
-                    self.top_at_peak = sorted(
-                        (e for e in self.live.values() if e[1] in ("other", "gradients")), key=lambda e: -e[0]
-                    )[: int(os.environ.get("FTADVISOR_CALIB_TOPN", "12"))]
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
@@ -367,88 +378,99 @@ def trace_mode():
 # --- the step probe (trainer callback) --------------------------------------------------------
 
 
+class _StepWindow:
+    """The step probe's measurement window, without the trainer hooks (:func:`_probe` adds them):
+    which global steps are timed and measured, the phase, and the cuda peaks per phase (or the
+    live-tensor meter's window)."""
+
+    def __init__(self, meter_kind: str, meter, session, warmup: int, steps: int, timing_steps: int):
+        import torch
+
+        self._torch = torch
+        self.meter_kind, self.meter, self.session = meter_kind, meter, session
+        self.timing_steps = timing_steps
+        self.cuda = meter_kind == "cuda"
+        self.mem_start = warmup + timing_steps  # window opens after this step ends
+        self.mem_end = self.mem_start + steps
+        self.time_start = warmup
+        self.time_end = warmup + (timing_steps or steps)
+        self.t_last = None
+        self.step_seconds: list[float] = []
+        self.in_window = False
+        self.done = False
+        self.cuda_phase_peak: dict[str, int] = {}
+        self.cuda_phase_reserved: dict[str, int] = {}
+        self.phase = "forward_backward"
+        self.hooks = []
+        self.steps_measured = 0
+
+    def sync(self):
+        if self.cuda:
+            self._torch.cuda.synchronize()
+
+    # cuda peaks per phase ------------------------------------------------------------
+    def _cuda_close_phase(self):
+        cuda = self._torch.cuda
+        self.sync()
+        a = cuda.max_memory_allocated()
+        r = cuda.max_memory_reserved()
+        self.cuda_phase_peak[self.phase] = max(self.cuda_phase_peak.get(self.phase, 0), a)
+        self.cuda_phase_reserved[self.phase] = max(self.cuda_phase_reserved.get(self.phase, 0), r)
+        cuda.reset_peak_memory_stats()
+
+    def set_phase(self, phase: str):
+        if phase == self.phase:
+            return
+        if self.in_window:
+            if self.cuda:
+                self._cuda_close_phase()
+        self.phase = phase
+        if self.meter is not None:
+            self.meter.set_phase(phase)
+
+    # window --------------------------------------------------------------------------
+    def _open(self):
+        meter, session = self.meter, self.session
+        if self.meter_kind in ("cpu", "trace"):
+            meter.resume()
+            meter.scan(_modules_of(session), session.trainer.optimizer)
+            for m in _modules_of(session):
+                for p in m.parameters():
+                    if p.requires_grad and id(p) not in self._hooked:
+                        self._hooked.add(id(p))
+                        self.hooks.append(p.register_post_accumulate_grad_hook(
+                            lambda q: meter.retag(q.grad, "gradients") if q.grad is not None else None))
+            meter.open_window("forward_backward")
+        else:
+            self.sync()
+            self._torch.cuda.reset_peak_memory_stats()
+        self.phase = "forward_backward"
+        self.in_window = True
+
+    def _close(self):
+        if not self.in_window:
+            return
+        if self.cuda:
+            self._cuda_close_phase()
+        if self.meter is not None:
+            self.meter.close_window()
+        self.in_window = False
+        self.done = True
+
+    _hooked: set = set()
+
+
 def _probe(meter_kind: str, meter, session, warmup: int, steps: int, timing_steps: int):
     """A TrainerCallback that drives the meter over the measured window.
 
     Steps (global_step after each optimizer step): 1..warmup warm-up; for the cpu meter the next
     ``timing_steps`` are timed with the meter paused; the final ``steps`` are measured."""
-    import torch
     from transformers import TrainerCallback
 
-    cuda = meter_kind == "cuda"
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    class StepProbe(TrainerCallback):
-        def __init__(self):
-            self.mem_start = warmup + timing_steps  # window opens after this step ends
-            self.mem_end = self.mem_start + steps
-            self.time_start = warmup
-            self.time_end = warmup + (timing_steps or steps)
-            self.t_last = None
-            self.step_seconds: list[float] = []
-            self.in_window = False
-            self.done = False
-            self.cuda_phase_peak: dict[str, int] = {}
-            self.cuda_phase_reserved: dict[str, int] = {}
-            self.phase = "forward_backward"
-            self.hooks = []
-            self.steps_measured = 0
-
-        # cuda peaks per phase ------------------------------------------------------------
-        def _cuda_close_phase(self):
-            sync()
-            a = torch.cuda.max_memory_allocated()
-            r = torch.cuda.max_memory_reserved()
-            self.cuda_phase_peak[self.phase] = max(self.cuda_phase_peak.get(self.phase, 0), a)
-            self.cuda_phase_reserved[self.phase] = max(self.cuda_phase_reserved.get(self.phase, 0), r)
-            torch.cuda.reset_peak_memory_stats()
-
-        def set_phase(self, phase: str):
-            if phase == self.phase:
-                return
-            if self.in_window:
-                if cuda:
-                    self._cuda_close_phase()
-            self.phase = phase
-            if meter is not None:
-                meter.set_phase(phase)
-
-        # window --------------------------------------------------------------------------
-        def _open(self):
-            if meter_kind in ("cpu", "trace"):
-                meter.resume()
-                meter.scan(_modules_of(session), session.trainer.optimizer)
-                for m in _modules_of(session):
-                    for p in m.parameters():
-                        if p.requires_grad and id(p) not in self._hooked:
-                            self._hooked.add(id(p))
-                            self.hooks.append(p.register_post_accumulate_grad_hook(
-                                lambda q: meter.retag(q.grad, "gradients") if q.grad is not None else None))
-                meter.open_window("forward_backward")
-            else:
-                sync()
-                torch.cuda.reset_peak_memory_stats()
-            self.phase = "forward_backward"
-            self.in_window = True
-
-        def _close(self):
-            if not self.in_window:
-                return
-            if cuda:
-                self._cuda_close_phase()
-            if meter is not None:
-                meter.close_window()
-            self.in_window = False
-            self.done = True
-
-        _hooked: set = set()
-
+    class StepProbe(_StepWindow, TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
             self._hooked = set()
-            sync()
+            self.sync()
             self.t_last = time.perf_counter()
             if self.mem_start == 0:
                 self._open()
@@ -460,7 +482,7 @@ def _probe(meter_kind: str, meter, session, warmup: int, steps: int, timing_step
             self.set_phase("optimizer_step")
 
         def on_step_end(self, args, state, control, **kw):
-            sync()
+            self.sync()
             now = time.perf_counter()
             g = state.global_step
             if self.time_start < g <= self.time_end:
@@ -469,13 +491,13 @@ def _probe(meter_kind: str, meter, session, warmup: int, steps: int, timing_step
                 self.steps_measured += 1
             if g == self.mem_end:
                 self._close()
-            if meter_kind == "cpu" and timing_steps and g == self.time_start:
+            if self.meter_kind == "cpu" and self.timing_steps and g == self.time_start:
                 # off the dispatch stack over the timing steps; _open puts it back (and rescans)
-                meter.suspend()
+                self.meter.suspend()
             if g == self.mem_start and not self.done and not self.in_window:
                 self._open()
             self.set_phase("forward_backward")
-            sync()
+            self.sync()
             self.t_last = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kw):
@@ -483,7 +505,7 @@ def _probe(meter_kind: str, meter, session, warmup: int, steps: int, timing_step
             for h in self.hooks:
                 h.remove()
 
-    return StepProbe()
+    return StepProbe(meter_kind, meter, session, warmup, steps, timing_steps)
 
 
 @contextlib.contextmanager
