@@ -647,6 +647,20 @@ def test_two_process_ddp_on_cpu_through_accelerate(tmp_path, tiny_model):
     assert result["steps"] == 6 and result["world_size"] == 2 and result["distributed_type"] == "MULTI_CPU"
     assert (out / "final" / "adapter_model.safetensors").is_file()
     assert (out / "checkpoints" / "checkpoint-6").is_dir()
+    # It learned, as one model: the engine's end event holds a fingerprint (float64 sum, L2 norm) of
+    # the trainable parameters at the start and, gathered from every rank, at the end. The LoRA B
+    # matrices start at zero, so training moves the norm; DDP all-reduces the gradients before every
+    # step, so the two replicas end bit-identical; the saved adapter is that trained state.
+    from safetensors.torch import load_file
+
+    from ftadvisor.train.engine import param_fingerprint
+
+    end = [e for e in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if e["event"] == "end"][-1]
+    start, ranks = end["param_fingerprint_start"], end["param_fingerprints"]
+    assert len(ranks) == 2 and ranks[0] == ranks[1]
+    assert abs(ranks[0][1] - start[1]) > 0.01 * start[1], (start, ranks)
+    saved = param_fingerprint(load_file(out / "final" / "adapter_model.safetensors").values())
+    assert saved == pytest.approx(ranks[0], rel=1e-6)
 
 
 def test_fsdp_and_zero_refused_on_cpu(tmp_path, config_dir):

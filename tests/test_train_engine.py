@@ -2,8 +2,8 @@
 
 Every technique runs a few real optimizer steps through trl/transformers; trainable-parameter
 counts are checked against hand-computed values for the tiny configs AND against
-``ftadvisor.estimate`` (the contract between engine and estimator); loss falls on a tiny
-memorisable dataset; saved results load back and generate.
+``ftadvisor.estimate`` (the contract between engine and estimator); every method and every
+objective learns on tiny memorisable data or a learnable reward; saved results load back and generate.
 
 Tiny llama (ftadvisor.train.tiny): V=512, h=64, I=128, L=2, 4 heads of 16, 2 kv heads, untied.
 Hand counts used below (transformers' Llama layout):
@@ -369,30 +369,155 @@ def test_bottleneck_adapter_is_identity_at_init_and_residual_after():
     assert sum(p.numel() for p in a.parameters()) == 2 * 8 * 2 + 2 + 8
 
 
-# --- learning, saving, loading --------------------------------------------------------------
+# --- learning: every method and every objective ----------------------------------------------
+# Each case trains on data a tiny model can fit within a few dozen steps and asserts that the
+# objective's own signal improved (SFT loss, DPO/ORPO reward margin, GRPO reward, PPO reward-model
+# score) and that the weights moved. scripts/learning_probe.sh reruns these with the learning rate
+# forced to 0 and checks that every one of them fails.
 
-LEARN_CASES = [("lora", FACTS, 1e-2), ("full", FACTS, 3e-3), ("dpo+lora", PREFS, 1e-2)]
+
+def _params_moved(result) -> bool:
+    """The trainable parameters ended away from where they started (fingerprints: sum, L2 norm)."""
+    start, ends = result.param_fingerprint_start, result.param_fingerprints
+    assert start is not None and ends is not None and len(ends) == 1  # one process
+    return any(abs(a - b) > 1e-6 * max(1.0, abs(b)) for a, b in zip(ends[0], start))
 
 
-@pytest.mark.parametrize("technique,records,lr", LEARN_CASES, ids=[c[0] for c in LEARN_CASES])
-def test_loss_falls_on_memorisable_data(llama_dir, tmp_path, technique, records, lr):
-    plan = _plan(technique, micro_batch_size=4, lora_r=8)
+def _mean(xs) -> float:
+    return sum(xs) / len(xs)
+
+
+# (method, model fixture, learning rate, extra plan fields): learning rates that let each method
+# memorise the four facts in 12 steps (measured: last/first loss 0.007-0.07 on the CPU).
+LEARN_CASES = [
+    ("full", "llama_dir", 3e-3, {}),
+    ("lora", "llama_dir", 1e-2, {}),
+    ("qlora", "llama_dir", 1e-2, {}),
+    ("dora", "llama_dir", 1e-2, {}),
+    ("adapter", "llama_dir", 3e-2, {}),
+    ("half_ft", "llama_dir", 3e-3, {}),
+    ("lamini", "llama_dir", 3e-2, {"lamini_layers": 2}),
+    ("moe", "qwen_moe_dir", 3e-3, {}),
+    ("moe", "mixtral_dir", 3e-3, {}),
+]
+
+
+@pytest.mark.parametrize("method,model_fixture,lr,extra", LEARN_CASES,
+                         ids=[c[0] if c[0] != "moe" else f"moe-{c[1][:-4]}" for c in LEARN_CASES])
+def test_loss_falls_on_memorisable_data(request, tmp_path, method, model_fixture, lr, extra):
+    """Every method (SFT) memorises four question/answer pairs: final loss below 0.2x the first."""
+    model = request.getfixturevalue(model_fixture)
+    plan = _plan(method, micro_batch_size=4, lora_r=8, **extra)
     log = tmp_path / "log.jsonl"
-    session, result = _train(llama_dir, plan, steps=12, data=records, learning_rate=lr, log_path=str(log),
-                             output_dir=str(tmp_path / "out"))
+    session, result = _train(model, plan, steps=12, data=FACTS, learning_rate=lr, log_path=str(log),
+                             save_final=False)
     first, last = result.losses[0], result.losses[-1]
-    if technique.startswith("dpo"):
-        assert first == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1
-        assert last < 0.35
-    else:
-        assert last < 0.35 * first
+    assert first > 5  # a random model: about ln(512) = 6.2 nats per token
+    assert last < 0.2 * first, result.losses
+    assert _params_moved(result)
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert events[0]["event"] == "start" and events[-1]["event"] == "end"
     steps = [e for e in events if e["event"] == "step"]
     assert [e["step"] for e in steps] == list(range(1, 13))
-    for key in ("loss", "lr", "tokens", "tokens_per_s", "elapsed_s", "eta_s", "epoch"):
+    for key in ("loss", "lr", "tokens", "tokens_per_s", "elapsed_s", "eta_s", "epoch", "metrics"):
         assert key in steps[0]
     assert steps[-1]["tokens"] == result.tokens_seen and steps[-1]["eta_s"] == 0
+    assert events[-1]["param_fingerprints"] == result.param_fingerprints
+
+
+@pytest.mark.parametrize("technique", ["dpo+lora", "orpo+lora"])
+def test_preference_objectives_widen_the_reward_margin(llama_dir, tmp_path, technique):
+    """DPO and ORPO on four preference pairs: the implicit reward margin (chosen minus rejected,
+    trl's ``rewards/margins``) grows and every pair ends ranked right (``rewards/accuracies``)."""
+    plan = _plan(technique, micro_batch_size=4, lora_r=8)
+    log = tmp_path / "log.jsonl"
+    session, result = _train(llama_dir, plan, steps=12, data=PREFS, learning_rate=1e-2, log_path=str(log),
+                             save_final=False)
+    margins = [m["rewards/margins"] for m in result.metrics]
+    accuracies = [m["rewards/accuracies"] for m in result.metrics]
+    assert len(margins) == len(accuracies) == 12
+    if technique.startswith("dpo"):
+        # policy == reference at step 1: loss -log sigmoid(0) = ln 2, margin 0 (Rafailov et al. 2023, eq. 7)
+        assert result.losses[0] == pytest.approx(math.log(2), abs=1e-3)
+        assert margins[0] == pytest.approx(0, abs=1e-6)
+        assert margins[-1] > 2.0  # measured 4.8
+        assert result.losses[-1] < 0.1
+    else:
+        # ORPO: margin = beta x (mean log-prob chosen - rejected); the odds-ratio term
+        # log sigmoid(log odds) climbs to 0 (Hong et al. 2024)
+        assert margins[-1] > margins[0] + 0.4  # measured -0.07 -> 0.75
+        odds = [m["log_odds_ratio"] for m in result.metrics]
+        assert odds[0] < -0.5 and odds[-1] > -0.1  # measured -1.2 -> -0.0002
+        assert result.losses[-1] < 0.25 * result.losses[0]  # the NLL part memorises the chosen answers
+    assert accuracies[-1] == 1.0
+    assert _params_moved(result)
+    steps = [json.loads(line) for line in log.read_text().splitlines()][1:-1]
+    assert [e["metrics"]["rewards/margins"] for e in steps] == margins  # the JSON-lines log carries them
+
+
+def test_grpo_raises_a_learnable_reward(llama_dir):
+    """GRPO with the built-in length reward (1 at 64 characters): 8-token completions of a random
+    model are about 20 characters long, so the policy earns more by choosing longer tokens. Eight
+    completions per prompt, one prompt per step; mean reward (trl's ``reward``) over the last 8
+    steps vs the first 8."""
+    data = [{"prompt": q} for q, _, _ in QA]
+    plan = _plan("grpo", micro_batch_size=8, grpo_num_generations=8)
+    session, result = _train(llama_dir, plan, steps=40, data=data, reward="length", learning_rate=1e-2,
+                             save_final=False)
+    rewards = [m["reward"] for m in result.metrics]
+    assert len(rewards) == 40 and all(0 <= x <= 1 for x in rewards)
+    assert [m["rewards/reward_length/mean"] for m in result.metrics] == rewards
+    before, after = _mean(rewards[:8]), _mean(rewards[-8:])
+    assert after > before + 0.15, rewards  # measured 0.29 -> 0.74
+    assert _params_moved(result)
+
+
+@pytest.fixture(scope="module")
+def last_token_reward_dir(tmp_path_factory):
+    """A tiny reward model whose score is a fixed function of the last token: every attention and
+    MLP output projection is zeroed, so the last hidden state is the normalised embedding of the
+    last token and the score head gives each vocabulary entry its own (random) reward."""
+    from safetensors.torch import load_file, save_file
+
+    from ftadvisor.train.tiny import make_tiny_model_dir
+
+    path = make_tiny_model_dir(tmp_path_factory.mktemp("m") / "reward", head="seq_cls", seed=1)
+    weights = load_file(path / "model.safetensors")
+    for name, t in weights.items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[name] = torch.zeros_like(t)
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    return str(path)
+
+
+PROMPTS = [{"prompt": p} for p in ("capital of france?", "seven plus three?", "color of the sky?", "river in egypt?",
+                                   "largest ocean?", "author of hamlet?", "speed of light?", "tallest mountain?")]
+
+
+def test_ppo_raises_the_reward_model_score(llama_dir, last_token_reward_dir):
+    """PPO (LoRA policy and value model) against a reward model that scores the response's last
+    token, with one-token responses: a contextual bandit the policy learns within 16 rollouts of 8.
+    Mean reward-model score (trl's ``objective/scores``) over the last 4 steps vs the first 4."""
+    plan = _plan("ppo+lora", micro_batch_size=8, rl_max_new_tokens=1)
+    session, result = _train(llama_dir, plan, steps=16, data=PROMPTS, reward=last_token_reward_dir,
+                             learning_rate=3e-2, save_final=False)
+    scores = [m["objective/scores"] for m in result.metrics]
+    assert len(scores) == 16
+    before, after = _mean(scores[:4]), _mean(scores[-4:])
+    assert after > before + 0.5, scores  # measured 0.03 -> 1.78
+    assert _params_moved(result)
+
+
+def test_ppo_needs_one_rollout_batch_of_prompts(llama_dir):
+    # trl's PPOTrainer would wait forever for a first full batch (its dataloader drops the rest).
+    from ftadvisor.train.engine import TrainJob, build
+
+    with pytest.raises(FtAdvisorError) as err:
+        build(TrainJob(model=llama_dir, plan=_plan("ppo+lora", micro_batch_size=8), data=PROMPTS[:4], max_steps=1))
+    assert err.value.field == "data" and "got 4" in str(err.value)
+
+
+# --- saving and loading ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("technique", ["lora", "full", "adapter", "lamini", "qlora"])

@@ -770,6 +770,13 @@ def test_launch_real_tiny_cpu_run(tiny_model, tmp_path, monkeypatch):
     steps = [r for r in run.records if r.get("event") == "step"]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in steps)
+    # It learned: the plan's micro-batch holds all six records, so each step is one epoch over the
+    # same data and the lower second loss is the first update at work (default LoRA learning rate;
+    # measured 7.566 -> 7.554), and the trainable weights moved (the engine's end-event fingerprints).
+    assert [r["epoch"] for r in steps] == [1.0, 2.0]
+    assert steps[1]["loss"] < steps[0]["loss"] - 0.004, steps
+    end = next(r for r in run.records if r.get("event") == "end")
+    assert end["param_fingerprints"][0] != end["param_fingerprint_start"]
     import yaml
 
     written = yaml.safe_load((run.run_dir / "plan.yaml").read_text())

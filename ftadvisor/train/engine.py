@@ -88,6 +88,16 @@ class RunResult:
     peak_allocated_bytes: int | None
     peak_reserved_bytes: int | None
     output_dir: str | None
+    metrics: list[dict] = field(default_factory=list)
+    """Per logged step: the trainer's own numbers besides the loss (``step`` plus e.g. DPO/ORPO
+    ``rewards/margins`` and ``rewards/accuracies``, GRPO ``reward`` and ``rewards/<name>/mean``,
+    PPO ``objective/scores``), as in the JSON-lines log's ``metrics``."""
+    param_fingerprint_start: list[float] | None = None
+    """(sum, L2 norm) in float64 over this process's trainable parameters when ``run`` starts (before
+    a resumed run loads its checkpoint)."""
+    param_fingerprints: list[list[float]] | None = None
+    """The same after training, one per process (rank order; one entry when not distributed):
+    data-parallel replicas must end equal, and a run that learned ends away from the start."""
 
 
 @dataclass
@@ -570,6 +580,8 @@ def _records(session: Session) -> list[dict]:
         if obj == "grpo":
             per_step = max(1, per_step // plan.grpo_num_generations)
         n = job.synthetic_examples or per_step * (job.max_steps or 4)
+        if obj == "ppo":  # trl's PPOTrainer needs a whole rollout batch on every process
+            n = max(n, per_step * int(os.environ.get("WORLD_SIZE", "1") or 1))
         return data.synthetic_records(obj, plan, session.tokenizer, n, seed=job.seed)
     return data.convert(list(job.data), obj)
 
@@ -645,6 +657,7 @@ def _log_callback_cls():
             self.t_step = None
             self.step_seconds: list[float] = []
             self.losses: list[float] = []
+            self.metrics: list[dict] = []
             self.logged_step = 0
 
         def write(self, obj: dict) -> None:
@@ -676,6 +689,8 @@ def _log_callback_cls():
                 return
             self.logged_step = state.global_step
             self.losses.append(float(loss))
+            metrics = _step_metrics(logs)
+            self.metrics.append({"step": state.global_step, **metrics})
             elapsed = time.perf_counter() - (self.t_start or time.perf_counter())
             tokens = self.counter["tokens"]
             rate = tokens / elapsed if elapsed > 0 else 0.0
@@ -684,7 +699,7 @@ def _log_callback_cls():
             self.write({
                 "event": "step", "step": state.global_step, "loss": float(loss),
                 "lr": logs.get("learning_rate", logs.get("lr")), "tokens": tokens, "tokens_per_s": rate,
-                "elapsed_s": elapsed, "eta_s": eta, "epoch": state.epoch,
+                "elapsed_s": elapsed, "eta_s": eta, "epoch": state.epoch, "metrics": metrics,
             })
 
         def close(self, result: RunResult | None, error: str | None = None):
@@ -692,7 +707,9 @@ def _log_callback_cls():
             if result is not None:
                 ev.update(steps=result.steps, tokens_seen=result.tokens_seen, wall_s=result.wall_s,
                           tokens_per_s=result.tokens_per_s, final_loss=result.losses[-1] if result.losses else None,
-                          peak_allocated_bytes=result.peak_allocated_bytes, output_dir=result.output_dir)
+                          peak_allocated_bytes=result.peak_allocated_bytes, output_dir=result.output_dir,
+                          param_fingerprint_start=result.param_fingerprint_start,
+                          param_fingerprints=result.param_fingerprints)
             if error:
                 ev["error"] = error
             self.write(ev)
@@ -701,6 +718,62 @@ def _log_callback_cls():
                 self.fh = None
 
     return StepLog
+
+
+_NOT_METRICS = ("loss", "loss/policy_avg", "learning_rate", "lr", "epoch")
+
+
+def _step_metrics(logs: dict) -> dict:
+    """The finite numbers a trainer logged for a step, besides loss, learning rate and epoch."""
+    out = {}
+    for k, v in logs.items():
+        if k in _NOT_METRICS or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(float(v)):
+            out[k] = float(v) if isinstance(v, float) else v
+    return out
+
+
+def _trainable(session: Session) -> list:
+    """Parameters the optimizer updates: the policy's, plus PPO's value model's."""
+    params = [p for p in session.model.parameters() if p.requires_grad]
+    value = session.extra_models.get("value")
+    if value is not None:
+        seen = {id(p) for p in params}
+        params += [p for p in value.parameters() if p.requires_grad and id(p) not in seen]
+    return params
+
+
+def param_fingerprint(params) -> list[float]:
+    """[sum, L2 norm] in float64 over the given parameters: cheap on any device, and a change in
+    any element moves it (a check that training changed the weights, and that data-parallel
+    replicas hold the same ones). Sharded layouts (FSDP, ZeRO-3) fingerprint each rank's shard."""
+    import torch
+
+    total, sq = 0.0, 0.0
+    with torch.no_grad():
+        for p in params:
+            t = p.detach()
+            t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor: this rank's shard
+            if t.numel() == 0:  # ZeRO-3 placeholders
+                continue
+            # float64 in chunks of 2^24 elements: no full-size float64 copy of a large embedding
+            for chunk in t.reshape(-1).split(1 << 24):
+                c = chunk.to(torch.float64)
+                total += float(c.sum())
+                sq += float(c.square().sum())
+    return [total, math.sqrt(sq)]
+
+
+def _gather_fingerprints(fp: list[float]) -> list[list[float]]:
+    """Every process's fingerprint, in rank order (collective: all processes call it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [fp]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, fp)
+    return out
 
 
 def _token_counter(model, counter: dict):
@@ -743,6 +816,7 @@ def run(session: Session, callbacks=()) -> RunResult:
         resume = get_last_checkpoint(session.output_dir) if Path(session.output_dir).is_dir() else None
         if resume is None:
             raise FtAdvisorError("resume", f"no checkpoint found in {session.output_dir}")
+    fp_start = param_fingerprint(_trainable(session))
     t0 = time.perf_counter()
     result = None
     try:
@@ -750,7 +824,12 @@ def run(session: Session, callbacks=()) -> RunResult:
 
         ctx = contextlib.nullcontext()
         if OBJECTIVE_IMPLS[session.technique.objective.name].outer_autocast and session.plan.precision.endswith("-mixed"):
-            ctx = torch.autocast(device_type=session.device.split(":")[0], dtype=session.compute_dtype)
+            # cache_enabled=False: autocast keeps the low-precision copy of each trainable weight
+            # until the outermost autocast region exits, so around a whole training loop every
+            # forward would reuse the copies made at step 1 and the updates would never show
+            # (the Trainer's own autocast is entered per step, so its cache is cleared each step).
+            ctx = torch.autocast(device_type=session.device.split(":")[0], dtype=session.compute_dtype,
+                                 cache_enabled=False)
         with ctx:
             trainer.train(resume_from_checkpoint=resume) if resume else trainer.train()
         if cuda:
@@ -758,6 +837,7 @@ def run(session: Session, callbacks=()) -> RunResult:
         wall = time.perf_counter() - t0
         peak_alloc = torch.cuda.max_memory_allocated() if cuda else None
         peak_res = torch.cuda.max_memory_reserved() if cuda else None
+        fingerprints = _gather_fingerprints(param_fingerprint(_trainable(session)))
         out = None
         if session.job.save_final:
             out = save(session)
@@ -771,6 +851,9 @@ def run(session: Session, callbacks=()) -> RunResult:
             peak_allocated_bytes=peak_alloc,
             peak_reserved_bytes=peak_res,
             output_dir=out,
+            metrics=list(log.metrics),
+            param_fingerprint_start=fp_start,
+            param_fingerprints=fingerprints,
         )
         return result
     except Exception as err:

@@ -13,6 +13,7 @@ The semantics mirror the memory model (``ftadvisor/memory.py`` ``build_layout`` 
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -498,6 +499,16 @@ def _ppo(session, records, common):
     plan = session.plan
     from ftadvisor.train import engine
 
+    batch = common["per_device_train_batch_size"] * common["gradient_accumulation_steps"]
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if len(records) < batch * world:
+        # trl's PPOTrainer draws whole rollout batches (drop_last) from an endless loop over its
+        # dataloader: with fewer prompts than one batch it would wait forever for the first one.
+        raise FtAdvisorError(
+            "data",
+            f"ppo needs at least one rollout batch of prompts (micro_batch_size x gradient_accumulation_steps"
+            f"{' x processes' if world > 1 else ''} = {batch * world}); got {len(records)}",
+        )
     value = engine.build_value_model(session)
     reward = engine.build_reward_model(session)
     ref = reference_for(session, needed=True)
@@ -506,7 +517,6 @@ def _ppo(session, records, common):
     c = dict(common)
     c.pop("max_steps", None)
     c.pop("num_train_epochs", None)
-    batch = c["per_device_train_batch_size"] * c["gradient_accumulation_steps"]
     args = PPOConfig(
         **c,
         response_length=plan.rl_max_new_tokens,
