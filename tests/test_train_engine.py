@@ -102,18 +102,7 @@ def _train(model, plan, steps=2, **job):
     return session, run(session)
 
 
-# --- registry -------------------------------------------------------------------------------
-
-
-def test_every_method_and_objective_has_one_implementation():
-    from ftadvisor.train.techniques import METHOD_IMPLS, OBJECTIVE_IMPLS
-
-    assert set(METHOD_IMPLS) == set(ftadvisor.METHODS)
-    assert set(OBJECTIVE_IMPLS) == set(ftadvisor.OBJECTIVES)
-    for name, impl in METHOD_IMPLS.items():
-        assert impl.name == name and callable(impl.apply)
-    for name, impl in OBJECTIVE_IMPLS.items():
-        assert impl.name == name and callable(impl.build_trainer)
+# (every method and objective has a training hook: tests/test_techniques.py)
 
 
 def test_import_is_light():

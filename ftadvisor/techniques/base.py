@@ -235,6 +235,9 @@ class Objective:
     """Bytes per logit of the chosen half beyond the log-prob gather's (ORPO's NLL log-softmax)."""
     multiple_completions_field: ClassVar[str | None] = None
     """Plan field giving completions per prompt (GRPO's group size)."""
+    own_training_loop: ClassVar[bool] = False
+    """The trl trainer runs its own loop on an Accelerator without mixed precision (trl's
+    experimental PPOTrainer), so the engine wraps training in torch.autocast for *-mixed."""
     definition_figure: ClassVar[str | None] = None
     """Evidence figure defining what a preference/RL objective optimises (quoted when it does not apply)."""
 

@@ -29,6 +29,7 @@ class PPO(AlignmentObjective):
     # after each rollout: the policy's own log-probs, the value model and the reward model score
     # the sequences without gradients (the reference's pass is counted by uses_reference)
     nograd_passes_per_step = 3
+    own_training_loop = True
     full_sequence_logits = True  # the training forward computes logits for the whole sequence
 
     def quality_terms(self, q) -> None:

@@ -125,6 +125,13 @@ class Session:
     """Directory or hub id the weights came from (None for random init)."""
     _base_dir: str | None = None
 
+    # The extra models an objective's trainer hook may ask for (PPO), built by this engine.
+    def build_value_model(self):
+        return build_value_model(self)
+
+    def build_reward_model(self):
+        return build_reward_model(self)
+
 
 # --- resolution -----------------------------------------------------------------------------
 
@@ -252,7 +259,6 @@ def _optim_name(plan, device: str) -> str:
 # (SFTConfig 2e-5, DPOConfig 1e-6, ORPOConfig 8e-6, GRPOConfig 1e-6, PPOConfig 3e-6); 10x for
 # parameter-efficient methods ("LoRA Without Regret", Schulman et al. / Thinking Machines 2025:
 # the best LoRA learning rate is about 10x the full fine-tuning one).
-_DEFAULT_LR = {"sft": 2e-5, "dpo": 1e-6, "orpo": 8e-6, "grpo": 1e-6, "ppo": 3e-6}
 
 
 # --- model loading --------------------------------------------------------------------------
@@ -425,13 +431,13 @@ def count_base(model) -> int:
 def build_value_model(session: Session):
     """PPO's value model: the policy's architecture with a one-output score head, trained with the
     same method (memory model: 'value model mirrors the policy and trains with it')."""
-    from ftadvisor.train.techniques import METHOD_IMPLS, Context
+    from ftadvisor.train.techniques import Context, apply_method
 
     model = _load_model(session, session.weights_source, _attn_impl(session.plan, session.device), head="seq_cls")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = session.tokenizer.pad_token_id
     ctx = Context(session.plan, session.arch, session.technique, session.quantization, session.arch.num_layers)
-    model = METHOD_IMPLS[session.technique.method.name].apply(model, ctx, False)
+    model = apply_method(session.technique.method, model, ctx, False)
     for name, p in model.named_parameters():
         if name.startswith("score"):
             p.requires_grad_(True)  # a fresh value head always trains
@@ -525,13 +531,13 @@ def build(job: TrainJob) -> Session:
     if technique.objective.generation:
         session.tokenizer.padding_side = "left"
 
-    from ftadvisor.train.techniques import METHOD_IMPLS, OBJECTIVE_IMPLS, Context
+    from ftadvisor.train.techniques import Context, apply_method, hook
 
     model = _load_model(session, session.weights_source, attn)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = session.tokenizer.pad_token_id
     ctx = Context(plan, arch, technique, layout.quantization, arch.num_layers)
-    model = METHOD_IMPLS[technique.method.name].apply(model, ctx, True)
+    model = apply_method(technique.method, model, ctx, True)
     _apply_precision(model, plan, layout.quantization)
     session.model = model
     session.notes.extend(ctx.notes)
@@ -540,7 +546,7 @@ def build(job: TrainJob) -> Session:
     # Without output_dir: a fresh path under the temp dir, created only if something is saved.
     session.output_dir = job.output_dir or os.path.join(tempfile.gettempdir(), f"ftadvisor-run-{uuid.uuid4().hex[:12]}")
     common = _common_args(session)
-    own_on_quantized = layout.quantization != "none" and METHOD_IMPLS[technique.method.name].own_modules
+    own_on_quantized = layout.quantization != "none" and technique.method.own_modules
     if own_on_quantized:
         # transformers.Trainer refuses a quantized model unless peft adapters are attached
         # (trainer_utils.validate_quantization_for_training reads _hf_peft_config_loaded); ours are
@@ -548,7 +554,7 @@ def build(job: TrainJob) -> Session:
         # same flag to save adapters only).
         model._hf_peft_config_loaded = True
     try:
-        session.trainer = OBJECTIVE_IMPLS[technique.objective.name].build_trainer(session, session.records, common)
+        session.trainer = hook(technique.objective.train_hook)(session, session.records, common)
     finally:
         if own_on_quantized:
             del model._hf_peft_config_loaded
@@ -577,10 +583,10 @@ def _records(session: Session) -> list[dict]:
         if job.data != "synthetic":
             raise FtAdvisorError("data", f"unknown data {job.data!r}; pass 'synthetic' or a list of records", ["synthetic"])
         per_step = plan.micro_batch_size * plan.gradient_accumulation_steps
-        if obj == "grpo":
-            per_step = max(1, per_step // plan.grpo_num_generations)
+        objective = session.technique.objective
+        per_step = max(1, per_step // objective.completions_per_prompt(plan))  # prompts per step (GRPO groups)
         n = job.synthetic_examples or per_step * (job.max_steps or 4)
-        if obj == "ppo":  # trl's PPOTrainer needs a whole rollout batch on every process
+        if objective.own_training_loop:  # trl's PPOTrainer needs a whole rollout batch on every process
             n = max(n, per_step * int(os.environ.get("WORLD_SIZE", "1") or 1))
         return data.synthetic_records(obj, plan, session.tokenizer, n, seed=job.seed)
     return data.convert(list(job.data), obj)
@@ -609,10 +615,9 @@ def _quiet() -> None:
 
 def _common_args(session: Session) -> dict:
     job, plan = session.job, session.plan
-    obj = session.technique.objective.name
     lr = job.learning_rate
     if lr is None:
-        lr = _DEFAULT_LR[obj] * (10 if session.technique.method.peft else 1)
+        lr = session.technique.objective.default_learning_rate * (10 if session.technique.method.peft else 1)
     return dict(
         output_dir=session.output_dir,
         per_device_train_batch_size=plan.micro_batch_size,
@@ -820,10 +825,8 @@ def run(session: Session, callbacks=()) -> RunResult:
     t0 = time.perf_counter()
     result = None
     try:
-        from ftadvisor.train.techniques import OBJECTIVE_IMPLS
-
         ctx = contextlib.nullcontext()
-        if OBJECTIVE_IMPLS[session.technique.objective.name].outer_autocast and session.plan.precision.endswith("-mixed"):
+        if session.technique.objective.own_training_loop and session.plan.precision.endswith("-mixed"):
             # cache_enabled=False: autocast keeps the low-precision copy of each trainable weight
             # until the outermost autocast region exits, so around a whole training loop every
             # forward would reuse the copies made at step 1 and the updates would never show

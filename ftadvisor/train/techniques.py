@@ -1,9 +1,10 @@
 """How each method and objective of ``ftadvisor.techniques`` is applied to a real model.
 
-One registry per axis, keyed by the names in ``ftadvisor.techniques.METHODS`` / ``OBJECTIVES``:
+The training hooks the technique declarations in ``ftadvisor.techniques`` name:
 
-- :data:`METHOD_IMPLS`: which parameters train, which modules are added, how the base is stored.
-- :data:`OBJECTIVE_IMPLS`: which trl trainer runs, with which extra models.
+- ``apply_*``: which parameters train, which modules are added, how the base is stored (the
+  methods' ``train_hook``s);
+- ``train_*``: which trl trainer runs, with which extra models (the objectives' ``train_hook``s).
 
 The semantics mirror the memory model (``ftadvisor/memory.py`` ``build_layout`` and
 ``count_params``) so that a session's trainable-parameter count equals
@@ -138,19 +139,27 @@ def _train_where(model: nn.Module, pred: Callable[[str, int | None], bool]) -> N
 # --- methods --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MethodImpl:
-    name: str
-    apply: Callable[[nn.Module, Context, bool], nn.Module]
-    """(model, ctx, wrap) -> model. ``wrap=False`` modifies in place without a PeftModel wrapper
-    (used for PPO's value model, whose backbone trl reaches through ``base_model_prefix``)."""
-    peft_wrapper: bool = False
-    """The result is a peft ``PeftModel`` (trl disables its adapters for the reference)."""
-    own_modules: bool = False
-    """Adds ftadvisor modules (adapter / memory experts) saved via ``modules.save_modules``."""
+def hook(path: str) -> Callable:
+    """The training hook a technique declares (``"module:function"``), imported now."""
+    import importlib
+
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
-def _apply_full(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
+def apply_method(method, model: nn.Module, ctx: "Context", wrap: bool = True) -> nn.Module:
+    """Apply ``method`` (a declaration from ftadvisor.techniques) to ``model``. ``wrap=False``
+    modifies in place without a PeftModel wrapper (used for PPO's value model, whose backbone trl
+    reaches through ``base_model_prefix``)."""
+    return hook(method.train_hook)(model, ctx, wrap)
+
+
+def peft_wrapped(method) -> bool:
+    """The method's result is a peft ``PeftModel`` (trl disables its adapters for the reference)."""
+    return method.peft and not method.own_modules
+
+
+def apply_full(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
     # Full fine-tuning; on an MoE model plan.moe_train restricts it (memory.build_layout:
     # 'all' trains everything incl. embeddings/norms, otherwise only the selected linears).
     sel = MOE_SELECTION[ctx.plan.moe_train if ctx.arch.is_moe else "all"]
@@ -158,7 +167,7 @@ def _apply_full(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
     return model
 
 
-def _apply_lora(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
+def apply_lora(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
     # Hu et al. 2021 (LoRA) via peft LoraConfig; DoRA (Liu et al. 2024) = use_dora=True;
     # QLoRA (Dettmers et al. 2023) = the same over a bitsandbytes base prepared with
     # peft.prepare_model_for_kbit_training.
@@ -186,7 +195,7 @@ def _apply_lora(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
     return inject_adapter_in_model(cfg, model)
 
 
-def _apply_adapter(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
+def apply_adapter(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
     # Houlsby et al. 2019: adapters after attention and MLP of every layer; base frozen except
     # every normalisation layer (section 2.1).
     _freeze_all(model)
@@ -195,7 +204,7 @@ def _apply_adapter(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Modu
     return model
 
 
-def _apply_half_ft(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
+def apply_half_ft(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
     # HFT (Hui et al. 2024), layer-level: the linears and norms of the chosen decoder layers train;
     # embeddings, lm_head and the final norm stay frozen. On MoE models plan.moe_train restricts the
     # linears as in memory.build_layout (the chosen layers' norms train in every case).
@@ -214,7 +223,7 @@ def _apply_half_ft(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Modu
     return model
 
 
-def _apply_lamini(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
+def apply_lamini(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
     # Lamini-1 (Li et al. 2024) section 4: memory experts on the top layers, base frozen.
     _freeze_all(model)
     plan = ctx.plan
@@ -224,21 +233,6 @@ def _apply_lamini(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Modul
     _train_where(model, lambda g, _l: g == "ours")
     ctx.notes.append(f"memory experts on decoder layers {idx}")
     return model
-
-
-METHOD_IMPLS: dict[str, MethodImpl] = {
-    m.name: m
-    for m in [
-        MethodImpl("full", _apply_full),
-        MethodImpl("lora", _apply_lora, peft_wrapper=True),
-        MethodImpl("qlora", _apply_lora, peft_wrapper=True),
-        MethodImpl("dora", _apply_lora, peft_wrapper=True),
-        MethodImpl("adapter", _apply_adapter, own_modules=True),
-        MethodImpl("half_ft", _apply_half_ft),
-        MethodImpl("lamini", _apply_lamini, own_modules=True),
-        MethodImpl("moe", _apply_full),
-    ]
-}
 
 
 # --- reference models -----------------------------------------------------------------------
@@ -292,10 +286,10 @@ def reference_for(session, needed: bool) -> nn.Module | None:
     disables), a view of the policy without our modules, or a frozen copy (full-weight methods)."""
     if not needed:
         return None
-    impl = METHOD_IMPLS[session.technique.method.name]
-    if impl.peft_wrapper:
+    method = session.technique.method
+    if peft_wrapped(method):
         return None
-    if impl.own_modules:
+    if method.own_modules:
         return DisabledModulesView(session.model)
     return frozen_copy(session.model, session.compute_dtype)
 
@@ -378,23 +372,13 @@ def resolve_rewards(spec, session) -> list:
 # --- objectives -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ObjectiveImpl:
-    name: str
-    build_trainer: Callable[[Any, list, dict], Any]
-    """(session, converted records, common TrainingArguments kwargs) -> trainer."""
-    outer_autocast: bool = False
-    """The trainer runs its own loop on an Accelerator without mixed precision (trl's experimental
-    PPOTrainer), so the engine wraps training in torch.autocast for the *-mixed precisions."""
-
-
 def _dataset(records: list[dict]):
     from datasets import Dataset
 
     return Dataset.from_list(records)
 
 
-def _sft(session, records, common):
+def train_sft(session, records, common):
     from trl import SFTConfig, SFTTrainer
 
     plan = session.plan
@@ -414,13 +398,13 @@ def _sft(session, records, common):
     )
 
 
-def _dpo(session, records, common):
+def train_dpo(session, records, common):
     from trl import DPOConfig, DPOTrainer
 
     plan = session.plan
     args = DPOConfig(**common, max_length=plan.seq_len, precompute_ref_log_probs=plan.dpo_precompute_ref)
     ref = reference_for(session, needed=not plan.dpo_precompute_ref)
-    if ref is None and plan.dpo_precompute_ref and METHOD_IMPLS[session.technique.method.name].own_modules:
+    if ref is None and plan.dpo_precompute_ref and session.technique.method.own_modules:
         # trl precomputes with the policy when no reference is given; ours must be switched off.
         ref = DisabledModulesView(session.model)
     session.extra_models["reference"] = ref
@@ -433,7 +417,7 @@ def _dpo(session, records, common):
     )
 
 
-def _orpo(session, records, common):
+def train_orpo(session, records, common):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     plan = session.plan
@@ -446,7 +430,7 @@ def _orpo(session, records, common):
     )
 
 
-def _grpo(session, records, common):
+def train_grpo(session, records, common):
     from trl import GRPOConfig, GRPOTrainer
 
     plan = session.plan
@@ -493,12 +477,11 @@ def _grpo(session, records, common):
     return trainer
 
 
-def _ppo(session, records, common):
+def train_ppo(session, records, common):
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     plan = session.plan
-    from ftadvisor.train import engine
-
+    objective = session.technique.objective
     batch = common["per_device_train_batch_size"] * common["gradient_accumulation_steps"]
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if len(records) < batch * world:
@@ -509,8 +492,8 @@ def _ppo(session, records, common):
             f"ppo needs at least one rollout batch of prompts (micro_batch_size x gradient_accumulation_steps"
             f"{' x processes' if world > 1 else ''} = {batch * world}); got {len(records)}",
         )
-    value = engine.build_value_model(session)
-    reward = engine.build_reward_model(session)
+    value = session.build_value_model()
+    reward = session.build_reward_model()
     ref = reference_for(session, needed=True)
     session.extra_models.update(value=value, reward=reward, reference=ref)
     steps = session.job.max_steps or 1
@@ -521,9 +504,10 @@ def _ppo(session, records, common):
         **c,
         response_length=plan.rl_max_new_tokens,
         total_episodes=steps * batch,
-        num_ppo_epochs=1,  # one optimizer pass per rollout batch, so a step is one update
+        # the objective's run shape (ftadvisor/techniques/ppo.py), which the speed and memory models read too
+        num_ppo_epochs=objective.updates_per_rollout,
         num_mini_batches=1,
-        local_rollout_forward_batch_size=64,  # trl default; the memory model's generation chunk
+        local_rollout_forward_batch_size=objective.rollout_chunk,
         stop_token="eos",
         missing_eos_penalty=None,
         num_sample_generations=0,
@@ -557,15 +541,3 @@ def _ppo(session, records, common):
         value_model=value,
         eval_dataset=ds,
     )
-
-
-OBJECTIVE_IMPLS: dict[str, ObjectiveImpl] = {
-    o.name: o
-    for o in [
-        ObjectiveImpl("sft", _sft),
-        ObjectiveImpl("dpo", _dpo),
-        ObjectiveImpl("orpo", _orpo),
-        ObjectiveImpl("ppo", _ppo, outer_autocast=True),
-        ObjectiveImpl("grpo", _grpo),
-    ]
-}
