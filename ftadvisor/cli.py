@@ -43,16 +43,6 @@ def _root(ctx: typer.Context) -> None:
         raise typer.Exit(0)
 
 
-_fail = fail
-_parse_sets = parse_sets
-
-
-def _load_plan_file(path: Path) -> dict[str, Any]:
-    from ftadvisor.plans import read_plan_file
-
-    return read_plan_file(path, "--plan")
-
-
 def _bar(frac: float, width: int = 16) -> str:
     filled = min(width, int(round(frac * width)))
     over = frac > 1
@@ -123,13 +113,15 @@ def _run_estimates(model: str, gpu: str, num_gpus: int | None, technique: list[s
 
     fields: dict[str, Any] = {}
     if plan is not None:
-        fields.update(_load_plan_file(plan))
+        from ftadvisor.plans import read_plan_file
+
+        fields.update(read_plan_file(plan, "--plan"))
         model = fields.pop("model", model)
         gpu = fields.pop("gpu", fields.pop("hardware", gpu))
         if "technique" in fields and technique == ["all"]:
             technique = [fields.pop("technique")]
         fields.pop("technique", None)
-    fields.update(_parse_sets(sets))
+    fields.update(parse_sets(sets))
     if num_gpus is not None:
         fields["num_gpus"] = num_gpus
     mp = resolve_model(model)
@@ -239,7 +231,7 @@ def estimate(
                      dataset_tokens=dataset_tokens, epochs=epochs, hourly_price_usd=price)
         mp, hw, results = _run_estimates(model, gpu, num_gpus, technique, sets, plan, extra)
     except FtAdvisorError as err:
-        _fail(err)
+        fail(err)
         return
 
     if as_json:
@@ -284,7 +276,7 @@ def recommend(
                             budget_hours=budget_hours, budget_usd=budget_usd, hourly_price_usd=price,
                             seq_len=seq_len, top=top)
     except FtAdvisorError as err:
-        _fail(err)
+        fail(err)
         return
     if as_json:
         typer.echo(rec.model_dump_json(indent=2))
@@ -352,7 +344,7 @@ def capacity(
     from ftadvisor.recommend import max_micro_batch, max_seq_len, min_gpus
 
     try:
-        fields = _parse_sets(sets)
+        fields = parse_sets(sets)
         if not 0 <= headroom < 1:
             raise FtAdvisorError("--headroom", "must be a fraction in [0, 1)")
         mb = max_micro_batch(model, gpu, technique, headroom=headroom,
@@ -361,7 +353,7 @@ def capacity(
         need = min_gpus(model, gpu, technique, headroom=headroom,
                         **{k: v for k, v in fields.items() if k not in ("num_gpus", "num_nodes", "sharding")})
     except FtAdvisorError as err:
-        _fail(err)
+        fail(err)
         return
     data = {"model": model, "gpu": gpu, "technique": technique, "max_micro_batch_size": mb, "max_seq_len": sl,
             "min_gpus": need[0] if need else None, "sharding": need[1] if need else None}
@@ -397,7 +389,7 @@ def profiles_list(kind: str = typer.Argument("all", help="models, hardware or al
     from ftadvisor.profiles import hardware_profiles, model_profiles
 
     if kind not in ("all", "models", "hardware"):
-        _fail(FtAdvisorError("kind", f"unknown {kind!r}", ["models", "hardware", "all"]))
+        fail(FtAdvisorError("kind", f"unknown {kind!r}", ["models", "hardware", "all"]))
     console = Console()
     try:
         if kind in ("all", "models"):
@@ -418,7 +410,7 @@ def profiles_list(kind: str = typer.Argument("all", help="models, hardware or al
                           f"{h.hourly_price_usd:.2f}" if h.hourly_price_usd is not None else "-")
             console.print(t)
     except FtAdvisorError as err:
-        _fail(err)
+        fail(err)
 
 
 @profiles_app.command("show")
@@ -440,7 +432,7 @@ def profiles_show(name: str = typer.Argument(..., help="A model or hardware id/a
 
             raise unknown("name", name, list(model_profiles()) + list(hardware_profiles()))
     except FtAdvisorError as err:
-        _fail(err)
+        fail(err)
         return
     typer.echo(json.dumps(data, indent=2))
 

@@ -38,7 +38,6 @@ app = typer.Typer(
 )
 
 
-_fail = fail
 
 
 @app.command("run")
@@ -83,7 +82,7 @@ def run_cmd(
         summary = run_sweep(sw, hardware=hardware, backend=backend, results_root=results, only=only or None,
                             jobs=jobs, isolation="fork" if fork else "subprocess")
     except FtAdvisorError as err:
-        _fail(err)
+        fail(err)
         return
     ran = len(summary.outcomes)
     counts: dict[str, int] = {}
@@ -107,7 +106,7 @@ def fit_cmd(
 
         paths = fit(results, hardware, out)
     except FtAdvisorError as err:
-        _fail(err)
+        fail(err)
         return
     for p in paths:
         c = read_corrections(p)
@@ -131,4 +130,4 @@ def report_cmd(
 
         render(results, hardware, cases=cases, details=details, corrections_dir=corrections)
     except FtAdvisorError as err:
-        _fail(err)
+        fail(err)

@@ -34,17 +34,17 @@ def launch(
     sets: list[str] = typer.Option([], "--set", "-s", help="Plan or run field=value (repeatable), e.g. lora_r=8, save_steps=50."),
 ) -> None:
     """Check a plan against the data and the hardware, write a run directory, and train it."""
-    from ftadvisor.cli_common import fail as _fail, parse_sets as _parse_sets
+    from ftadvisor.cli_common import fail, parse_sets
     from ftadvisor.launch import prepare
 
     try:
         _, cmd = prepare(
-            plan, data=data, model=model, output=output, gpu=gpu, num_gpus=num_gpus, sets=_parse_sets(sets),
+            plan, data=data, model=model, output=output, gpu=gpu, num_gpus=num_gpus, sets=parse_sets(sets),
             max_steps=max_steps, dry_run=dry_run, resume=resume, overwrite=overwrite,
             trust_remote_code=trust_remote_code, force=force, echo=typer.echo,
         )
     except FtAdvisorError as err:
-        _fail(err)
+        fail(err)
         return
     if dry_run:
         return
@@ -53,7 +53,7 @@ def launch(
     try:
         require_training_stack("launch")
     except FtAdvisorError as err:
-        _fail(err)
+        fail(err)
         return
     sys.stdout.flush()
     try:

@@ -135,7 +135,7 @@ def estimate(
         quant = tp.quantization if tp.quantization is not None else tech.method.default_quantization
         update["quality"] = estimate_quality(
             tech.name, goal, examples=int(examples) if examples else None,
-            lora_r=tp.lora_r if tech.method.lora_like else None, total_params=est.total_params,
+            lora_r=tp.lora_r if tech.method.lora else None, total_params=est.total_params,
             quantization=None if quant == "none" else quant, lora_targets=tp.lora_targets,
         )
     return est.model_copy(update=update)

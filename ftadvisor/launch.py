@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftadvisor.errors import FtAdvisorError, from_validation
+from ftadvisor.plans import read_plan_file
 from ftadvisor.detect import host_memory_bytes as _host_memory_bytes
 from ftadvisor.profiles import match_device as _match_device
 from ftadvisor.schema import Estimate, HardwareProfile, TrainingPlan
@@ -126,16 +127,6 @@ class RunSpec(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
-def _read_yaml(path: Path, field: str) -> dict[str, Any]:
-    from ftadvisor.plans import read_plan_file
-
-    return read_plan_file(path, field)
-
-
-def _validation(err: ValidationError, where: str) -> FtAdvisorError:
-    return from_validation(err, where)
-
-
 def build_spec(
     plan_file: str | os.PathLike | None = None,
     *,
@@ -154,7 +145,7 @@ def build_spec(
     """
     from ftadvisor.plans import PLAN_FIELDS, make_plan
 
-    raw: dict[str, Any] = _read_yaml(Path(plan_file), "plan") if plan_file is not None else {}
+    raw: dict[str, Any] = read_plan_file(plan_file, "plan") if plan_file is not None else {}
     raw = dict(raw)
     plan_fields: dict[str, Any] = dict(raw.pop("plan", None) or {})
     run_fields: dict[str, Any] = dict(raw.pop("run", None) or {})
@@ -196,7 +187,7 @@ def build_spec(
     try:
         run = RunSettings(**run_fields)
     except ValidationError as err:
-        raise _validation(err, "run.") from None
+        raise from_validation(err, "run.") from None
     # Local paths are stored absolute, so the run directory works from any working directory.
     model_s = str(model)
     if Path(model_s).expanduser().exists():
@@ -210,7 +201,7 @@ def build_spec(
 def load_spec(run_dir: str | os.PathLike) -> RunSpec:
     """Read ``RUN_DIR/plan.yaml`` back (after a user edit, too) with the same checks as on launch."""
     path = Path(run_dir) / PLAN_FILE
-    raw = _read_yaml(path, "run_dir")
+    raw = read_plan_file(path, "run_dir")
     unknown = sorted(set(raw) - {"model", "data", "gpu", "plan", "run"})
     if unknown:
         raise FtAdvisorError(f"{PLAN_FILE}", f"unknown key {unknown[0]!r}", ["model", "data", "gpu", "plan", "run"])
@@ -224,7 +215,7 @@ def load_spec(run_dir: str | os.PathLike) -> RunSpec:
     try:
         run = RunSettings(**run_fields)
     except ValidationError as err:
-        raise _validation(err, f"{PLAN_FILE}: run.") from None
+        raise from_validation(err, f"{PLAN_FILE}: run.") from None
     for k in ("model", "data"):
         if not raw.get(k):
             raise FtAdvisorError(f"{PLAN_FILE}", f"has no {k!r}")

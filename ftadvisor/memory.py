@@ -251,7 +251,7 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         added_layers=m.added_layers(arch, plan),
         dropout=plan.lora_dropout > 0,
         sft_chunked_loss=plan.sft_chunked_loss,
-        reference_copy=technique.objective.reference_resident(plan) and not m.peft,
+        reference_copy=technique.objective.uses_reference(plan) and not m.peft,
         warnings=_layout_warnings(arch, m, hardware, plan, quant),
     )
 

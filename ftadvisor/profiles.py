@@ -42,10 +42,6 @@ def calibration_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "calibration"
 
 
-def _validation_message(err: ValidationError) -> str:
-    return str(from_validation(err))
-
-
 def _load_yaml_dir(kind: str, cls: type) -> dict[str, Any]:
     folder = profiles_dir() / kind
     out: dict[str, Any] = {}
@@ -61,7 +57,7 @@ def _load_yaml_dir(kind: str, cls: type) -> dict[str, Any]:
         except FtAdvisorError as err:
             raise FtAdvisorError(f"profiles/{kind}/{path.name}", str(err)) from None
         except ValidationError as err:
-            raise FtAdvisorError(f"profiles/{kind}/{path.name}", _validation_message(err)) from None
+            raise FtAdvisorError(f"profiles/{kind}/{path.name}", str(from_validation(err))) from None
         out[prof.id] = prof
     return out
 
@@ -113,7 +109,7 @@ def _profile_from_config(config: dict[str, Any], source: str, name: str) -> Mode
     try:
         return ModelProfile(id=f"config:{name}", name=name, source=source, config=dict(config), arch=arch)
     except ValidationError as err:
-        raise FtAdvisorError("model", f"{source}: {_validation_message(err)}") from None
+        raise FtAdvisorError("model", f"{source}: {str(from_validation(err))}") from None
 
 
 def resolve_model(model: str | os.PathLike | dict | ModelProfile) -> ModelProfile:

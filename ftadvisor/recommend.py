@@ -115,7 +115,7 @@ def _methods_for(objective: str, data_kind: str, mp: ModelProfile, goal: str) ->
     sft = OBJECTIVES[objective].sft_loss
     out = []
     for name, m in METHODS.items():
-        if not (m.offered_for_sft if sft else m.offered_for_preference):
+        if not sft and not m.offered_for_preference:
             continue
         if m.offered_data_kinds is not None and data_kind not in m.offered_data_kinds:
             continue

@@ -52,7 +52,7 @@ from ftadvisor import memory
 from ftadvisor.errors import FtAdvisorError, check_size
 from ftadvisor.schema import ArchSpec, HardwareProfile, ModelProfile, SpeedEstimate, TimeCostEstimate, TrainingPlan
 from ftadvisor.techniques import Technique, parse_technique
-from ftadvisor.techniques.base import Op
+from ftadvisor.techniques.base import Op  # the kernel vocabulary techniques declare their added modules in
 
 # --------------------------------------------------------------------------------------------
 # Sources (cited by key in the code and returned with every estimate)
@@ -592,10 +592,7 @@ class _Machine:
     serial: bool  # kernels run on the dispatching cores (CPU): host and device time add up
 
 
-_Op = Op  # the kernel vocabulary techniques declare their added modules in (ftadvisor/techniques/base.py)
-
-
-def _op_time(m: _Machine, op: _Op) -> tuple[float, float, float]:
+def _op_time(m: _Machine, op: Op) -> tuple[float, float, float]:
     """(compute, memory-bound, of which dequantization) GPU seconds of one op: a matmul at the
     achievable rate for its rows, roofline against reading its weights; attention at its own rate;
     traffic at its bandwidth."""
@@ -607,26 +604,26 @@ def _op_time(m: _Machine, op: _Op) -> tuple[float, float, float]:
     return compute, mem, dq
 
 
-def _backward_op(op: _Op, trained_share: float, flash_bwd: float, grad_cast_bytes: float) -> _Op:
+def _backward_op(op: Op, trained_share: float, flash_bwd: float, grad_cast_bytes: float) -> Op:
     """The backward of a forward op: a matmul computes its input gradient (1x) and, for the trained
     share of its weight, the weight gradient (another 1x) [kaplan]; attention flash_bwd x its forward
     [fa2]; elementwise and adapter traffic 2x; a quantized base is dequantized again [bnb_4bit]."""
     if op.kind == "gemm":
-        return _Op(op.units, flops_mm=op.flops_mm * (1.0 + trained_share), weight_bytes=op.weight_bytes,
+        return Op(op.units, flops_mm=op.flops_mm * (1.0 + trained_share), weight_bytes=op.weight_bytes,
                    mem_bytes=grad_cast_bytes, mm_tokens=op.mm_tokens, kind="gemm")
     if op.kind == "attn":
-        return _Op(op.units, flops_attn=op.flops_attn * flash_bwd, mem_bytes=2.0 * op.mem_bytes, kind="attn")
+        return Op(op.units, flops_attn=op.flops_attn * flash_bwd, mem_bytes=2.0 * op.mem_bytes, kind="attn")
     if op.kind == "dequant":
-        return _Op(op.units, dq_bytes=op.dq_bytes, mem_bytes=op.mem_bytes, kind="dequant")
-    return _Op(op.units, flops_mm=2.0 * op.flops_mm, mem_bytes=2.0 * op.mem_bytes, mm_tokens=op.mm_tokens,
+        return Op(op.units, dq_bytes=op.dq_bytes, mem_bytes=op.mem_bytes, kind="dequant")
+    return Op(op.units, flops_mm=2.0 * op.flops_mm, mem_bytes=2.0 * op.mem_bytes, mm_tokens=op.mm_tokens,
                kind=op.kind)
 
 
-def _elementwise(units: float, nbytes: float) -> list[tuple[_Op, float]]:
+def _elementwise(units: float, nbytes: float) -> list[tuple[Op, float]]:
     """An op without weights: ``units`` eager kernels moving ``nbytes`` (none when units is 0)."""
     if units <= 0:
         return []
-    return [(_Op(units, mem_bytes=nbytes), 0.0)]
+    return [(Op(units, mem_bytes=nbytes), 0.0)]
 
 
 def _linear_shape(arch: ArchSpec, sp: Any, T: float) -> tuple[float, float, float, float, float]:
@@ -649,7 +646,7 @@ def _linear_shape(arch: ArchSpec, sp: Any, T: float) -> tuple[float, float, floa
     return inst, rows, wfrac, units, flops
 
 
-def _linear_role_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, role: Any) -> list[tuple[_Op, float]]:
+def _linear_role_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, role: Any) -> list[tuple[Op, float]]:
     """One linear role of a layer: the bitsandbytes dequantization of a quantized weight, the
     matmul (with the trained share of its weight), then the LoRA/DoRA branch [bnb_4bit, peft_lora,
     peft_dora]."""
@@ -658,32 +655,32 @@ def _linear_role_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, role:
     inst, rows, wfrac, units, flops = _linear_shape(lay.arch, sp, T)
     per_tok, per_call = _linear_extra_bytes(lay, sp, role.quantized, role.adapted)
     n_w = sp.in_features * sp.out_features * inst * wfrac
-    ops: list[tuple[_Op, float]] = []
+    ops: list[tuple[Op, float]] = []
     if role.quantized != "none":
         qb = memory.NF4_DQ_BYTES if lay.double_quant else memory.NF4_BYTES
         if role.quantized == "int8":
             qb = memory.int8_bytes_per_param(sp.in_features)
         cast = (m_ + c) * sp.in_features + (c + m_) * sp.out_features if m_ != c else 0.0
-        ops.append((_Op(units * HOST_BNB_OPS, dq_bytes=n_w * (qb + c), mem_bytes=T * inst * cast,
+        ops.append((Op(units * HOST_BNB_OPS, dq_bytes=n_w * (qb + c), mem_bytes=T * inst * cast,
                         kind="dequant"), 0.0))
         per_tok -= cast
     # autocast casts a trainable fp32 weight to the compute dtype on every forward call
     wcast = (4 + c) * n_w * role.trained_fraction if (dt.mixed and role.trained_fraction) else 0.0
-    ops.append((_Op(units, flops_mm=flops, weight_bytes=c * n_w, mem_bytes=wcast, mm_tokens=rows,
+    ops.append((Op(units, flops_mm=flops, weight_bytes=c * n_w, mem_bytes=wcast, mm_tokens=rows,
                     kind="gemm"), role.trained_fraction))
     if role.adapted:
         r = plan.lora_r
         a_units = units * ((HOST_DORA_OPS if lay.technique.method.dora else HOST_LORA_OPS)
                            + (1 if lay.dropout else 0))
         a_flops = 2.0 * T * r * (sp.in_features + sp.out_features) * inst * (rows / T)
-        ops.append((_Op(a_units, flops_mm=a_flops, mem_bytes=T * inst * (rows / T) * per_tok
+        ops.append((Op(a_units, flops_mm=a_flops, mem_bytes=T * inst * (rows / T) * per_tok
                         + inst * per_call, mm_tokens=rows, kind="adapter"), 0.0))
     return ops
 
 
-def _linear_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, source: str) -> list[tuple[_Op, float]]:
+def _linear_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, source: str) -> list[tuple[Op, float]]:
     """The ops of every linear role that reads ``source`` (attn_in, mlp_in, expert_mid ...)."""
-    ops: list[tuple[_Op, float]] = []
+    ops: list[tuple[Op, float]] = []
     for role in lay.roles:
         if role.spec.input_source == source:
             ops += _linear_role_ops(lay, dt, plan, T, role)
@@ -691,7 +688,7 @@ def _linear_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, source: st
 
 
 def _attention_block_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, S: float,
-                         decode_ctx: float | None, norm_units: float) -> list[tuple[_Op, float]]:
+                         decode_ctx: float | None, norm_units: float) -> list[tuple[Op, float]]:
     """Norm, attention-input linears, rotary, attention, output projection, residual add [hf_llama].
     ``decode_ctx``: KV-cache reads of one generated token per sequence instead of attention over S."""
     arch = lay.arch
@@ -703,11 +700,11 @@ def _attention_block_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, S
     ops += _elementwise(10, 10.0 * c * (nh + kv) * d * T)
     if decode_ctx is not None:
         kv_bytes = 2.0 * kv * d * c * decode_ctx * T  # this layer's cache, once per generated token
-        ops.append((_Op(1, flops_attn=4.0 * nh * d * decode_ctx * T, mem_bytes=kv_bytes + c * (2 * nh + 2 * kv) * d * T,
+        ops.append((Op(1, flops_attn=4.0 * nh * d * decode_ctx * T, mem_bytes=kv_bytes + c * (2 * nh + 2 * kv) * d * T,
                         kind="attn"), 0.0))
     else:
         causal = lay.attention != "eager"
-        ops.append((_Op(6 if lay.attention == "eager" else 1,
+        ops.append((Op(6 if lay.attention == "eager" else 1,
                         flops_attn=attention_flops_per_token(arch, S, causal) / L * T,
                         mem_bytes=_attention_io_bytes(lay, S) * T, kind="attn"), 0.0))
     ops += _linear_ops(lay, dt, plan, T, "attn_out")
@@ -716,13 +713,13 @@ def _attention_block_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, S
 
 
 def _mlp_block_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, moe_layer: bool,
-                   norm_units: float) -> list[tuple[_Op, float]]:
+                   norm_units: float) -> list[tuple[Op, float]]:
     """Norm, then the MLP (linears, activation, down projection) or the MoE block (router, routed
     experts, shared expert), then the residual add [hf_llama]."""
     arch = lay.arch
     c, m_ = dt.c, dt.mlp
     srcs = {ro.spec.input_source for ro in lay.roles}
-    ops: list[tuple[_Op, float]] = []
+    ops: list[tuple[Op, float]] = []
     if "mlp_in" in srcs or "router_in" in srcs:
         ops += _elementwise(max(arch.norms_per_layer - 1, 1) * norm_units if arch.norms_per_layer > 1 else norm_units,
                             _norm_bytes(arch, dt) * T * max(arch.norms_per_layer - 1, 1))
@@ -747,7 +744,7 @@ def _mlp_block_ops(lay: memory.Layout, dt: _Dtypes, plan: Any, T: float, moe_lay
 
 
 def layer_program(lay: memory.Layout, plan: Any, tokens: float, moe_layer: bool = False,
-                  seq_len: float | None = None, decode_ctx: float | None = None) -> list[tuple[_Op, float]]:
+                  seq_len: float | None = None, decode_ctx: float | None = None) -> list[tuple[Op, float]]:
     """One decoder layer's forward as eager ops in execution order, each with the trained share of its
     weight (for the backward): norm, attention-input linears, rotary, attention, output projection,
     residual add, norm, MLP linears, activation, down projection, residual add [hf_llama] -- with
@@ -766,7 +763,7 @@ def layer_program(lay: memory.Layout, plan: Any, tokens: float, moe_layer: bool 
     return ops
 
 
-def _simulate(m: _Machine, passes: list[tuple[list[_Op], float, float]]) -> tuple[float, float, float, float]:
+def _simulate(m: _Machine, passes: list[tuple[list[Op], float, float]]) -> tuple[float, float, float, float]:
     """Replay ops through an in-order GPU queue fed by a host that spends ``units x s_per_unit`` on each:
     an op starts once it is dispatched and the previous op has finished. ``passes`` holds (ops, host
     seconds per unit, repeats). Returns (compute, memory-bound, dequantization part of it, makespan)
@@ -850,7 +847,7 @@ def estimate_speed(model: Any, hardware: Any = "a100-80gb", plan: Any = None, *,
 
 def _model_passes(lay: memory.Layout, tp: TrainingPlan, T: float, mode: str, flash_bwd: float,
                   grad_cast_per_param: float, seq_len: float | None = None,
-                  decode_ctx: float | None = None) -> list[tuple[list[_Op], float, float]]:
+                  decode_ctx: float | None = None) -> list[tuple[list[Op], float, float]]:
     """The passes of one micro-batch as (ops, host seconds per unit, repeats).
 
     mode: "train" (forward recording autograd, recomputation under checkpointing, backward),
@@ -866,11 +863,11 @@ def _model_passes(lay: memory.Layout, tp: TrainingPlan, T: float, mode: str, fla
     fwd_loss, bwd_loss = _loss_bytes(lay)
     head_tr = 1.0 if lay.lm_head_trained else 0.0
     head_cast = (4 + c) * V * h if (dt.mixed and lay.lm_head_trained) else 0.0
-    pre = [_Op(2, mem_bytes=2.0 * dt.resid * h * T)]  # embedding gather (+ cast/scale)
-    post = [_Op(8 if arch.norm == "rmsnorm" else 2, mem_bytes=_norm_bytes(arch, dt) * T),
-            _Op(1, flops_mm=2.0 * T * V * h, weight_bytes=c * V * h, mem_bytes=head_cast, mm_tokens=T, kind="gemm")]
+    pre = [Op(2, mem_bytes=2.0 * dt.resid * h * T)]  # embedding gather (+ cast/scale)
+    post = [Op(8 if arch.norm == "rmsnorm" else 2, mem_bytes=_norm_bytes(arch, dt) * T),
+            Op(1, flops_mm=2.0 * T * V * h, weight_bytes=c * V * h, mem_bytes=head_cast, mm_tokens=T, kind="gemm")]
     if mode == "train":
-        post.append(_Op(4, mem_bytes=fwd_loss * T))
+        post.append(Op(4, mem_bytes=fwd_loss * T))
     lam = lay.technique.method.block_ops(lay, tp, T) if lay.added_layers else []  # e.g. memory-expert layers
     if mode in ("nograd", "decode"):
         body = [(pre, HOST_NOGRAD_S_PER_OP, 1)]
@@ -890,13 +887,13 @@ def _model_passes(lay: memory.Layout, tp: TrainingPlan, T: float, mode: str, fla
     passes.append((post, HOST_FWD_S_PER_OP, 1))
     # backward: loss and lm_head, then the traversed layers in reverse, each recomputed first under
     # checkpointing [korthikanti]
-    bwd_post = [_Op(4, mem_bytes=bwd_loss * T),
-                _Op(1, flops_mm=2.0 * T * V * h * (1.0 + head_tr), weight_bytes=c * V * h,
+    bwd_post = [Op(4, mem_bytes=bwd_loss * T),
+                Op(1, flops_mm=2.0 * T * V * h * (1.0 + head_tr), weight_bytes=c * V * h,
                     mem_bytes=grad_cast_per_param * V * h * head_tr, mm_tokens=T, kind="gemm"),
-                _Op(8 if arch.norm == "rmsnorm" else 2, mem_bytes=2.0 * _norm_bytes(arch, dt) * T)]
+                Op(8 if arch.norm == "rmsnorm" else 2, mem_bytes=2.0 * _norm_bytes(arch, dt) * T)]
     passes.append((bwd_post, HOST_BWD_S_PER_OP, 1))
 
-    def bwd_layer(prog: list[tuple[_Op, float]]) -> list[_Op]:
+    def bwd_layer(prog: list[tuple[Op, float]]) -> list[Op]:
         out = []
         for op, tr in reversed(prog):
             n_w = op.weight_bytes / c if op.kind == "gemm" else 0.0
@@ -1022,7 +1019,7 @@ def _generation_seconds(mach: _Machine, lay: memory.Layout, tp: TrainingPlan, ob
     # batched bitsandbytes path) and the KV cache [kv_decode]; plus generate's own host work
     ctx = prompt + n_new / 2.0
     step_passes = _model_passes(lay, tp, B, "decode", flash_bwd, 0.0, seq_len=1, decode_ctx=ctx)
-    step_passes.insert(0, ([_Op(1.0)], HOST_GENERATE_STEP_S, 1))
+    step_passes.insert(0, ([Op(1.0)], HOST_GENERATE_STEP_S, 1))
     step = _simulate(mach, step_passes)[3]
     gen = rounds * (prefill + n_new * step)
     assumptions.append(
@@ -1076,7 +1073,7 @@ def _optimizer_step_seconds(mach: _Machine, lay: memory.Layout, tp: TrainingPlan
     opt_bytes = _optimizer_bytes(lay, tp, P_local, adamw_kernel)
     opt_host = _optimizer_host_seconds(lay, tp, copies_trained)
     if not lay.cpu_offload:
-        return _simulate(mach, [([_Op(1.0, mem_bytes=opt_bytes)], opt_host, 1)])[3], 0.0
+        return _simulate(mach, [([Op(1.0, mem_bytes=opt_bytes)], opt_host, 1)])[3], 0.0
     optimizer = opt_bytes / (HOST_DRAM_GBPS * 1e9)
     link, link_name = host_link_gbps(hw)
     # gradients down (c per parameter of this rank's shard), updated parameters back up [zero_offload]
@@ -1129,7 +1126,7 @@ def _speed_sources(lay: memory.Layout, tp: TrainingPlan, meth: Any, obj: Any) ->
         srcs.append("korthikanti")
     if lay.attention != "eager":
         srcs += ["fa2", "fa3"]
-    if meth.lora_like:
+    if meth.lora:
         srcs.append("peft_lora")
     if meth.dora:
         srcs.append("peft_dora")

@@ -728,26 +728,26 @@ def test_op_time_roofline():
     m = _machine()
     f8192 = 1.0  # matmul_shape_factor(8192)
     # a matmul of 1e9 FLOPs at 8192 rows: 1 ms of compute; reading 1e8 B of weights takes 1 ms too
-    op = speed._Op(units=1, flops_mm=1e9, weight_bytes=1e8, mm_tokens=8192)
+    op = speed.Op(units=1, flops_mm=1e9, weight_bytes=1e8, mm_tokens=8192)
     comp, mem, dq = speed._op_time(m, op)
     assert comp == pytest.approx(1e9 / (1e12 * f8192)) and mem == pytest.approx(0) and dq == 0
     # weights slower than compute: the excess is memory-bound time
-    op = speed._Op(units=1, flops_mm=1e9, weight_bytes=3e8, mm_tokens=8192)
+    op = speed.Op(units=1, flops_mm=1e9, weight_bytes=3e8, mm_tokens=8192)
     assert speed._op_time(m, op)[1] == pytest.approx(3e-3 - 1e-3)
     # attention at its own rate, elementwise traffic at the bandwidth, dequantization at its own
-    op = speed._Op(units=1, flops_attn=1e9, mem_bytes=2e8, dq_bytes=1e8)
+    op = speed.Op(units=1, flops_attn=1e9, mem_bytes=2e8, dq_bytes=1e8)
     comp, mem, dq = speed._op_time(m, op)
     assert comp == pytest.approx(1e9 / 5e11)
     assert dq == pytest.approx(1e8 / 5e10)
     assert mem == pytest.approx(2e8 / 1e11 + 1e8 / 5e10)
     # fewer rows: the matmul runs at matmul_shape_factor(490) of the rate
-    op = speed._Op(units=1, flops_mm=1e9, mm_tokens=490)
+    op = speed.Op(units=1, flops_mm=1e9, mm_tokens=490)
     assert speed._op_time(m, op)[0] == pytest.approx(1e-3 / speed.matmul_shape_factor(490))
 
 
 def test_simulate_host_and_gpu_queue():
     m = _machine()
-    gpu_op = speed._Op(units=1, mem_bytes=1e9)  # 10 ms on the GPU
+    gpu_op = speed.Op(units=1, mem_bytes=1e9)  # 10 ms on the GPU
     # host dispatch 1 ms per op, 5 repeats: the GPU is the bottleneck -> 1 ms + 5 x 10 ms
     comp, mem, dq, span = speed._simulate(m, [([gpu_op], 1e-3, 5)])
     assert (comp, dq) == (0, 0) and mem == pytest.approx(5 * 0.01)

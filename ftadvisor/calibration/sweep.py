@@ -181,10 +181,6 @@ def sweep_path(name_or_path: str | Path) -> Path:
     raise FtAdvisorError("sweep", f"no sweep file {str(name_or_path)!r}", available_sweeps())
 
 
-def _validation_message(err: ValidationError) -> str:
-    return str(from_validation(err, default_field="sweep"))
-
-
 def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
     """Validate a sweep mapping (as read from YAML)."""
     if not isinstance(data, dict):
@@ -192,7 +188,7 @@ def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
     try:
         sw = Sweep.model_validate(data)
     except ValidationError as err:
-        raise FtAdvisorError(source, _validation_message(err)) from None
+        raise FtAdvisorError(source, str(from_validation(err, default_field="sweep"))) from None
     expand(sw, source=source)  # every case must resolve
     return sw
 

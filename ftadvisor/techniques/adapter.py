@@ -35,7 +35,7 @@ class Adapter(Method):
             matmul_params=PER_LAYER * L * 2 * h * m,
             rows_cols=PER_LAYER * L * 2 * (h + m),
             tensors=PER_LAYER * L * 4,
-            layers=L,
+            layers=self.added_layers(lay.arch, plan),
             # per adapter: its input copy (c h) kept for the down projection's weight gradient, the
             # activation's input and the up projection's input (c m each)
             saved_per_token=PER_LAYER * (c * h + 2 * c * m),

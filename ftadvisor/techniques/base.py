@@ -122,8 +122,6 @@ class Method:
     """The quality reference itself (full fine-tuning = 1.0): no method factor applies."""
     preferred_format: ClassVar[str | None] = None
     """A data format the method is meant for; other formats get a warning (memory tuning: facts)."""
-    offered_for_sft: ClassVar[bool] = True
-    """``recommend`` offers it with the SFT objective."""
     offered_data_kinds: ClassVar[tuple[str, ...] | None] = None
     """Data kinds ``recommend`` offers it for (None: any its objective takes)."""
     offered_for_preference: ClassVar[bool] = False
@@ -132,11 +130,6 @@ class Method:
     """Optimizers ``recommend`` tries (8-bit ones pay off where the optimizer state is large)."""
     unquantized: ClassVar[str | None] = None
     """The same method over an unquantized base (QLoRA -> LoRA), for comparing the two."""
-
-    @property
-    def lora_like(self) -> bool:
-        """Alias of ``lora`` (older name)."""
-        return self.lora
 
     # -- what trains --------------------------------------------------------------------------
     def trained_layers(self, arch, plan) -> int:
@@ -252,10 +245,6 @@ class Objective:
         if self.reference == "if_kl":
             return plan.grpo_beta > 0
         return False
-
-    def reference_resident(self, plan) -> bool:
-        """A reference model is resident while training (precomputed log-probs need none)."""
-        return self.uses_reference(plan)
 
     def generation_batch(self, plan):
         """Sequences generated at once per GPU: micro-batch x accumulation, in chunks of

@@ -409,7 +409,7 @@ class PlanDetail(VerticalScroll):
                     + (", CPU offload" if p.cpu_offload else ""))
         self.query_one("#detail-perf", Static).update(Text(" · ".join(perf)))
 
-        self.query_one(PlanKnobs).load(row.plan, parse_technique(row.plan.technique).method.lora_like)
+        self.query_one(PlanKnobs).load(row.plan, parse_technique(row.plan.technique).method.lora)
 
         why = Text()
         if row.reasons:
