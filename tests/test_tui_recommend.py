@@ -21,18 +21,28 @@ from tests.test_recommend_bruteforce import Question, fitting_points  # noqa: E4
 from tests.test_tui import make_app, screen_text, settle  # noqa: E402
 
 
+async def settle_until(pilot, done, rounds: int = 40) -> None:
+    """Settle until ``done()`` holds (the recommender runs in a worker; under load it takes longer
+    than a fixed number of rounds)."""
+    for _ in range(rounds):
+        await settle(pilot)
+        if done():
+            return
+
+
 def test_plans_screen_shows_the_fastest_fitting_configurations():
     async def walk():
         app = make_app()  # the real advisor: ftadvisor.recommend
         async with app.run_test(size=(100, 32)) as pilot:
             await settle(pilot)
             await pilot.press(*"llama-3.2-1b", "enter")
-            await settle(pilot)
+            await settle_until(pilot, lambda: app.current_mode == "hardware")
             await pilot.press("end", "ctrl+u", *"a100-80gb", "enter")
-            await settle(pilot)
+            await settle_until(pilot, lambda: app.current_mode == "goal")
             assert app.current_mode == "goal" and app.state.hardware.id == "a100-80gb"
             await pilot.press("ctrl+n")  # goal "chat", no data: everything else is optional
-            await settle(pilot, 3)
+            await settle_until(pilot, lambda: app.current_mode == "plans" and bool(getattr(app.screen, "rows", None)))
+            await settle(pilot)
             assert app.current_mode == "plans", screen_text(app)
             return app.state, dict(app.screen.rows), screen_text(app), {
                 "micro_batch_size": app.screen.query_one("#knob-micro_batch_size").value,
