@@ -135,10 +135,21 @@ class PlanTable(DataTable):
         self.clear()
         for row in rows:
             self.add_row(*self.cells(row, capacity), key=row.key)
+        self._fit_columns()
 
     def update_plan(self, row: PlanRow, capacity: float) -> None:
         for (_, key), cell in zip(self.COLUMNS, self.cells(row, capacity)):
             self.update_cell(row.key, key, cell, update_width=True)
+        self._fit_columns()
+
+    def _fit_columns(self) -> None:
+        """Size every column to its widest cell now. DataTable measures new cells only when its
+        message queue runs dry (on idle); a table drawn before that, as under load, cut numbers
+        ("26,78" for 26,787)."""
+        for key, column in self.columns.items():
+            widths = [c.cell_len for c in self.get_column(key) if isinstance(c, Text)]
+            column.content_width = max([column.label.cell_len, *widths])
+        self.refresh()
 
 
 class MemoryBar(Widget):
