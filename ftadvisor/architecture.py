@@ -35,8 +35,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ftadvisor.errors import FtAdvisorError
+from ftadvisor.errors import FtAdvisorError, from_validation, shown
 from ftadvisor.schema import ArchSpec, LinearSpec
+from ftadvisor.validate import ARCH_INT_LIMIT, ARCH_LIMITS
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "arch_from_config"]
 
@@ -64,9 +65,13 @@ class _Cfg:
                 raise FtAdvisorError(self.name(key), "missing from the config (required to size the model)")
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise FtAdvisorError(self.name(key), f"must be an integer, got {value!r}")
+            raise FtAdvisorError(self.name(key), f"must be an integer, got {shown(value)}")
         if value < minimum:
-            raise FtAdvisorError(self.name(key), f"must be >= {minimum}, got {value}")
+            raise FtAdvisorError(self.name(key), f"must be >= {minimum}, got {shown(value)}")
+        maximum = ARCH_LIMITS.get(key, ARCH_INT_LIMIT)
+        if value > maximum:
+            # a size no model has: a typo, or a config that would never finish (10^10 layers)
+            raise FtAdvisorError(self.name(key), f"{shown(value)} is larger than any model has (at most {maximum:,})")
         return value
 
     def bool(self, key: str, default: bool) -> bool:
@@ -77,7 +82,7 @@ class _Cfg:
         if value is None:
             return False
         if not isinstance(value, bool):
-            raise FtAdvisorError(self.name(key), f"must be true or false, got {value!r}")
+            raise FtAdvisorError(self.name(key), f"must be true or false, got {shown(value)}")
         return value
 
     def int_list(self, key: str) -> list[int]:
@@ -85,11 +90,13 @@ class _Cfg:
         if value is None:
             return []
         if not isinstance(value, (list, tuple)):
-            raise FtAdvisorError(self.name(key), f"must be a list of layer indices, got {value!r}")
+            raise FtAdvisorError(self.name(key), f"must be a list of layer indices, got {shown(value)}")
+        if len(value) > ARCH_LIMITS["num_hidden_layers"]:
+            raise FtAdvisorError(self.name(key), f"lists {len(value):,} layers, more than any model has")
         out = []
         for item in value:
-            if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-                raise FtAdvisorError(self.name(key), f"must hold non-negative integers, got {item!r}")
+            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= ARCH_INT_LIMIT:
+                raise FtAdvisorError(self.name(key), f"must hold layer indices (integers >= 0), got {shown(item)}")
             out.append(item)
         return out
 
@@ -509,6 +516,17 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted([*_BUILDERS, "gemma3"]))
 
 
 def arch_from_config(config: Mapping[str, Any]) -> ArchSpec:
+    """The normalised architecture of a Hugging Face causal-LM ``config.json`` dict (see
+    :func:`_arch_from_config`); a size no model has is an error naming the field, too."""
+    from pydantic import ValidationError
+
+    try:
+        return _arch_from_config(config)
+    except ValidationError as err:  # ArchSpec's own bounds (schema.ArchSpec._bounded)
+        raise from_validation(err, default_field="config") from None
+
+
+def _arch_from_config(config: Mapping[str, Any]) -> ArchSpec:
     """The normalised architecture of a Hugging Face causal-LM ``config.json`` dict.
 
     Raises :class:`FtAdvisorError` naming the offending field when a field is
@@ -520,7 +538,7 @@ def arch_from_config(config: Mapping[str, Any]) -> ArchSpec:
     if model_type is None:
         raise FtAdvisorError("model_type", "missing from the config", SUPPORTED_MODEL_TYPES)
     if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
-        raise FtAdvisorError("model_type", f"unsupported model_type {model_type!r}", SUPPORTED_MODEL_TYPES)
+        raise FtAdvisorError("model_type", f"unsupported model_type {shown(model_type)}", SUPPORTED_MODEL_TYPES)
 
     if model_type == "gemma3":
         # Multimodal Gemma 3: describe the language model only (text_config built as gemma3_text).

@@ -14,10 +14,10 @@ from typing import Any, Optional
 
 import typer
 
-from ftadvisor.cli_common import fail, parse_sets
+from ftadvisor.cli_common import OneLineErrors, fail, parse_sets
 from ftadvisor.errors import FtAdvisorError
 
-app = typer.Typer(add_completion=False, help="Which fine-tuning technique fits, how fast, how good.")
+app = typer.Typer(cls=OneLineErrors, add_completion=False, help="Which fine-tuning technique fits, how fast, how good.")
 profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, help="List and show model and hardware profiles.")
 app.add_typer(profiles_app, name="profiles")
 
@@ -91,7 +91,7 @@ def _flat_row(est) -> dict[str, Any]:
 
 def _technique_names(technique: list[str], mp) -> list[str]:
     """The techniques asked for: comma-separated lists, ``all`` = every one the model allows."""
-    from ftadvisor.techniques import techniques_for
+    from ftadvisor.techniques import TECHNIQUE_NAMES, techniques_for
 
     names: list[str] = []
     for t in technique:
@@ -101,33 +101,92 @@ def _technique_names(technique: list[str], mp) -> list[str]:
                 names += techniques_for(mp.arch)
             elif part:
                 names.append(part)
+    if not names:
+        raise FtAdvisorError("--technique", "names no technique", ["all", *TECHNIQUE_NAMES])
     return names
 
 
-def _run_estimates(model: str, gpu: str, num_gpus: int | None, technique: list[str], sets: list[str],
-                   plan: Path | None, extra: dict[str, Any]) -> tuple[Any, Any, list]:
-    """(model profile, hardware profile, one estimate per technique): the plan file's fields (it may
-    also name the model, gpu and technique), then ``--set`` fields, then ``--num-gpus``."""
+# estimate options that are not plan fields: `--set goal=chat` points at the option instead
+_OPTIONS_NOT_FIELDS = {"goal": "--goal", "examples": "--data-examples", "data_examples": "--data-examples",
+                       "avg_tokens": "--avg-tokens", "dataset_tokens": "--data-tokens", "data_tokens": "--data-tokens",
+                       "epochs": "--epochs", "price": "--price", "hourly_price_usd": "--price", "model": "--model",
+                       "gpu": "--gpu", "hardware": "--gpu", "plan": "--plan", "calibrated": None, "with_speed": None,
+                       "headroom": "--headroom", "max_gpus": "--max-gpus", "gpus_per_node": "--gpus-per-node",
+                       "limit": None}
+
+
+def _technique_value(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise FtAdvisorError(field, f"must be a technique name such as lora or dpo+qlora, got {type(value).__name__}")
+    return value
+
+
+def _plan_sets(sets: list[str]) -> dict[str, Any]:
+    """``--set`` values of estimate and capacity: plan fields only (``technique`` included); the
+    command's own options are named instead of being taken as fields."""
+    fields = parse_sets(sets)
+    for k in fields:
+        if k in _OPTIONS_NOT_FIELDS:
+            opt = _OPTIONS_NOT_FIELDS[k]
+            raise FtAdvisorError(f"--set {k}", "is not a plan field" + (f"; use {opt}" if opt else ""))
+    from ftadvisor.plans import PLAN_FIELDS, make_plan
+
+    for k, v in fields.items():
+        if k not in PLAN_FIELDS:
+            make_plan(**{k: v})  # names it, and the closest plan fields
+    return fields
+
+
+def _run_estimates(model: str | None, gpu: str | None, num_gpus: int | None, technique: list[str] | None,
+                   sets: list[str], plan: Path | None, extra: dict[str, Any]) -> tuple[Any, Any, list]:
+    """(model profile, hardware profile, one estimate per technique). Precedence, lowest first:
+    the defaults, the plan file (plan fields; it may also name the model, gpu and technique, and
+    carry launch's ``run:`` settings, checked and not used here), ``--model``/``--gpu``/``-t``,
+    ``--set`` (``--set technique=T`` is ``-t T``), then ``--num-gpus``."""
     from ftadvisor.estimator import estimate as run_estimate
     from ftadvisor.profiles import resolve_hardware, resolve_model
 
     fields: dict[str, Any] = {}
+    file_fields: dict[str, Any] = {}
     if plan is not None:
-        from ftadvisor.plans import read_plan_file
+        from pydantic import ValidationError
 
-        fields.update(read_plan_file(plan, "--plan"))
-        model = fields.pop("model", model)
-        gpu = fields.pop("gpu", fields.pop("hardware", gpu))
-        if "technique" in fields and technique == ["all"]:
-            technique = [fields.pop("technique")]
-        fields.pop("technique", None)
-    fields.update(parse_sets(sets))
+        from ftadvisor.errors import from_validation
+        from ftadvisor.launch import RUN_FIELDS, RunSettings
+        from ftadvisor.plans import read_plan_file, split_plan_file
+
+        parts = split_plan_file(read_plan_file(plan, "--plan"), "--plan", RUN_FIELDS)
+        try:  # the run: settings are launch's; checked here so that estimate and launch accept the same files
+            RunSettings(**parts["run"])
+        except ValidationError as err:
+            raise from_validation(err, "--plan: run.") from None
+        file_fields = dict(parts["plan"])
+        fields.update(parts["plan"])
+        model = model or parts["model"]
+        gpu = gpu or parts["gpu"]
+        if "technique" in fields:
+            file_technique = _technique_value(fields.pop("technique"), "--plan: technique")
+            technique = technique or [file_technique]
+    sets_fields = _plan_sets(sets)
+    if "technique" in sets_fields:
+        technique = [_technique_value(sets_fields.pop("technique"), "--set technique")]
+    fields.update(sets_fields)
     if num_gpus is not None:
         fields["num_gpus"] = num_gpus
-    mp = resolve_model(model)
-    hw = resolve_hardware(gpu)
-    names = _technique_names(technique, mp)
-    return mp, hw, [run_estimate(mp, hw, name, **extra, **fields) for name in names]
+    mp = resolve_model(model or DEFAULT_MODEL)
+    hw = resolve_hardware(gpu or DEFAULT_GPU)
+    names = _technique_names(technique or ["all"], mp)
+    try:
+        return mp, hw, [run_estimate(mp, hw, name, plan=fields, **extra) for name in names]
+    except FtAdvisorError as err:
+        # a value the plan file gave (and nothing on the command line replaced): name the file too
+        key = err.field.split(".")[0]
+        if plan is not None and key in file_fields and key not in sets_fields and not (
+                key == "num_gpus" and num_gpus is not None):
+            from ftadvisor.errors import shown
+
+            raise FtAdvisorError(f"--plan {shown(str(plan), 200)}: {err.field}", err.message, err.choices) from None
+        raise
 
 
 def _echo_csv(results: list) -> None:
@@ -187,11 +246,10 @@ def _estimate_row(r, cap: float, compact: bool, timed: bool, rated: bool) -> lis
     row.append(f"{r.speed.tokens_per_second_total:,.0f}" if r.speed else "-")
     if timed:
         tc = r.time_cost
-        row += [_hours(tc.wall_clock_hours) if tc else "-",
-                f"${tc.cost_usd:,.0f}" if tc and tc.cost_usd is not None else "-"]
+        row += [_hours(tc.wall_clock_hours) if tc else "-", _money(tc.cost_usd) if tc else "-"]
     if rated:
         q = r.quality
-        row.append(("n/a" if not q.applicable else f"{q.relative_to_full:.2f} {q.low:.2f}-{q.high:.2f}") if q else "-")
+        row.append(("n/a" if not q.applicable else _quality_cell(q)) if q else "-")
     return row
 
 
@@ -207,12 +265,19 @@ def _print_estimate_notes(console, hw, results: list) -> None:
                   "sharding, optimizer ...); --json for the full breakdown.[/]")
 
 
+DEFAULT_MODEL = "llama-3.1-8b"
+DEFAULT_GPU = "rtx4090-24gb"
+
+
 @app.command()
 def estimate(
-    model: str = typer.Option("llama-3.1-8b", "--model", "-m", help="Profile id, HF id, config.json path or directory."),
-    gpu: str = typer.Option("rtx4090-24gb", "--gpu", "-g", help="Hardware profile id or alias (h100, a100, rtx4090 ...)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", show_default=DEFAULT_MODEL,
+                                        help="Profile id, HF id, config.json path or directory."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", "-g", show_default=DEFAULT_GPU,
+                                      help="Hardware profile id or alias (h100, a100, rtx4090 ...)."),
     num_gpus: Optional[int] = typer.Option(None, "--num-gpus", "-n", help="GPUs in total."),
-    technique: list[str] = typer.Option(["all"], "--technique", "-t", help="Technique(s), e.g. lora, dpo+qlora; 'all' compares every one."),
+    technique: Optional[list[str]] = typer.Option(None, "--technique", "-t", show_default="all",
+                                                  help="Technique(s), e.g. lora, dpo+qlora; 'all' compares every one."),
     sets: list[str] = typer.Option([], "--set", "-s", help="Plan field=value (repeatable), e.g. seq_len=4096."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="YAML file of plan fields (may also hold model, gpu, technique)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON (a list of estimates)."),
@@ -265,6 +330,9 @@ def recommend(
     budget_usd: Optional[float] = typer.Option(None, "--budget-usd"),
     price: Optional[float] = typer.Option(None, "--price", help="Your price per GPU-hour in USD (overrides the profile default)."),
     top: int = typer.Option(10, "--top"),
+    risk_aversion: float = typer.Option(0.5, "--risk-aversion",
+                                        help="Share of the quality range below the expected value a plan pays for "
+                                             "(0 = rank by the expected quality, 1 = by the low end)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
 ) -> None:
     """Ranked fine-tuning plans that fit, with time, cost, expected quality and the reasons."""
@@ -274,7 +342,7 @@ def recommend(
         rec = run_recommend(model, gpu, num_gpus=num_gpus, num_nodes=num_nodes, goal=goal, data_kind=data_kind,
                             examples=examples, avg_tokens=avg_tokens, dataset_tokens=dataset_tokens, epochs=epochs,
                             budget_hours=budget_hours, budget_usd=budget_usd, hourly_price_usd=price,
-                            seq_len=seq_len, top=top)
+                            seq_len=seq_len, top=top, risk_aversion=risk_aversion)
     except FtAdvisorError as err:
         fail(err)
         return
@@ -286,6 +354,7 @@ def recommend(
 
     from ftadvisor.profiles import resolve_hardware
     from ftadvisor.techniques import parse_technique
+    from ftadvisor.tui.format import duration, money
 
     hw = resolve_hardware(rec.hardware_id)
     console = Console()
@@ -295,14 +364,19 @@ def recommend(
     # fixed widths for the figures; the knobs column wraps, so nothing is cut at 80 columns
     for col, width, kw in (("#", 2, {"justify": "right"}), ("technique", 9, {}),
                            (f"GiB/{hw.memory_gib:.0f}", 6, {"justify": "right"}), ("tok/s", 6, {"justify": "right"}),
-                           ("time", 6, {"justify": "right"}), ("cost", 5, {"justify": "right"}),
+                           ("time", 7, {"justify": "right"}), ("cost", 6, {"justify": "right"}),
                            ("quality", 14, {})):
         t.add_column(col, no_wrap=True, min_width=width, **kw)
     t.add_column("knobs", overflow="fold", ratio=1)
     for p in rec.plans:
         e = p.estimate
         sp, tc, q = e.speed, e.time_cost, e.quality
-        knobs = f"mb{p.plan.micro_batch_size}" + (" ckpt" if p.plan.gradient_checkpointing else "")
+        pl = p.plan
+        # the effective batch: micro-batch x accumulation x data-parallel GPUs (every GPU runs its own)
+        batch = pl.micro_batch_size * pl.gradient_accumulation_steps * pl.num_gpus
+        knobs = f"b{batch} mb{pl.micro_batch_size}" + (f" ga{pl.gradient_accumulation_steps}"
+                                                       if pl.gradient_accumulation_steps > 1 else "")
+        knobs += " ckpt" if p.plan.gradient_checkpointing else ""
         if parse_technique(p.plan.technique).method.lora:
             knobs += f" r{p.plan.lora_r}"
         if p.plan.sharding not in ("none",):
@@ -312,12 +386,17 @@ def recommend(
         t.add_row(
             str(p.rank), p.plan.technique, f"{e.memory.device_total_bytes / GIB:.1f}",
             f"{sp.tokens_per_second_total:,.0f}" if sp else "-",
-            _hours(tc.wall_clock_hours) if tc else "-",
-            f"${tc.cost_usd:,.0f}" if tc and tc.cost_usd is not None else "-",
-            f"{q.relative_to_full:.2f} {q.low:.2f}-{q.high:.2f}" if q else "-",
+            duration(tc.wall_clock_hours) if tc else "-",
+            money(tc.cost_usd) if tc else "-",
+            _quality_cell(q),
             knobs,
         )
     console.print(t)
+    console.print("[dim]b = effective batch = micro-batch (mb) × accumulation (ga, 1 if not shown) × GPUs. "
+                  "Ranked by a risk-aware score: "
+                  f"quality − {risk_aversion:g} × (quality − low end) − 0.05 per doubling of the fastest time; "
+                  "[yellow]weak[/] = thin evidence (one group, analogy, extrapolation), never ranked above a "
+                  "better-evidenced plan of at least the same quality.[/]")
     for p in rec.plans[:3]:
         console.print(f"[bold]#{p.rank} {p.plan.technique}[/]")
         for r in p.reasons:
@@ -326,8 +405,10 @@ def recommend(
         console.print("[bold]Not recommended[/]")
         for p in rec.rejected:
             console.print(f"  [dim]{p.plan.technique}:[/] " + "; ".join(p.reasons[:3]))
+    shown = {r for p in rec.plans[:3] for r in p.reasons}
     for n in rec.notes:
-        console.print(f"[yellow]note:[/] {n}")
+        if n not in shown:  # said once: a note already printed as a plan's reason is not repeated
+            console.print(f"[yellow]note:[/] {n}")
     console.print("[dim]Prices are profile defaults; pass --price for yours. Quality is relative to full fine-tuning (1.0).[/]")
 
 
@@ -337,47 +418,83 @@ def capacity(
     gpu: str = typer.Option("rtx4090-24gb", "--gpu", "-g", help="Hardware profile id or alias."),
     technique: str = typer.Option("qlora", "--technique", "-t", help="Technique, e.g. lora, dpo+qlora."),
     sets: list[str] = typer.Option([], "--set", "-s", help="Plan field=value (repeatable)."),
-    headroom: float = typer.Option(0.0, "--headroom", help="Fraction of the card to keep free (0.05 = 5%)."),
+    headroom: Optional[float] = typer.Option(None, "--headroom",
+                                             help="Fraction of the card to keep free (default 0.05, as recommend)."),
+    max_gpus: int = typer.Option(1024, "--max-gpus", help="Largest GPU count to search."),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help="GPUs per node (counts above it go in whole nodes)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The largest micro-batch and the longest sequence that fit, and how many GPUs of this type the plan needs."""
-    from ftadvisor.recommend import max_micro_batch, max_seq_len, min_gpus
+    """How many GPUs of this type the plan needs (every count, in node-sized steps above one node), and the
+    largest micro-batch and longest sequence that fit there (or at the GPU count given with --set num_gpus=N)."""
+    from ftadvisor.recommend import MEMORY_HEADROOM, gpus_needed, max_micro_batch, max_seq_len
 
+    headroom = MEMORY_HEADROOM if headroom is None else headroom
     try:
-        fields = parse_sets(sets)
+        fields = _plan_sets(sets)
+        if "technique" in fields:
+            technique = _technique_value(fields.pop("technique"), "--set technique")
         if not 0 <= headroom < 1:
             raise FtAdvisorError("--headroom", "must be a fraction in [0, 1)")
+        if max_gpus < 1 or gpus_per_node < 1:
+            raise FtAdvisorError("--max-gpus", "GPU counts must be at least 1")
+        # the user's sharding (if any) is kept; only the GPU count is searched
+        need = gpus_needed(model, gpu, technique, max_gpus=max_gpus, gpus_per_node=gpus_per_node, headroom=headroom,
+                           **{k: v for k, v in fields.items() if k not in ("num_gpus", "num_nodes")})
+        # batch and sequence at the user's GPU count, else at the fewest that fit (else the largest tried)
+        at = dict(fields)
+        if "num_gpus" not in fields:
+            plan = need.estimate.plan
+            at.update(num_gpus=plan.num_gpus, num_nodes=plan.num_nodes, sharding=plan.sharding)
         mb = max_micro_batch(model, gpu, technique, headroom=headroom,
-                             **{k: v for k, v in fields.items() if k != "micro_batch_size"})
-        sl = max_seq_len(model, gpu, technique, headroom=headroom, **{k: v for k, v in fields.items() if k != "seq_len"})
-        need = min_gpus(model, gpu, technique, headroom=headroom,
-                        **{k: v for k, v in fields.items() if k not in ("num_gpus", "num_nodes", "sharding")})
+                             **{k: v for k, v in at.items() if k != "micro_batch_size"})
+        sl = max_seq_len(model, gpu, technique, headroom=headroom, **{k: v for k, v in at.items() if k != "seq_len"})
     except FtAdvisorError as err:
         fail(err)
         return
-    data = {"model": model, "gpu": gpu, "technique": technique, "max_micro_batch_size": mb, "max_seq_len": sl,
-            "min_gpus": need[0] if need else None, "sharding": need[1] if need else None}
+    n_at = at.get("num_gpus", 1)
+    where = {"num_gpus": n_at, "sharding": at.get("sharding", "none" if n_at == 1 else "ddp")}  # the plan's default
+    data = {"model": model, "gpu": gpu, "technique": technique, "headroom": headroom,
+            "max_micro_batch_size": mb, "max_seq_len": sl, "at": where,
+            "min_gpus": need.num_gpus, "num_nodes": need.num_nodes, "sharding": need.sharding,
+            "more_gpus_help": need.more_gpus_help if need.num_gpus is None else None,
+            "floor_gib": round(need.floor_bytes / GIB, 2) if need.num_gpus is None else None}
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    typer.echo(f"{technique} of {model} on {gpu}" + (f" ({', '.join(f'{k}={v}' for k, v in fields.items())})" if fields else ""))
-    typer.echo(f"  largest micro-batch that fits: {mb if mb else 'none (not even 1)'}")
-    typer.echo(f"  longest sequence that fits:    {sl if sl else 'none (not even 128 tokens)'}")
-    if need is None:
-        gpus = "more than 1024"
-    elif need[1] == "none":
+    typer.echo(f"{technique} of {model} on {gpu}" + (f" ({', '.join(f'{k}={v}' for k, v in fields.items())})" if fields else "")
+               + f"; fits = within {1 - headroom:.0%} of the card")
+    if need.num_gpus is None:
+        gpus = f"none up to {max_gpus}: " + need.why_not(gpu)
+    elif need.num_gpus == 1 and need.sharding == "none":
         gpus = "1 (a single GPU)"
     else:
-        gpus = f"{need[0]} with {need[1]}"
+        nodes = f" on {need.num_nodes} nodes" if need.num_nodes and need.num_nodes > 1 else ""
+        gpus = f"{need.num_gpus} with {need.sharding}{nodes}"
     typer.echo(f"  GPUs needed:                   {gpus}")
+    at_text = f"at {where['num_gpus']} GPU{'s' if where['num_gpus'] != 1 else ''}" + (
+        f" with {where['sharding']}" if where["sharding"] not in ("none", None) else "")
+    typer.echo(f"  largest micro-batch that fits: {mb if mb else 'none (not even 1)'} ({at_text})")
+    typer.echo(f"  longest sequence that fits:    {sl if sl else 'none (not even 128 tokens)'} ({at_text})")
 
 
 def _hours(h: float) -> str:
-    if h < 1:
-        return f"{h * 60:.0f} min"
-    if h < 48:
-        return f"{h:.1f} h"
-    return f"{h / 24:.1f} d"
+    from ftadvisor.tui.format import duration  # one time format for both faces (rich only, no textual)
+
+    return duration(h)
+
+
+def _money(usd: float | None) -> str:
+    from ftadvisor.tui.format import money  # cents below $100, as in the wizard
+
+    return money(usd)
+
+
+def _quality_cell(q) -> str:
+    """Expected quality and its range, marked when the evidence behind it is weak."""
+    if q is None:
+        return "-"
+    cell = f"{q.relative_to_full:.2f} {q.low:.2f}-{q.high:.2f}"
+    return cell + (" [yellow]weak[/]" if q.evidence_strength == "weak" else "")
 
 
 @profiles_app.command("list")
@@ -419,8 +536,11 @@ def profiles_show(name: str = typer.Argument(..., help="A model or hardware id/a
     from ftadvisor.profiles import _hardware_index, _model_index, resolve_hardware, resolve_model
 
     try:
+        from ftadvisor import validate
+
+        validate.name("name", name)
         key = name.strip().lower()
-        if key in _model_index() or Path(name).exists():
+        if key in _model_index() or validate.exists(name):
             p = resolve_model(name)
             data = p.model_dump(mode="json")
             data["derived"] = {"total_params": p.arch.total_params, "active_params": p.arch.active_params}

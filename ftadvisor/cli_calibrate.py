@@ -49,9 +49,11 @@ def run_cmd(
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Cases run at once (CPU backends; memory is per process)."),
     fork: bool = typer.Option(False, "--fork", help="Fork cases from a server that imported torch once (faster CPU sweeps)."),
     results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default calibration/results)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the cases (and which are already recorded) and exit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cases (and which this machine has recorded) and exit."),
 ) -> None:
-    """Run a sweep: each case in its own process, with a timeout; resumes where it stopped."""
+    """Run a sweep: each case in its own process, with a timeout; runs the cases this machine has not
+    recorded (resume; shipped results of other machines do not count), each once even when another
+    sweep runs into the same file."""
     from ftadvisor.calibration import store
     from ftadvisor.calibration.sweep import expand, load_sweep, with_backend
 
@@ -69,10 +71,13 @@ def run_cmd(
             if hw == "auto":
                 hw = "cpu" if all(c.backend != "cuda" for c in cases) else detect_hardware()
             root = results or store.results_root()
-            done = store.completed_ids(store.results_path(root, resolve_hardware(hw).id, sw.name))
+            rpath = store.results_path(root, resolve_hardware(hw).id, sw.name)
+            done = store.completed_ids(rpath, machine=store.machine_id())
+            anyone = store.completed_ids(rpath)
             for c in cases:
                 mark = "done" if c.case_id in done else "todo"
-                typer.echo(f"{c.case_id}  {mark}  {c.backend:<5}  {c.label}")
+                other = "  (recorded by another machine)" if c.case_id in anyone - done else ""
+                typer.echo(f"{c.case_id}  {mark}  {c.backend:<5}  {c.label}{other}")
             return
         from ftadvisor.calibration.runner import run_sweep
         from ftadvisor.stack import require_training_stack
@@ -89,8 +94,9 @@ def run_cmd(
     for o in summary.outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
     detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing to run"
-    typer.echo(f"{summary.sweep} on {summary.hardware}: {ran} run ({detail}), {summary.skipped_done} already recorded; "
-               f"results in {summary.results_path}")
+    meanwhile = f", {summary.recorded_meanwhile} recorded meanwhile by another run" if summary.recorded_meanwhile else ""
+    typer.echo(f"{summary.sweep} on {summary.hardware}: {ran} run ({detail}), {summary.skipped_done} already recorded "
+               f"on this machine{meanwhile}; results in {summary.results_path}")
 
 
 @app.command("fit")
@@ -108,12 +114,12 @@ def fit_cmd(
     except FtAdvisorError as err:
         fail(err)
         return
+    from ftadvisor.calibration.fit import headline
+
     for p in paths:
         c = read_corrections(p)
-        d = c.default
-        typer.echo(f"{p}: {d.samples} samples, {len(c.techniques)} techniques, peak MdAPE "
-                   f"{d.mdape_before:.1f}% -> {d.mdape_after:.1f}% (pooled), allocator slack "
-                   f"{'-' if c.allocator_slack is None else f'{c.allocator_slack:.3f}'}")
+        typer.echo(f"{p}: {c.default.samples} samples, {len(c.techniques)} techniques, {headline(c.summary)}, "
+                   f"allocator slack {'-' if c.allocator_slack is None else f'{c.allocator_slack:.3f}'}")
 
 
 @app.command("report")

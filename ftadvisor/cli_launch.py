@@ -35,32 +35,119 @@ def launch(
 ) -> None:
     """Check a plan against the data and the hardware, write a run directory, and train it."""
     from ftadvisor.cli_common import fail, parse_sets
-    from ftadvisor.launch import prepare
+    from ftadvisor.launch import RunLock, prepare, storage_error
 
+    # Held from the first write into --output until the training process has ended: a second
+    # launch or resume into the same directory is refused meanwhile.
+    lock = RunLock(output, echo=typer.echo)
     try:
-        _, cmd = prepare(
-            plan, data=data, model=model, output=output, gpu=gpu, num_gpus=num_gpus, sets=parse_sets(sets),
-            max_steps=max_steps, dry_run=dry_run, resume=resume, overwrite=overwrite,
-            trust_remote_code=trust_remote_code, force=force, echo=typer.echo,
-        )
-    except FtAdvisorError as err:
-        fail(err)
-        return
-    if dry_run:
-        return
-    from ftadvisor.stack import require_training_stack
+        try:
+            _, cmd = prepare(
+                plan, data=data, model=model, output=output, gpu=gpu, num_gpus=num_gpus, sets=parse_sets(sets),
+                max_steps=max_steps, dry_run=dry_run, resume=resume, overwrite=overwrite,
+                trust_remote_code=trust_remote_code, force=force, echo=typer.echo, lock=lock,
+            )
+        except FtAdvisorError as err:
+            fail(err)
+            return
+        except OSError as err:  # a write refused outside prepare's own writes (the lock file, say)
+            refused = storage_error(err, output)
+            if refused is None:
+                raise
+            fail(refused)
+            return
+        if dry_run:
+            return
+        from ftadvisor.stack import require_training_stack
 
-    try:
-        require_training_stack("launch")
-    except FtAdvisorError as err:
-        fail(err)
-        return
-    sys.stdout.flush()
-    try:
-        code = subprocess.call(cmd)
-    except KeyboardInterrupt:
+        try:
+            require_training_stack("launch")
+        except FtAdvisorError as err:
+            fail(err)
+            return
+        sys.stdout.flush()
+        code, stopped_by = run_supervised(cmd, lock)
+    finally:
+        lock.release()
+    if stopped_by is not None:
         typer.echo(f"interrupted; continue later with: ftadvisor launch --output {output} --resume", err=True)
-        raise typer.Exit(130)
-    if code != 0:
+        raise typer.Exit(128 + stopped_by)
+    if code not in (0, 2):  # 2: the run has said why in one line already (a user error)
         typer.echo(f"error: the run exited with status {code}", err=True)
     raise typer.Exit(code)
+
+
+def run_supervised(cmd: list[str], lock=None, grace_s: float = 30.0) -> tuple[int, int | None]:
+    """Run the training command in its own session and process group, tied to this process.
+
+    Returns (exit status, the signal that stopped us or None). SIGINT (Ctrl-C), SIGTERM and SIGHUP
+    sent to this launcher are passed on to the training group (SIGINT as SIGINT, so the trainer
+    stops as on Ctrl-C; the others as SIGTERM), and we wait for it; a second signal, or ``grace_s``
+    without an exit, escalates to SIGKILL. Whatever way this function is left, no process of the
+    group survives it. If this launcher is killed outright (SIGKILL), the trainer notices by itself
+    (``FTADVISOR_SUPERVISOR_PID``: ftadvisor.launch._bind_to_supervisor).
+    """
+    import os
+    import signal
+    import time
+
+    from ftadvisor.launch import SUPERVISOR_ENV
+
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+    # start_new_session: its own group, so a terminal's Ctrl-C reaches only us and we decide
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    if lock is not None:
+        lock.set_child(proc.pid)
+    stopped: list[int] = []
+    deadline = [None]
+
+    def send(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def on_signal(signum, frame):
+        if stopped:  # a second signal: no more waiting
+            send(signal.SIGKILL)
+            return
+        stopped.append(signum)
+        send(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+        deadline[0] = time.monotonic() + grace_s
+
+    watched = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, on_signal) for s in watched}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline[0] is not None and time.monotonic() > deadline[0]:
+                    send(signal.SIGKILL)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _end_group(proc.pid, send)
+    return code, (stopped[0] if stopped else None)
+
+
+def _end_group(pgid: int, send, grace_s: float = 5.0) -> None:
+    """Stop what is left of the training group (helpers it started) after its leader has exited."""
+    import os
+    import signal
+    import time
+
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        send(sig)
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.05)

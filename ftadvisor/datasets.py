@@ -11,7 +11,7 @@ ids (``datasets``) import anything heavy, and only when such a source is given.
 
 The formats are the dataset types trl documents ("Dataset formats and types" in the trl docs):
 conversational ``messages``, ``prompt``/``completion``, plain ``text``, preference
-``prompt``/``chosen``/``rejected`` and prompt-only (``prompt``, optional ``answer``); plus
+``prompt``/``chosen``/``rejected``, unpaired preference ``prompt``/``completion``/``label`` and prompt-only (``prompt``, optional ``answer``); plus
 pre-tokenized ``input_ids`` and ``question``/``answer`` facts (the shape Lamini-style memory
 tuning trains on). Which objective takes which format is the engine's table
 (``Objective.data_formats`` in ``ftadvisor/techniques.py``); converting records for the trainers is the engine's job.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftadvisor.errors import FtAdvisorError
+from ftadvisor.errors import FtAdvisorError, shown
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ FORMATS: dict[str, DataFormat] = {
     for f in [
         DataFormat("messages", ("messages",), (), "chat: messages = [{role, content}, ...]"),
         DataFormat("preference", ("prompt", "chosen", "rejected"), (), "preference pairs"),
+        DataFormat("unpaired_preference", ("prompt", "completion", "label"), (),
+                   "single answers labelled good (true) or bad (false)"),
         DataFormat("prompt_completion", ("prompt", "completion"), (), "prompt and completion"),
         DataFormat("tokens", ("input_ids",), ("labels",), "pre-tokenized ids"),
         DataFormat("qa", ("question", "answer"), (), "facts: question and answer"),
@@ -101,16 +103,29 @@ def describe_formats(names: Iterable[str] | None = None) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _json(text: str, where: str) -> Any:
+    """``json.loads`` for one line, file or cell: every failure (bad JSON, nesting deeper than the
+    stack, a number of thousands of digits) is one error naming the place."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FtAdvisorError("data", f"{where}: not valid JSON ({err.msg} at line {err.lineno} "
+                             f"column {err.colno})") from None
+    except RecursionError:
+        raise FtAdvisorError("data", f"{where}: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:
+        from ftadvisor.validate import parse_reason
+
+        raise FtAdvisorError("data", f"{where}: a value cannot be read ({parse_reason(err)})") from None
+
+
 def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
     records, where = [], []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise FtAdvisorError("data", f"{path} line {n}: not valid JSON ({err.msg} at column {err.colno})") from None
+            obj = _json(line, f"{path} line {n}")
             if not isinstance(obj, dict):
                 raise FtAdvisorError("data", f"{path} line {n}: expected a JSON object per line, got {type(obj).__name__}")
             records.append(obj)
@@ -119,10 +134,7 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def _read_json(path: Path) -> tuple[list[dict], list[str]]:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8") or "null")
-    except json.JSONDecodeError as err:
-        raise FtAdvisorError("data", f"{path} line {err.lineno}: not valid JSON ({err.msg})") from None
+    obj = _json(path.read_text(encoding="utf-8") or "null", str(path))
     if obj is None:
         return [], []
     if isinstance(obj, dict):
@@ -169,6 +181,8 @@ def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
                         v = json.loads(v)
                     except json.JSONDecodeError as err:
                         raise FtAdvisorError("data", f"{path} line {n}: column {k!r} looks like JSON but is not ({err.msg})") from None
+                    except (RecursionError, ValueError, TypeError, OverflowError):
+                        v = _json(v, f"{path} line {n} column {k!r}")
                 rec[k] = v
             records.append(rec)
             where.append(f"line {n}")
@@ -215,24 +229,35 @@ def _read_hub(name: str) -> tuple[list[dict], list[str]]:
 
 def load_data(source: str | Path, limit: int | None = None) -> UserData:
     """Read ``source`` (file path or hub id), detect its format and validate every record."""
+    from ftadvisor import validate
+
+    if not isinstance(source, (str, Path)):
+        raise FtAdvisorError("data", f"expected a file path or a dataset id, got {type(source).__name__}")
     text = str(source).strip()
     if not text:
         raise FtAdvisorError("data", "no data given (a .jsonl/.json/.csv/.parquet file or a Hugging Face dataset id)")
-    path = Path(text).expanduser()
-    if path.is_dir():
-        raise FtAdvisorError("data", f"{text!r} is a directory; pass a .jsonl, .json, .csv or .parquet file")
-    if path.is_file():
+    validate.name("data", text)
+    validate.integer("limit", limit, low=1, none_ok=True)
+    path = Path(text).expanduser() if validate.exists(text) else Path(text)
+    if validate.is_dir(path):
+        raise FtAdvisorError("data", f"{shown(text, 200)} is a directory; pass a .jsonl, .json, .csv or .parquet file")
+    if validate.is_file(path):
         kind = _SUFFIXES.get(path.suffix.lower())
         if kind is None:
-            raise FtAdvisorError("data", f"{path}: unknown file type {path.suffix!r}", sorted(_SUFFIXES))
+            raise FtAdvisorError("data", f"{path}: unknown file type {shown(path.suffix)}", sorted(_SUFFIXES))
         try:
             records, where = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path)
         except UnicodeDecodeError as err:
             raise FtAdvisorError("data", f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except csv.Error as err:  # a field over the csv module's limit, a NUL byte
+            raise FtAdvisorError("data", f"{path}: not a readable CSV file ({shown(str(err), 120)})") from None
+        except OSError as err:
+            raise FtAdvisorError("data", f"cannot read {path} ({err.strerror or type(err).__name__})") from None
     elif _HUB_ID.match(text) and path.suffix.lower() not in _SUFFIXES:
         records, where = _read_hub(text)
     else:
-        raise FtAdvisorError("data", f"no such file {text!r} (nor a Hugging Face dataset id of the form owner/name)")
+        raise FtAdvisorError("data", f"no such file {shown(text, 200)} "
+                             "(nor a Hugging Face dataset id of the form owner/name)")
     if not records:
         raise FtAdvisorError("data", f"{text} has no records")
     if limit is not None:
@@ -287,7 +312,7 @@ def _messages(value: Any, where: str, name: str, need_assistant: bool) -> None:
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise FtAdvisorError("data", f"{where}: {name}[{j}] must be an object with 'role' and 'content'")
         if m["role"] not in CHAT_ROLES:
-            raise FtAdvisorError("data", f"{where}: {name}[{j}] has unknown role {m['role']!r}", CHAT_ROLES)
+            raise FtAdvisorError("data", f"{where}: {name}[{j}] has unknown role {shown(m['role'], 40)}", CHAT_ROLES)
         if not isinstance(m["content"], str):
             raise FtAdvisorError("data", f"{where}: {name}[{j}].content must be text, got {type(m['content']).__name__}")
     if need_assistant and not any(m["role"] == "assistant" for m in value):
@@ -309,6 +334,11 @@ def _validate(rec: dict[str, Any], fmt: str, where: str) -> None:
             _text_or_messages(rec[k], where, k)
         if rec["chosen"] == rec["rejected"]:
             raise FtAdvisorError("data", f"{where}: 'chosen' and 'rejected' are identical")
+    elif fmt == "unpaired_preference":
+        _text_or_messages(rec["prompt"], where, "prompt")
+        _text_or_messages(rec["completion"], where, "completion")
+        if not isinstance(rec["label"], bool):
+            raise FtAdvisorError("data", f"{where}: field 'label' must be true or false, got {shown(rec['label'], 40)}")
     elif fmt == "prompt_completion":
         _text_or_messages(rec["prompt"], where, "prompt")
         _text_or_messages(rec["completion"], where, "completion")

@@ -10,7 +10,8 @@ from typing import Any
 from ftadvisor import memory
 from ftadvisor.errors import FtAdvisorError
 from ftadvisor.profiles import resolve_hardware, resolve_model
-from ftadvisor.schema import Estimate, HardwareProfile, MemoryBreakdown, ModelProfile, TrainingPlan
+from ftadvisor.schema import (Estimate, HardwareProfile, MemoryBreakdown, ModelProfile, TrainingPlan,
+                              default_rl_max_new_tokens)
 from ftadvisor.plans import NUMERIC_FIELDS, PLAN_FIELDS, make_plan  # noqa: F401 - re-exported (API)
 from ftadvisor.techniques import parse_technique
 
@@ -83,6 +84,18 @@ def _pack(model: ModelProfile, hw: HardwareProfile, plan: TrainingPlan, lay: mem
     )
 
 
+def examples_for_regime(examples: float | None, dataset_tokens: float | None, avg_tokens: float | None,
+                        seq_len: int) -> int | None:
+    """The example count the quality model's data regime reads: ``examples`` when given, else the
+    sequences ``dataset_tokens`` make (tokens / avg_tokens, else tokens / seq_len: sequences filled
+    to seq_len, as the time model assumes without an example count); None without a data size."""
+    if examples:
+        return int(examples)
+    if dataset_tokens:
+        return max(1, round(dataset_tokens / (avg_tokens or seq_len)))
+    return None
+
+
 def estimate(
     model: str | dict | ModelProfile,
     hardware: str | HardwareProfile = "a100-80gb",
@@ -109,6 +122,12 @@ def estimate(
     >>> est = estimate("llama-3.1-8b", "h100", "lora", with_speed=True, goal="code", examples=50_000)
     >>> est.speed.tokens_per_second_total, est.time_cost.wall_clock_hours, est.quality.relative_to_full  # doctest: +SKIP
     """
+    from ftadvisor import validate
+
+    validate.flag("calibrated", calibrated)
+    validate.flag("with_speed", with_speed)
+    validate.job_options(goal=goal, examples=examples, avg_tokens=avg_tokens, dataset_tokens=dataset_tokens,
+                         epochs=epochs, hourly_price_usd=hourly_price_usd)
     mp = resolve_model(model)
     hw = resolve_hardware(hardware)
     tp = make_plan(technique, plan, **plan_fields)
@@ -134,9 +153,9 @@ def estimate(
     if goal:
         quant = tp.quantization if tp.quantization is not None else tech.method.default_quantization
         update["quality"] = estimate_quality(
-            tech.name, goal, examples=int(examples) if examples else None,
+            tech.name, goal, examples=examples_for_regime(examples, dataset_tokens, avg_tokens, tp.seq_len),
             lora_r=tp.lora_r if tech.method.lora else None, total_params=est.total_params,
-            quantization=None if quant == "none" else quant, lora_targets=tp.lora_targets,
+            quantization=None if quant == "none" else quant, lora_targets=tp.lora_targets, lora_init=tp.lora_init,
         )
     return est.model_copy(update=update)
 
@@ -168,6 +187,128 @@ class GridResult:
         return estimate(self.model, self.hardware, **fields)
 
 
+MAX_GRID_ROWS = 5_000_000
+"""Most plans one estimate_grid call evaluates (a few hundred MiB of columns)."""
+
+
+def _check_grid_rows(axes: dict[str, list], num_axes: dict[str, list]) -> None:
+    """The rules between numeric fields, over every combination of the axes: the extreme values
+    decide (lamini_top_k <= lamini_num_experts; rl_max_new_tokens < seq_len for PPO/GRPO)."""
+    def lo(k):
+        return min(num_axes[k]) if k in num_axes else None
+
+    def hi(k):
+        return max(num_axes[k]) if k in num_axes else None
+
+    if "lamini_top_k" in num_axes or "lamini_num_experts" in num_axes:
+        make_plan(**{k: v for k, v in (("lamini_top_k", hi("lamini_top_k")),
+                                        ("lamini_num_experts", lo("lamini_num_experts"))) if v is not None})
+    if "rl_max_new_tokens" in num_axes or "seq_len" in num_axes:
+        for t in axes.get("technique", ["lora"]):
+            fields = {k: v for k, v in (("rl_max_new_tokens", hi("rl_max_new_tokens")), ("seq_len", lo("seq_len")))
+                      if v is not None}
+            make_plan(t, **fields)
+
+
+def _grid_axes(axes: dict[str, Any]) -> dict[str, list]:
+    """Check the axis names, make every axis a list and bound the number of combinations."""
+    for k in axes:
+        if k not in PLAN_FIELDS:
+            make_plan(**{k: None})  # names the unknown field (and the closest ones)
+    axes = {k: (list(v) if isinstance(v, (list, tuple, range)) and k != "lora_targets" else [v]) for k, v in axes.items()}
+    if "lora_targets" in axes and isinstance(axes["lora_targets"][0], (list, tuple)) and len(axes["lora_targets"]) == 1:
+        axes["lora_targets"] = [tuple(axes["lora_targets"][0])]
+    rows = 1
+    for k, vals in axes.items():
+        if not vals:
+            raise FtAdvisorError(k, "is an empty axis: give at least one value")
+        rows *= len(vals)
+    if rows > MAX_GRID_ROWS:
+        raise FtAdvisorError("grid", f"{rows:,} combinations; at most {MAX_GRID_ROWS:,} per call")
+    return axes
+
+
+def _validate_numeric_axes(axes: dict[str, list], num_axes: dict[str, list]) -> None:
+    """Validate every numeric value, and the cross-field bounds over the whole product."""
+    # Validate the numeric values once each (ranges come from TrainingPlan's constraints), as
+    # whole numbers: the grid evaluates them as float arrays.
+    from ftadvisor.validate import integer
+
+    for k, vals in num_axes.items():
+        for v in vals:
+            make_plan(**{k: v})
+            integer(k, v)
+    # Cross-field bounds over the whole product: every row is a plan that make_plan accepts.
+    _check_grid_rows(axes, num_axes)
+
+
+class _Num:
+    """The plan fields of one categorical combination, numeric ones as arrays over the rows."""
+
+
+def _grid_namespace(tp: TrainingPlan, tech: Any, axes: dict[str, list], flat: dict[str, Any]) -> _Num:
+    """The plan of one categorical combination with its numeric fields replaced by the row arrays."""
+    import numpy as np
+
+    ns = _Num()
+    for f in PLAN_FIELDS:
+        setattr(ns, f, getattr(tp, f))
+    for k, arr in flat.items():
+        setattr(ns, k, arr)
+    if tech.objective.generation and "rl_max_new_tokens" not in axes and "seq_len" in flat and len(flat["seq_len"]):
+        # each row's own default (as make_plan gives it for that row's seq_len)
+        ns.rl_max_new_tokens = np.asarray(default_rl_max_new_tokens(flat["seq_len"]), dtype=np.float64)
+    return ns
+
+
+def _grid_memory_columns(hw: HardwareProfile, ev: memory.Evaluation, n_num: int) -> dict[str, Any]:
+    """The memory columns (peaks, device total, fits, trainable params, peak phase) of one evaluation."""
+    import numpy as np
+
+    totals = {name: sum(np.broadcast_to(np.asarray(v, dtype=np.float64), (n_num,)) for v in comp.values())
+              for name, comp in ev.phases.items()}
+    stacked = np.stack(list(totals.values()))
+    allocated = stacked.max(axis=0)
+    cpu = hw.vendor == "cpu"
+    fitted = _fitted_slack(hw)
+    reserved = allocated * (1 + (0.0 if cpu else (fitted if fitted is not None else memory.DEFAULT_ALLOCATOR_SLACK)))
+    runtime = 0.0 if cpu else hw.runtime_overhead_gib * 2**30
+    paged = np.broadcast_to(np.asarray(ev.paged_bytes, dtype=np.float64), (n_num,))
+    total = reserved + runtime + paged
+    fits = (total <= hw.memory_bytes) | ((paged > 0) & (reserved + runtime <= hw.memory_bytes))
+    return {
+        "peak_allocated_bytes": allocated,
+        "peak_reserved_bytes": reserved,
+        "device_total_bytes": total,
+        "fits": fits,
+        "trainable_params": np.broadcast_to(np.asarray(ev.trainable_params, dtype=np.float64), (n_num,)),
+        "peak_phase": np.asarray(list(totals))[stacked.argmax(axis=0)],
+    }
+
+
+def _combo_columns(mp: ModelProfile, hw: HardwareProfile, axes: dict[str, list], num_axes: dict[str, list],
+                   cat: dict[str, Any], flat: dict[str, Any], n_num: int) -> dict[str, Any]:
+    """Evaluate one categorical combination over every numeric row; its plan and memory columns."""
+    import numpy as np
+
+    first = {k: v[0] for k, v in num_axes.items()}
+    tp = make_plan(**cat, **first)
+    tech = parse_technique(tp.technique)
+    memory.check_micro_batch(tech, min(num_axes.get("micro_batch_size", [tp.micro_batch_size])))
+    lay = memory.build_layout(mp.arch, tech, hw, tp)
+    ev = memory.evaluate(lay, _grid_namespace(tp, tech, axes, flat))
+    _corrected(hw, lay, ev)
+    memory_columns = _grid_memory_columns(hw, ev, n_num)
+    cols: dict[str, Any] = {}
+    for k in PLAN_FIELDS:
+        if k in flat:
+            cols[k] = flat[k]
+        elif k in cat:
+            cols[k] = np.full(n_num, getattr(tp, k), dtype=object)
+    cols.update(memory_columns)
+    return cols
+
+
 def estimate_grid(
     model: str | dict | ModelProfile,
     hardware: str | HardwareProfile = "a100-80gb",
@@ -184,65 +325,20 @@ def estimate_grid(
 
     mp = resolve_model(model)
     hw = resolve_hardware(hardware)
-    axes = {k: (list(v) if isinstance(v, (list, tuple, range)) and k != "lora_targets" else [v]) for k, v in axes.items()}
-    if "lora_targets" in axes and isinstance(axes["lora_targets"][0], (list, tuple)) and len(axes["lora_targets"]) == 1:
-        axes["lora_targets"] = [tuple(axes["lora_targets"][0])]
-    for k in axes:
-        if k not in PLAN_FIELDS:
-            raise FtAdvisorError(k, "is not a plan field")
+    axes = _grid_axes(axes)
     num_axes = {k: v for k, v in axes.items() if k in NUMERIC_FIELDS}
     cat_axes = {k: v for k, v in axes.items() if k not in NUMERIC_FIELDS}
     cat_keys = list(cat_axes)
     num_keys = list(num_axes)
-    # Validate the numeric values once each (ranges come from TrainingPlan's constraints).
-    for k, vals in num_axes.items():
-        for v in vals:
-            make_plan(**{k: v})
+    _validate_numeric_axes(axes, num_axes)
     mesh = np.meshgrid(*[np.asarray(num_axes[k], dtype=np.float64) for k in num_keys], indexing="ij") if num_keys else []
     flat = {k: m.ravel() for k, m in zip(num_keys, mesh)}
     n_num = len(next(iter(flat.values()))) if flat else 1
 
     out: dict[str, list] = {}
-
-    def push(name, arr):
-        out.setdefault(name, []).append(arr)
-
-    class _Num:
-        pass
-
     for combo in itertools.product(*[cat_axes[k] for k in cat_keys]):
         cat = dict(zip(cat_keys, combo))
-        first = {k: v[0] for k, v in num_axes.items()}
-        tp = make_plan(**cat, **first)
-        lay = memory.build_layout(mp.arch, parse_technique(tp.technique), hw, tp)
-        ns = _Num()
-        for f in PLAN_FIELDS:
-            setattr(ns, f, getattr(tp, f))
-        for k, arr in flat.items():
-            setattr(ns, k, arr)
-        ev = memory.evaluate(lay, ns)
-        _corrected(hw, lay, ev)
-        totals = {name: sum(np.broadcast_to(np.asarray(v, dtype=np.float64), (n_num,)) for v in comp.values())
-                  for name, comp in ev.phases.items()}
-        stacked = np.stack(list(totals.values()))
-        allocated = stacked.max(axis=0)
-        cpu = hw.vendor == "cpu"
-        fitted = _fitted_slack(hw)
-        reserved = allocated * (1 + (0.0 if cpu else (fitted if fitted is not None else memory.DEFAULT_ALLOCATOR_SLACK)))
-        runtime = 0.0 if cpu else hw.runtime_overhead_gib * 2**30
-        paged = np.broadcast_to(np.asarray(ev.paged_bytes, dtype=np.float64), (n_num,))
-        total = reserved + runtime + paged
-        fits = (total <= hw.memory_bytes) | ((paged > 0) & (reserved + runtime <= hw.memory_bytes))
-        for k in PLAN_FIELDS:
-            if k in flat:
-                push(k, flat[k])
-            elif k in cat:
-                push(k, np.full(n_num, getattr(tp, k), dtype=object))
-        push("peak_allocated_bytes", allocated)
-        push("peak_reserved_bytes", reserved)
-        push("device_total_bytes", total)
-        push("fits", fits)
-        push("trainable_params", np.broadcast_to(np.asarray(ev.trainable_params, dtype=np.float64), (n_num,)))
-        push("peak_phase", np.asarray(list(totals))[stacked.argmax(axis=0)])
+        for name, arr in _combo_columns(mp, hw, axes, num_axes, cat, flat, n_num).items():
+            out.setdefault(name, []).append(arr)
     columns = {k: np.concatenate(v) for k, v in out.items()}
     return GridResult(model=mp, hardware=hw, columns=columns)

@@ -18,20 +18,30 @@ Two halves:
    ``result.json`` and appends a calibration record (measured peak memory and throughput next to
    the prediction).
 
+The run directory is a transaction: one live run at a time (``run.lock``, :class:`RunLock`); the
+training process ends with the ``ftadvisor launch`` that started it (:func:`_bind_to_supervisor`);
+a checkpoint counts once its completion marker is written (``ftadvisor.train.engine.checkpoint_dirs``),
+``final/`` and ``result.json`` appear whole or not at all; a full disk or a permission refused is one
+line (:func:`storage_error`), and ``--resume`` of a finished run changes nothing (:func:`finished_run`).
+
 Nothing here imports torch, transformers or accelerate at module level: ``import ftadvisor``
 and ``ftadvisor estimate`` stay light.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
 import shutil
+import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,9 +63,16 @@ LOG_FILE = "train_log.jsonl"
 RESULT_FILE = "result.json"
 FINAL_DIR = "final"
 CHECKPOINT_DIR = "checkpoints"
-# What a run writes; ``--overwrite`` removes these and nothing else.
+FINAL_PARTIAL = ".final.partial"  # final/ is written here, then renamed into place
+FINAL_OLD = ".final.old"  # the previous final/ while the new one is renamed in
+LOCK_FILE = "run.lock"
+"""Who is running this directory: JSON with pid, host and start time (see :class:`RunLock`)."""
+SUPERVISOR_ENV = "FTADVISOR_SUPERVISOR_PID"
+"""Set by ``ftadvisor launch`` for the training process it starts: the pid that holds the run's lock
+and whose death must end the training (see :func:`_bind_to_supervisor`)."""
+# What a run writes; ``--overwrite`` removes these and nothing else (never the lock).
 RUN_ARTIFACTS = (PLAN_FILE, ACCELERATE_FILE, DEEPSPEED_FILE, COMMAND_FILE, ESTIMATE_FILE, LOG_FILE, RESULT_FILE,
-                 FINAL_DIR, CHECKPOINT_DIR)
+                 FINAL_DIR, CHECKPOINT_DIR, FINAL_PARTIAL, FINAL_OLD)
 
 
 class RunSettings(BaseModel):
@@ -143,19 +160,13 @@ def build_spec(
     The YAML may be flat (plan fields, plus ``model``, ``data``, ``gpu`` and a ``run:`` mapping) or
     a run directory's ``plan.yaml`` (``plan:`` nested); command-line values win over the file.
     """
-    from ftadvisor.plans import PLAN_FIELDS, make_plan
+    from ftadvisor.plans import PLAN_FIELDS, make_plan, split_plan_file
 
-    raw: dict[str, Any] = read_plan_file(plan_file, "plan") if plan_file is not None else {}
-    raw = dict(raw)
-    plan_fields: dict[str, Any] = dict(raw.pop("plan", None) or {})
-    run_fields: dict[str, Any] = dict(raw.pop("run", None) or {})
-    file_model = raw.pop("model", None)
-    file_data = raw.pop("data", None)
-    file_gpu = raw.pop("gpu", raw.pop("hardware", None))
-    for k, v in raw.items():  # flat form: the rest are plan or run fields
-        (run_fields if k in RUN_FIELDS else plan_fields)[k] = v
-    _refuse_remote_code_key(run_fields, "plan: run.")
-    _refuse_remote_code_key(plan_fields, "plan: ")
+    # the one reading of a plan file (estimate --plan reads it the same way)
+    parts = split_plan_file(read_plan_file(plan_file, "plan") if plan_file is not None else {}, "plan", RUN_FIELDS)
+    plan_fields: dict[str, Any] = parts["plan"]
+    run_fields: dict[str, Any] = parts["run"]
+    file_model, file_data, file_gpu = parts["model"], parts["data"], parts["gpu"]
     sets = {k.strip().replace("-", "_"): v for k, v in (sets or {}).items()}
     _refuse_remote_code_key(sets, "--set ")
     for k, v in sets.items():
@@ -189,11 +200,13 @@ def build_spec(
     except ValidationError as err:
         raise from_validation(err, "run.") from None
     # Local paths are stored absolute, so the run directory works from any working directory.
-    model_s = str(model)
-    if Path(model_s).expanduser().exists():
+    from ftadvisor import validate
+
+    model_s = validate.name("--model", str(model))
+    if validate.exists(model_s):
         model_s = str(Path(model_s).expanduser().resolve())
-    data_s = str(data)
-    if Path(data_s).expanduser().exists():
+    data_s = validate.name("--data", str(data))
+    if validate.exists(data_s):
         data_s = str(Path(data_s).expanduser().resolve())
     return RunSpec(model=model_s, data=data_s, gpu=gpu or file_gpu, plan=plan, run=run)
 
@@ -206,12 +219,15 @@ def load_spec(run_dir: str | os.PathLike) -> RunSpec:
     if unknown:
         raise FtAdvisorError(f"{PLAN_FILE}", f"unknown key {unknown[0]!r}", ["model", "data", "gpu", "plan", "run"])
     from ftadvisor.plans import make_plan
+    from ftadvisor.validate import mapping
 
     run_fields = raw.get("run") or {}
     if not isinstance(run_fields, dict):
         raise FtAdvisorError(f"{PLAN_FILE}: run", "must be a mapping of run settings", list(RUN_FIELDS))
     _refuse_remote_code_key(run_fields, f"{PLAN_FILE}: run.")
-    plan = make_plan(plan=dict(raw.get("plan") or {}))
+    plan_fields = mapping(raw.get("plan") or {}, f"{PLAN_FILE}: plan", "a mapping of plan fields")
+    _refuse_remote_code_key(plan_fields, f"{PLAN_FILE}: plan.")
+    plan = make_plan(plan=plan_fields)
     try:
         run = RunSettings(**run_fields)
     except ValidationError as err:
@@ -570,6 +586,286 @@ def command_script(run_dir: Path, plan: TrainingPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------------
+# The run directory as a transaction: its lock, refused writes
+# --------------------------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks) of ``pid`` from /proc (Linux; proc(5) fields 3 and 22), or
+    None where there is no /proc entry for it."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()  # the command name may hold spaces; it ends at the last ')'
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def _pid_alive(pid: Any, started: str | None = None) -> bool:
+    """Whether process ``pid`` runs on this host. A zombie has ended; a start time that differs from
+    ``started`` means the pid now belongs to another process."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    if stat is not None:
+        if stat[0] in ("Z", "X"):
+            return False
+        if started is not None and stat[1] != started:
+            return False
+    return True
+
+
+def _start_time(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+class RunLock:
+    """The lock of a run directory: ``RUN_DIR/run.lock`` names the process that runs it.
+
+    The file holds JSON: ``pid``, ``host``, ``started`` (plus, on Linux, the process's start time,
+    so that a reused pid is not taken for the holder) and, once ``ftadvisor launch`` has started
+    its training process, that process as ``child``. A launch, resume or ``python -m
+    ftadvisor.launch`` into a directory whose holder (or its child) still runs is refused; a lock
+    whose processes are all gone is stale and taken over with a note; the holder removes the file
+    when it ends. The training process that ``ftadvisor launch`` starts finds its parent's pid in
+    ``FTADVISOR_SUPERVISOR_PID`` and runs under that lock instead of taking its own.
+
+    Check-and-write happens under ``flock`` of the file (where fcntl exists), so two processes
+    that find a stale lock at the same moment cannot both take it.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, echo=None):
+        self.run_dir = Path(run_dir).expanduser().absolute()
+        self.path = self.run_dir / LOCK_FILE
+        self.echo = echo or (lambda msg: print(msg, file=sys.stderr))
+        self.held = False
+        self.inherited = False
+        self._made_dir = False
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _parse(text: str) -> dict[str, Any] | None:
+        try:
+            rec = json.loads(text) if text.strip() else None
+        except ValueError:
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            return self._parse(self.path.read_text())
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def _mine(self, rec: dict[str, Any]) -> bool:
+        start = rec.get("pid_start")
+        return (rec.get("host") == socket.gethostname() and rec.get("pid") == os.getpid()
+                and (start is None or start == _start_time(os.getpid())))
+
+    def _supervised_by(self, rec: dict[str, Any]) -> bool:
+        """Whether ``rec`` is the lock of the ``ftadvisor launch`` process that started this one."""
+        sup = os.environ.get(SUPERVISOR_ENV, "")
+        return (sup.isdigit() and rec.get("host") == socket.gethostname() and rec.get("pid") == int(sup)
+                and _pid_alive(int(sup), rec.get("pid_start")))
+
+    def _describe(self, rec: dict[str, Any]) -> str:
+        who = f"process {rec.get('pid')} on {rec.get('host')}"
+        if rec.get("started"):
+            who += f" (since {rec['started']})"
+        return who
+
+    def _refusal(self, rec: dict[str, Any], why: str) -> FtAdvisorError:
+        return FtAdvisorError("--output", f"{self.run_dir} is in use by {self._describe(rec)}{why}; wait for that run "
+                              f"to end or stop it (its lock: {self.path})")
+
+    def _verdict(self, rec: dict[str, Any] | None, wait_s: float) -> str:
+        """'free', 'mine', 'inherited' or 'stale'; raises when a live process holds the directory."""
+        if rec is None or rec.get("pid") is None:
+            return "free"
+        if self._mine(rec):
+            return "mine"
+        if self._supervised_by(rec):
+            return "inherited"
+        if rec.get("host") != socket.gethostname():
+            # another machine's process (shared file system): its liveness cannot be checked from here
+            raise self._refusal(rec, "; if that run is over, delete the lock file")
+        if _pid_alive(rec.get("pid"), rec.get("pid_start")):
+            raise self._refusal(rec, "")
+        child = rec.get("child")
+        # The holder is gone; its training process ends with it (pdeathsig / watchdog) within a few
+        # seconds: wait for that rather than run two trainers over the same checkpoints.
+        deadline = time.monotonic() + wait_s
+        while _pid_alive(child, rec.get("child_start")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(child, rec.get("child_start")):
+            raise self._refusal(rec, f": its launcher has ended but its training process {child} still runs")
+        return "stale"
+
+    def check(self) -> None:
+        """Refuse a directory that a live process holds; writes nothing (the early check of a launch)."""
+        if self.path.is_file():
+            self._verdict(self.read(), wait_s=0.0 if self.held else 15.0)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _record(self, **extra) -> str:
+        rec = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "pid_start": _start_time(os.getpid()), "command": " ".join(sys.argv[:3])[:200]}
+        rec.update(extra)
+        return json.dumps(rec) + "\n"
+
+    def _locked(self, create: bool = True):
+        """Open the lock file and hold ``flock`` on it; returns the fd (None: the file vanished
+        under us -- try again -- or, without ``create``, is not there)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock (Windows): best effort
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # a holder that released (unlinked) the file while we waited: ours is an orphan inode
+            if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+    @staticmethod
+    def _read_fd(fd: int) -> str:
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    @staticmethod
+    def _write_fd(fd: int, text: str) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+
+    def acquire(self, create: bool = True) -> RunLock:
+        """Take the lock (creating the directory when ``create``); idempotent for its holder."""
+        if self.held:
+            return self
+        if not self.run_dir.is_dir():
+            if not create:
+                raise FtAdvisorError("run_dir", f"{self.run_dir} is not a run directory")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._made_dir = True
+        while True:
+            fd = self._locked()
+            if fd is not None:
+                break
+        try:
+            rec = self._parse(self._read_fd(fd))
+            verdict = self._verdict(rec, wait_s=15.0)
+            if verdict == "inherited":
+                self.inherited = True
+            else:
+                if verdict == "stale":
+                    self.echo(f"note: taking over the stale lock of {self._describe(rec)}, which no longer runs")
+                self._write_fd(fd, self._record())
+            self.held = True
+        finally:
+            os.close(fd)  # closing drops the flock
+        return self
+
+    def set_child(self, pid: int) -> None:
+        """Record the training process started under this lock (a resume waits for it as well)."""
+        if not self.held or self.inherited:
+            return
+        try:
+            fd = self._locked(create=False)
+            if fd is None:
+                return
+            try:
+                rec = self._parse(self._read_fd(fd)) or {}
+                if self._mine(rec):
+                    rec.update(child=pid, child_start=_start_time(pid))
+                    self._write_fd(fd, json.dumps(rec) + "\n")
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # (a full disk) the child goes unrecorded; it still ends with us
+
+    def release(self) -> None:
+        """Remove the lock if this process holds it (an inherited one stays with its holder)."""
+        if not self.held:
+            return
+        self.held = False
+        if self.inherited:
+            return
+        try:
+            fd = self._locked(create=False)
+            if fd is not None:
+                try:
+                    rec = self._parse(self._read_fd(fd))
+                    if rec is None or self._mine(rec):
+                        os.unlink(self.path)
+                finally:
+                    os.close(fd)
+            if self._made_dir and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()  # a launch that failed before writing anything leaves nothing
+        except OSError:
+            pass
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def storage_error(err: BaseException, fallback: str | os.PathLike | None = None) -> FtAdvisorError | None:
+    """One line for a write the storage refused (full disk or quota, permission, read-only file
+    system, a path through a file), naming the file; None for any other error."""
+    from ftadvisor.train.engine import storage_errno
+
+    code = storage_errno(err)
+    if code is None and isinstance(err, OSError) and err.errno in (errno.ENOTDIR, errno.EISDIR):
+        code = err.errno
+    if code is None:
+        return None
+    filename = None
+    e: BaseException | None = err
+    while e is not None and filename is None:
+        filename = getattr(e, "filename", None) if isinstance(e, OSError) else None
+        e = e.__cause__ or e.__context__
+    where = str(filename or fallback or "the run directory")
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on the device" if code == errno.ENOSPC else "disk quota exceeded"
+        return FtAdvisorError(where, f"{what}; free some space and continue with --resume (a checkpoint cut off "
+                              "by this is never resumed from)")
+    if code == errno.EROFS:
+        return FtAdvisorError(where, "is on a read-only file system; choose another --output")
+    if code in (errno.ENOTDIR, errno.EISDIR):
+        return FtAdvisorError(where, "a part of this path is a file, not a directory; choose another --output")
+    return FtAdvisorError(where, "permission denied; make the run directory writable or choose another --output")
+
+
 def check_output_dir(out: Path, overwrite: bool, resume: bool) -> None:
     """Refuse a non-empty output directory unless ``overwrite`` (or ``resume`` of the run in it)."""
     if out.exists() and not out.is_dir():
@@ -578,7 +874,7 @@ def check_output_dir(out: Path, overwrite: bool, resume: bool) -> None:
         if not (out / PLAN_FILE).is_file():
             raise FtAdvisorError("--resume", f"{out} holds no run to resume (no {PLAN_FILE})")
         return
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()) and not overwrite:
         raise FtAdvisorError("--output", f"{out} is not empty; pass --overwrite to replace the run in it "
                              "(or --resume to continue it)")
 
@@ -643,12 +939,30 @@ def prepare(
     trust_remote_code: bool = False,
     force: bool = False,
     echo=print,
+    lock: RunLock | None = None,
 ) -> tuple[Path, list[str]]:
     """Check everything and write the run directory; return it and the command that trains it.
 
     A plan that does not fit stops here (FtAdvisorError) unless ``force``; a dry run only warns.
+    A directory that another live launch holds is refused before anything else. ``lock``: the
+    caller's :class:`RunLock` for ``output``, taken here before the first write and left held (the
+    caller trains under it and releases it); without one, prepare takes and releases its own.
     """
     out = Path(output).expanduser()
+    own_lock = lock is None
+    lock = lock or RunLock(out, echo=echo)
+    try:
+        lock.check()
+        return _prepare(plan_file, out, lock, data=data, model=model, gpu=gpu, num_gpus=num_gpus, sets=sets,
+                        max_steps=max_steps, dry_run=dry_run, resume=resume, overwrite=overwrite,
+                        trust_remote_code=trust_remote_code, force=force, echo=echo)
+    finally:
+        if own_lock:
+            lock.release()
+
+
+def _prepare(plan_file, out: Path, lock: RunLock, *, data, model, gpu, num_gpus, sets, max_steps, dry_run, resume,
+             overwrite, trust_remote_code, force, echo) -> tuple[Path, list[str]]:
     if resume and plan_file is None and (out / PLAN_FILE).is_file():
         spec = load_spec(out)  # ftadvisor launch --output DIR --resume: the run as it was written
         updates: dict[str, Any] = {}
@@ -664,9 +978,16 @@ def prepare(
     check_output_dir(out, overwrite, resume)
     pre = preflight(spec, dry_run=dry_run)
     user_data, hw, hw_note, est = pre["data"], pre["hardware"], pre["hardware_note"], pre["estimate"]
-    if overwrite and not resume and out.is_dir():
-        clear_run_artifacts(out)
-    cmd = write_run_dir(out, spec, est, hw, hw_note)
+    try:
+        lock.acquire()  # the first write into the directory: nothing before it may change a live run
+        if overwrite and not resume and out.is_dir():
+            clear_run_artifacts(out)
+        cmd = write_run_dir(out, spec, est, hw, hw_note)
+    except OSError as err:
+        refused = storage_error(err, out)
+        if refused is None:
+            raise
+        raise refused from None
     m = est.memory
     echo(f"data: {user_data.source}: {len(user_data)} {user_data.format} records")
     echo(f"hardware: {hw_note}")
@@ -782,15 +1103,70 @@ def _save_final(session, run_dir: Path, rank0: bool) -> Path:
     """
     from ftadvisor.train import engine
 
+    # Written under a temporary name and renamed into place: final/ is either the previous one or
+    # the whole new one, never a half-written mix (a full disk, a kill).
     final = run_dir / FINAL_DIR
+    partial = run_dir / FINAL_PARTIAL
+    if rank0 and partial.exists():
+        shutil.rmtree(partial)
+    session.trainer.accelerator.wait_for_everyone()
     sharded = session.plan.sharding in ("fsdp", "zero1", "zero2", "zero3") and _world_size() > 1
-    if sharded:
-        session.trainer.save_model(str(final))
+    try:
+        if sharded:
+            session.trainer.save_model(str(partial / FINAL_DIR))
+            if rank0:
+                session.tokenizer.save_pretrained(partial / FINAL_DIR)
+        elif rank0:
+            engine.save(session, str(partial))  # writes partial/final
+        session.trainer.accelerator.wait_for_everyone()
         if rank0:
-            session.tokenizer.save_pretrained(final)
-    elif rank0:
-        engine.save(session, str(run_dir))
+            old = run_dir / FINAL_OLD
+            if old.exists():
+                shutil.rmtree(old)
+            if final.exists():
+                os.replace(final, old)
+            os.replace(partial / FINAL_DIR, final)
+            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(partial, ignore_errors=True)
+    except BaseException:
+        if rank0:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     return final
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` under a temporary name, then rename it over the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def finished_run(run_dir: Path, spec: RunSpec) -> dict[str, Any] | None:
+    """``result.json`` of a run that has already reached the end its run settings ask for, else None.
+
+    A run is finished once ``result.json`` is written (it is written last, after ``final/``). With
+    ``max_steps`` it is finished when it ran at least that many steps, so raising ``--max-steps``
+    continues it; with epochs, unless the epoch count was raised (or max_steps dropped) since.
+    """
+    try:
+        res = json.loads((run_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(res, dict) or not isinstance(res.get("steps"), int) or not (run_dir / FINAL_DIR).is_dir():
+        return None
+    if spec.run.max_steps is not None:
+        return res if res["steps"] >= spec.run.max_steps else None
+    if res.get("max_steps") is not None:
+        return None
+    return res if float(res.get("num_epochs", spec.run.num_epochs)) >= spec.run.num_epochs else None
 
 
 def _check_distributed(session, plan: TrainingPlan) -> None:
@@ -885,18 +1261,8 @@ def _record(spec: RunSpec, pre: dict[str, Any], session, result, status: str, er
     return append_result(root, hw.id, record)
 
 
-def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
-            trust_remote_code: bool = False) -> dict[str, Any]:
-    """Train the run in ``run_dir`` with the shared engine (once per process under accelerate).
-
-    Rank 0 logs to ``train_log.jsonl`` (the engine's JSON lines), shows progress, saves
-    ``final/``, writes ``result.json`` and appends the calibration record.
-    """
-    from ftadvisor.calibration.store import now_iso
-
-    run_dir = Path(run_dir).resolve()
-    spec = load_spec(run_dir)
-    rank0 = _rank() == 0
+def _set_up_process_device(spec: RunSpec) -> None:
+    """Point this process at its backend: gloo for CPU multi-process runs, its own GPU for each rank."""
     if _world_size() > 1:
         import torch
 
@@ -909,27 +1275,42 @@ def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = T
 
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # so each rank queries (and trains on) its own GPU
-    pre = preflight(spec, in_process=True)
+
+
+def _check_resume_checkpoint(ckpt: Path, rank0: bool) -> None:
+    """Require a complete checkpoint in ``ckpt`` to resume from, noting the incomplete ones skipped."""
+    from ftadvisor.train.engine import checkpoint_dirs
+
+    complete, incomplete = checkpoint_dirs(ckpt)
     if rank0:
-        for w in pre["warnings"]:
-            print(f"note: {w}", file=sys.stderr)
-    ckpt = run_dir / CHECKPOINT_DIR
-    if resume:
-        from transformers.trainer_utils import get_last_checkpoint
+        for p in incomplete:
+            print(f"note: skipping {p.name}: its save never finished (no completion marker)", file=sys.stderr)
+    if not complete:
+        raise FtAdvisorError("--resume", f"no complete checkpoint in {ckpt} to resume from (set save_steps to "
+                             "write some)")
+    if rank0:
+        print(f"resuming from {complete[-1].name}", file=sys.stderr)
 
-        if not ckpt.is_dir() or get_last_checkpoint(str(ckpt)) is None:
-            raise FtAdvisorError("--resume", f"no checkpoint in {ckpt} to resume from (set save_steps to write some)")
-    from ftadvisor.train.engine import TrainJob, build, run
 
-    log_path = run_dir / LOG_FILE
-    job = TrainJob(
+def _train_job(spec: RunSpec, pre: dict[str, Any], ckpt: Path, log_path: Path, rank0: bool, resume: bool,
+               trust_remote_code: bool):
+    """The engine's TrainJob for this run directory's spec and preflight data."""
+    from ftadvisor.train.engine import TrainJob
+
+    return TrainJob(
         model=spec.model, plan=spec.plan, data=pre["data"].records, random_init=spec.run.random_init,
         output_dir=str(ckpt), max_steps=spec.run.max_steps, num_epochs=spec.run.num_epochs,
         learning_rate=spec.run.learning_rate, seed=spec.run.seed, log_path=str(log_path) if rank0 else None,
         save_steps=spec.run.save_steps, resume=resume, trust_remote_code=trust_remote_code,
         device=spec.run.device, reward=spec.run.reward, save_final=False,
     )
-    started, t0 = now_iso(), time.perf_counter()
+
+
+def _train_and_save(job, spec: RunSpec, pre: dict[str, Any], run_dir: Path, log_path: Path, progress: bool,
+                    rank0: bool, started: str, t0: float):
+    """Build, train and save ``final/``; returns (session, result, final dir), recording a failed run."""
+    from ftadvisor.train.engine import build, run
+
     session = result = None
     try:
         from transformers import set_seed
@@ -944,38 +1325,90 @@ def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = T
         result = run(session, callbacks=callbacks)
         final = _save_final(session, run_dir, rank0)
     except Exception as err:
-        if rank0 and spec.run.record_calibration and not isinstance(err, FtAdvisorError):
-            oom = "out of memory" in str(err).lower() or type(err).__name__ == "OutOfMemoryError"
-            try:
-                _record(spec, pre, session, result, "oom" if oom else "crash", f"{type(err).__name__}: {err}"[-2000:],
-                        time.perf_counter() - t0, started)
-            except Exception as rec_err:  # noqa: BLE001 - never hide the training error behind this one
-                print(f"note: could not record the failed run: {rec_err}", file=sys.stderr)
+        if rank0 and spec.run.record_calibration and not isinstance(err, FtAdvisorError) and storage_error(err) is None:
+            _record_failed_run(spec, pre, session, result, err, t0, started)
         raise
+    return session, result, final
+
+
+def _record_failed_run(spec: RunSpec, pre: dict[str, Any], session, result, err: Exception, t0: float,
+                       started: str) -> None:
+    """Append the failed run (oom or crash) to the calibration results, noting a failure to do so."""
+    oom = "out of memory" in str(err).lower() or type(err).__name__ == "OutOfMemoryError"
+    try:
+        _record(spec, pre, session, result, "oom" if oom else "crash", f"{type(err).__name__}: {err}"[-2000:],
+                time.perf_counter() - t0, started)
+    except Exception as rec_err:  # noqa: BLE001 - never hide the training error behind this one
+        print(f"note: could not record the failed run: {rec_err}", file=sys.stderr)
+
+
+def _run_summary(spec: RunSpec, est: Estimate, session, result, final: Path, resume: bool) -> dict[str, Any]:
+    """The ``result.json`` contents: what the run measured next to what was predicted."""
+    return {
+        "steps": result.steps, "losses": result.losses, "tokens_seen": result.tokens_seen, "wall_s": result.wall_s,
+        "tokens_per_s": result.tokens_per_s, "step_seconds": result.step_seconds,
+        "peak_allocated_bytes": result.peak_allocated_bytes, "peak_reserved_bytes": result.peak_reserved_bytes,
+        "trainable_params": session.trainable_params, "total_params": session.total_params,
+        "predicted_trainable_params": est.trainable_params,
+        "predicted_peak_allocated_bytes": est.memory.peak_allocated_bytes,
+        "final_dir": str(final), "processes": _world_size(), "resumed": resume, "device": session.device,
+        # the run settings it finished under (finished_run compares a later --resume with them)
+        "max_steps": spec.run.max_steps, "num_epochs": spec.run.num_epochs,
+        "world_size": session.trainer.accelerator.num_processes,
+        "distributed_type": str(session.trainer.accelerator.distributed_type).split(".")[-1],
+    }
+
+
+def _print_done(result, est: Estimate, final: Path) -> None:
+    """Print the end-of-run lines: steps and loss, measured against predicted peak, where it saved."""
+    first, last = (result.losses[0], result.losses[-1]) if result.losses else (None, None)
+    print(f"done: {result.steps} steps, loss {first} -> {last}, {result.tokens_per_s:,.0f} tokens/s", file=sys.stderr)
+    if result.peak_allocated_bytes is not None:
+        print(f"peak allocated {result.peak_allocated_bytes / GIB:.2f} GiB "
+              f"(predicted {est.memory.peak_allocated_bytes / GIB:.2f} GiB)", file=sys.stderr)
+    print(f"saved: {final}", file=sys.stderr)
+
+
+def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
+            trust_remote_code: bool = False) -> dict[str, Any]:
+    """Train the run in ``run_dir`` with the shared engine (once per process under accelerate).
+
+    Rank 0 logs to ``train_log.jsonl`` (the engine's JSON lines), shows progress, saves
+    ``final/``, writes ``result.json`` and appends the calibration record.
+    """
+    from ftadvisor.calibration.store import now_iso
+
+    run_dir = Path(run_dir).resolve()
+    spec = load_spec(run_dir)
+    rank0 = _rank() == 0
+    done = finished_run(run_dir, spec) if resume else None
+    if done is not None:
+        # Nothing to resume: training again would run one more step and overwrite final/.
+        if rank0:
+            print(f"note: the run in {run_dir} already finished ({done['steps']} steps; the model is in "
+                  f"{run_dir / FINAL_DIR}); nothing to resume. Raise --max-steps to train further.", file=sys.stderr)
+        return {**done, "already_finished": True}
+    _set_up_process_device(spec)
+    pre = preflight(spec, in_process=True)
+    if rank0:
+        for w in pre["warnings"]:
+            print(f"note: {w}", file=sys.stderr)
+    ckpt = run_dir / CHECKPOINT_DIR
+    if resume:
+        _check_resume_checkpoint(ckpt, rank0)
+    log_path = run_dir / LOG_FILE
+    job = _train_job(spec, pre, ckpt, log_path, rank0, resume, trust_remote_code)
+    started, t0 = now_iso(), time.perf_counter()
+    session, result, final = _train_and_save(job, spec, pre, run_dir, log_path, progress, rank0, started, t0)
     summary: dict[str, Any] = {}
     if rank0:
         est: Estimate = pre["estimate"]
-        summary = {
-            "steps": result.steps, "losses": result.losses, "tokens_seen": result.tokens_seen, "wall_s": result.wall_s,
-            "tokens_per_s": result.tokens_per_s, "step_seconds": result.step_seconds,
-            "peak_allocated_bytes": result.peak_allocated_bytes, "peak_reserved_bytes": result.peak_reserved_bytes,
-            "trainable_params": session.trainable_params, "total_params": session.total_params,
-            "predicted_trainable_params": est.trainable_params,
-            "predicted_peak_allocated_bytes": est.memory.peak_allocated_bytes,
-            "final_dir": str(final), "processes": _world_size(), "resumed": resume, "device": session.device,
-            "world_size": session.trainer.accelerator.num_processes,
-            "distributed_type": str(session.trainer.accelerator.distributed_type).split(".")[-1],
-        }
+        summary = _run_summary(spec, est, session, result, final, resume)
         if spec.run.record_calibration:
             path = _record(spec, pre, session, result, "ok", None, time.perf_counter() - t0, started)
             summary["calibration_record"] = str(path)
-        (run_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        first, last = (result.losses[0], result.losses[-1]) if result.losses else (None, None)
-        print(f"done: {result.steps} steps, loss {first} -> {last}, {result.tokens_per_s:,.0f} tokens/s", file=sys.stderr)
-        if result.peak_allocated_bytes is not None:
-            print(f"peak allocated {result.peak_allocated_bytes / GIB:.2f} GiB "
-                  f"(predicted {est.memory.peak_allocated_bytes / GIB:.2f} GiB)", file=sys.stderr)
-        print(f"saved: {final}", file=sys.stderr)
+        _write_atomic(run_dir / RESULT_FILE, json.dumps(summary, indent=2) + "\n")  # written last: "finished"
+        _print_done(result, est, final)
     return summary
 
 
@@ -989,15 +1422,86 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(REMOTE_CODE_FLAG, dest="trust_remote_code", action="store_true",
                         help="let the model repository run its own Python code")
     args = parser.parse_args(argv)
+    supervised = _bind_to_supervisor()
+    restore = _exit_on_sigterm()
+    lock = None
     try:
+        if _rank() == 0:  # one lock per run: the other ranks train under rank 0's
+            lock = RunLock(args.run_dir).acquire(create=False)
         execute(args.run_dir, resume=args.resume, progress=not args.no_progress,
                 trust_remote_code=args.trust_remote_code)
     except FtAdvisorError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if not supervised:  # under ftadvisor launch, the launcher says it
+            print(f"interrupted; continue with: python -m ftadvisor.launch {args.run_dir} --resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        refused = storage_error(err, args.run_dir)
+        if refused is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
     finally:
+        if lock is not None:
+            lock.release()
         _close_process_group()
+        restore()
     return 0
+
+
+def _exit_on_sigterm():
+    """Turn the first SIGTERM into SystemExit(143), so that a stopped run still cleans up (a partial
+    checkpoint removed, the lock released); returns what undoes it. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    fired = []
+
+    def handler(signum, frame):
+        if fired:
+            return  # already on the way out: let the clean-up finish
+        fired.append(signum)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _bind_to_supervisor() -> bool:
+    """Under ``ftadvisor launch`` (``FTADVISOR_SUPERVISOR_PID`` set), end this process when that
+    launcher ends, however it ends (SIGKILL included). Returns whether it is supervised.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` (prctl(2); option 1) has the kernel signal us when
+    our parent exits (the launcher, or for the ranks of a multi-process run accelerate's launcher).
+    A watchdog thread also polls the ftadvisor launcher's pid twice a second -- for other
+    platforms, for ranks whose parent is accelerate's launcher (which exits once they have), and
+    for a launcher that died before prctl ran -- and, once it is gone, sends SIGTERM and after
+    15 s exits outright. A run started by hand (no variable) keeps running when its shell goes
+    away (nohup)."""
+    sup = os.environ.get(SUPERVISOR_ENV, "")
+    if not sup.isdigit():
+        return False
+    sup_pid = int(sup)
+    sup_start = _start_time(sup_pid)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog remains
+            pass
+
+    def watch():
+        while _pid_alive(sup_pid, sup_start):
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(15)
+        os._exit(143)  # the main thread did not get out in time (stuck in a long native call)
+
+    threading.Thread(target=watch, name="ftadvisor-supervisor-watch", daemon=True).start()
+    return True
 
 
 def _close_process_group() -> None:

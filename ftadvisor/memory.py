@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ftadvisor import _num
 from ftadvisor.errors import FtAdvisorError
-from ftadvisor.schema import MEMORY_COMPONENTS, ArchSpec, HardwareProfile, LinearSpec, TrainingPlan
+from ftadvisor.schema import MEMORY_COMPONENTS, ArchSpec, HardwareProfile, LinearSpec, TrainingPlan, check_prompt_room
 from ftadvisor.techniques import METHODS, Technique
 
 GIB = 2**30
@@ -102,6 +102,8 @@ class Layout:
     reference_copy: bool
     """A separate frozen reference model is resident (DPO/PPO/GRPO with a full-weight method)."""
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    reward_arch: ArchSpec | None = None
+    """PPO's reward model when the plan names one (``ppo_reward_model``); None = the policy's architecture."""
 
     # dtype sizes ----------------------------------------------------------
     @property
@@ -170,6 +172,13 @@ def _base_quantization(arch: ArchSpec, m, plan: TrainingPlan) -> str:
                              f"use {peft_methods}", ["none"])
     if quant == "none" and m.quantized_base:
         raise FtAdvisorError("quantization", f"{m.name} means a quantized base", ["nf4", "int8"])
+    if plan.lora_init != "default" and not m.lora:
+        raise FtAdvisorError("lora_init", f"sets how LoRA matrices start; {m.name} has none", ["default"])
+    if plan.lora_init.startswith("pissa") and quant != "none":
+        # peft's pissa_init takes the SVD of a float weight and refuses a bitsandbytes one
+        # (peft/tuners/lora/layer.py pissa_init); the PiSSA recipe quantizes the residual afterwards.
+        raise FtAdvisorError("lora_init", f"PiSSA needs an unquantized base (it rewrites each weight as its "
+                             f"SVD residual); {quant} is not", ["default", "gaussian"])
     return quant
 
 
@@ -219,9 +228,51 @@ def _layout_warnings(arch: ArchSpec, m, hardware: HardwareProfile, plan: Trainin
     return tuple(warnings)
 
 
+def check_micro_batch(technique: Technique, micro_batch) -> None:
+    """The objective's smallest micro-batch (KTO estimates its KL term inside the micro-batch)."""
+    least = technique.objective.min_micro_batch
+    if micro_batch < least:
+        raise FtAdvisorError("micro_batch_size", f"{technique.name} needs at least {least} sequences per micro-batch "
+                             f"({technique.objective.name}: trl's trainer refuses fewer)")
+
+
+def reward_model_arch(plan: TrainingPlan) -> ArchSpec | None:
+    """The architecture of the reward model ``plan.ppo_reward_model`` names (a profile id, a
+    config.json or a checkpoint directory, as the engine loads it); None when it names none. A name
+    that resolves to no model is an error for every technique, never ignored."""
+    name = getattr(plan, "ppo_reward_model", None)
+    if name is None:
+        return None
+    from ftadvisor.profiles import resolve_model
+
+    try:
+        return resolve_model(name).arch
+    except FtAdvisorError as err:
+        where = "ppo_reward_model" if err.field == "model" else f"ppo_reward_model ({err.field})"
+        raise FtAdvisorError(where, err.message, err.choices) from None
+
+
+def reward_model_bytes(lay: Layout) -> float:
+    """PPO's frozen reward model: a sequence classifier, so the lm_head (V x h) is replaced by a
+    one-output score head (h) (transformers AutoModelForSequenceClassification). The policy's
+    architecture (in its storage: quantized with the base) unless ``ppo_reward_model`` names
+    another model, which the engine loads unquantized in the compute dtype (train/engine.py
+    build_reward_model)."""
+    ra = lay.reward_arch
+    if ra is None:
+        return frozen_copy_bytes(lay) - lay.arch.lm_head_params * lay.c + lay.arch.hidden_size * lay.c
+    return (ra.total_params - ra.lm_head_params + ra.hidden_size) * lay.c
+
+
 def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile, plan: TrainingPlan) -> Layout:
     """Decide, for every parameter group, whether it is trained, adapted, frozen or quantized."""
     m = technique.method
+    check_micro_batch(technique, plan.micro_batch_size)
+    check_prompt_room(plan, technique.name, technique.objective.generation)
+    reward_arch = reward_model_arch(plan)
+    reward_note = ()
+    if reward_arch is not None and not technique.objective.reward_model:
+        reward_note = (f"ppo_reward_model is used by PPO only; {technique.name} ignores it",)
     quant = _base_quantization(arch, m, plan)
     half_layers = m.trained_layers(arch, plan) if m.base_training == "half_layers" else 0
     train_embed = m.base_training == "all" and (plan.moe_train if arch.is_moe else "all") == "all"
@@ -252,7 +303,8 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         dropout=plan.lora_dropout > 0,
         sft_chunked_loss=plan.sft_chunked_loss,
         reference_copy=technique.objective.uses_reference(plan) and not m.peft,
-        warnings=_layout_warnings(arch, m, hardware, plan, quant),
+        warnings=_layout_warnings(arch, m, hardware, plan, quant) + reward_note,
+        reward_arch=reward_arch if technique.objective.reward_model else None,
     )
 
 
@@ -633,6 +685,10 @@ COMPONENTS = MEMORY_COMPONENTS  # the breakdown's parts, in order (schema.Memory
 # 32 MiB on any GPU and 0 on the CPU.
 FRAMEWORK_OVERHEAD_BYTES_GPU = 32 * MIB
 
+# Bytes per logit trl's log-prob gather keeps on the CPU beyond the 12 of a log-softmax backward
+# (see loss_logits_bytes).
+CPU_LOG_PROB_GATHER_EXTRA_BYTES = 4
+
 # Tokens per chunk of trl's chunked cross-entropy for SFT (trl/trainer/sft_trainer.py).
 SFT_CE_CHUNK_TOKENS = 256
 
@@ -658,10 +714,16 @@ def loss_logits_bytes(lay: Layout, T, T_loss):
     # taking .loss (measured, scripts/check_memory_cpu.py). The forward side (bf16 logits + fp32
     # upcast + log-softmax output, c + 8) is never larger.
     logits_total = T_loss * V * 12
+    if obj.gathers_log_probs and lay.hardware.vendor == "cpu":
+        # trl's selective_log_softmax on bf16 logits loops log_softmax over rows; on the CPU the
+        # storage tracker shows the per-row outputs kept for backward plus, in backward, the
+        # unbind/stack and slice gradients: 4 B per logit above the 12 (cpu-tiny: DPO -17.2%,
+        # ORPO -15.9%, KTO -19.9% without this term). An H200 DPO run matched 12 within 2.2%, so
+        # the term is the CPU's (calibration/results/cpu/cpu-tiny.jsonl, results/h200/).
+        logits_total = logits_total + T_loss * V * CPU_LOG_PROB_GATHER_EXTRA_BYTES
     if obj.extra_logit_bytes:
         # e.g. ORPO's NLL term, a cross-entropy over the chosen half: its fp32 log-softmax
-        # (trl ORPOTrainer). (trl's log-prob gather for DPO/ORPO peaked at 16 B/logit on the CPU but
-        # at ~12 on an H200 run; the analytic term keeps 12 and calibration corrects per device.)
+        # (trl ORPOTrainer).
         logits_total = logits_total + T_loss / 2 * V * obj.extra_logit_bytes
     if obj.sft_loss and lay.sft_chunked_loss:
         # trl >= 1.x SFTTrainer defaults to loss_type="chunked_nll" (trl/trainer/sft_trainer.py,
@@ -724,7 +786,7 @@ def _model_copies(lay: Layout, plan, p: Params) -> _Copies:
         # (trl/trainer/dpo_trainer.py) -- adapter weights in the compute dtype.
         extra = extra + p.trainable * c
     if obj.reward_model:
-        extra = extra + frozen_copy - head * c + h * c
+        extra = extra + reward_model_bytes(lay)
     if value:
         extra = extra + p.stored_bytes - head * head_tb + h * tb
     return _Copies(p.trainable + value_trainable, 1 + value, extra, value_trainable / p.trainable)

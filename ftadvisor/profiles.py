@@ -8,16 +8,14 @@ accepts an id, an alias or a ``HardwareProfile``.
 
 from __future__ import annotations
 
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from ftadvisor.errors import FtAdvisorError, from_validation, unknown
+from ftadvisor.errors import FtAdvisorError, from_validation, shown, unknown
 from ftadvisor.schema import HardwareProfile, ModelProfile
 
 
@@ -45,9 +43,10 @@ def calibration_dir() -> Path:
 def _load_yaml_dir(kind: str, cls: type) -> dict[str, Any]:
     folder = profiles_dir() / kind
     out: dict[str, Any] = {}
+    from ftadvisor.validate import load_yaml_file
+
     for path in sorted(folder.glob("*.yaml")):
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
+        data = load_yaml_file(path, f"profiles/{kind}/{path.name}")
         try:
             if cls is ModelProfile and isinstance(data, dict) and isinstance(data.get("config"), dict):
                 from ftadvisor.architecture import arch_from_config
@@ -124,23 +123,28 @@ def resolve_model(model: str | os.PathLike | dict | ModelProfile) -> ModelProfil
         return _profile_from_config(model, "config dict", str(model.get("_name_or_path") or model.get("model_type", "custom")))
     if not isinstance(model, (str, os.PathLike)):
         raise FtAdvisorError("model", f"expected a name, a path or a dict, got {type(model).__name__}")
-    text = str(model)
+    from ftadvisor import validate
+
+    try:
+        text = os.fspath(model)
+    except TypeError:
+        raise FtAdvisorError("model", f"expected a name, a path or a dict, got {type(model).__name__}") from None
+    if isinstance(text, bytes):
+        raise FtAdvisorError("model", "expected a name or a path as text, got bytes")
+    text = validate.name("model", text)
     pid = _model_index().get(_norm(text))
     if pid:
         return model_profiles()[pid]
-    path = Path(text).expanduser()
-    if path.is_dir():
+    path = Path(text).expanduser() if validate.exists(text) else Path(text)
+    if validate.is_dir(path):
         path = path / "config.json"
-        if not path.is_file():
-            raise FtAdvisorError("model", f"directory {text!r} holds no config.json")
-    if path.is_file():
-        try:
-            config = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise FtAdvisorError("model", f"{path} is not valid JSON ({err})") from None
+        if not validate.is_file(path):
+            raise FtAdvisorError("model", f"directory {shown(text, 200)} holds no config.json")
+    if validate.is_file(path):
+        config = validate.load_json_file(path, "model")
         return _profile_from_config(config, str(path), path.parent.name or path.stem)
     if text.endswith(".json") or os.sep in text and not text.count("/") == 1:
-        raise FtAdvisorError("model", f"no such file {text!r}")
+        raise FtAdvisorError("model", f"no such file {shown(text, 200)}")
     raise unknown("model", text, list(model_profiles()) + [p.hf_id for p in model_profiles().values() if p.hf_id])
 
 
@@ -150,6 +154,9 @@ def resolve_hardware(hardware: str | HardwareProfile) -> HardwareProfile:
         return hardware
     if not isinstance(hardware, str):
         raise FtAdvisorError("gpu", f"expected a name, got {type(hardware).__name__}")
+    from ftadvisor.validate import name as check_name
+
+    check_name("gpu", hardware, max_chars=1024)
     hid = _hardware_index().get(_norm(hardware).replace(" ", "-"))
     if hid is None:
         hid = _hardware_index().get(_norm(hardware).replace(" ", "").replace("-", ""))

@@ -513,9 +513,11 @@ class _Draft:
     and how a part adds evidence (a factor, the LoRA-vs-full base, notes, thin-evidence reasons)."""
 
     def __init__(self, ev: Evidence, acc: _Acc, task: str, regime: str, rank: int | None, targets: str,
-                 total_params: int | None):
+                 total_params: int | None, lora_init: str = "default"):
         self.ev, self.acc = ev, acc
         self.task, self.regime, self.rank, self.targets, self.total_params = task, regime, rank, targets, total_params
+        self.lora_init = lora_init
+        """How the LoRA matrices start (plan.lora_init): default, gaussian, pissa, pissa_niter_N."""
         self.method_task = task if task in SFT_TASKS else "chat"
         self.base: _Term | None = None
         """The term the small-data extension widens (set by a method that has one)."""
@@ -642,6 +644,7 @@ def estimate_quality(
     total_params: int | None = None,
     quantization: str | None = None,
     lora_targets: str | tuple[str, ...] | list[str] = "all-linear",
+    lora_init: str = "default",
 ) -> QualityEstimate:
     """Expected quality of ``technique`` on ``task`` relative to full fine-tuning (see the module docstring).
 
@@ -649,7 +652,8 @@ def estimate_quality(
     data_regime: small/medium/large, or derived from ``examples``; lora_r: LoRA/DoRA rank (also the
     rank of Lamini memory experts; 16 when not given); total_params: base-model parameters (for the
     size-dependent evidence); quantization: none/nf4/int8 (None = the method's default);
-    lora_targets: ``all-linear`` or module names.
+    lora_targets: ``all-linear`` or module names; lora_init: how LoRA starts (``default``,
+    ``gaussian``, ``pissa``, ``pissa_niter_N``).
     """
     tech = parse_technique(technique)
     if not isinstance(task, str) or task.strip().lower() not in TASKS:
@@ -672,8 +676,11 @@ def estimate_quality(
         raise FtAdvisorError("lora_targets", f"expected 'all-linear' or module names, got {lora_targets!r}")
     if not targets:
         raise FtAdvisorError("lora_targets", "names no module", ["all-linear"])
+    from ftadvisor.schema import check_lora_init
+
+    lora_init = check_lora_init(lora_init)
     return _estimate(tech.objective.name, tech.method.name, tech.name, task, data_regime, examples, lora_r,
-                     total_params, quantization, targets)
+                     total_params, quantization, targets, lora_init)
 
 
 def _fmt(x: float) -> str:
@@ -791,7 +798,7 @@ def _citations(ev: Evidence, acc: _Acc, r_cites: list[Citation], examples: int |
 @lru_cache(maxsize=16384)
 def _estimate(objective: str, method: str, name: str, task: str, regime: str | None, examples: int | None,
               lora_r: int | None, total_params: int | None, quantization: str | None,
-              targets: tuple[str, ...]) -> QualityEstimate:
+              targets: tuple[str, ...], lora_init: str = "default") -> QualityEstimate:
     ev = evidence()
     m = METHODS[method]
     obj = OBJECTIVES[objective]
@@ -818,7 +825,7 @@ def _estimate(objective: str, method: str, name: str, task: str, regime: str | N
         return _not_applicable(ev, m, obj, objective, name, task, regime)
     applicable = bool(obj.applicable(task))
 
-    draft = _Draft(ev, acc, task, regime, rank, tkind, total_params)
+    draft = _Draft(ev, acc, task, regime, rank, tkind, total_params, lora_init)
     obj.quality_terms(draft)
     n_objective = len(acc.terms)
     _method_terms(ev, draft, m, obj, quant)

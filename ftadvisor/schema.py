@@ -6,6 +6,7 @@ field names (``_bytes``, ``_gib``, ``_tflops``, ``_gbps`` = GB/s).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -102,6 +103,28 @@ class ArchSpec(_Frozen):
     """Width of the always-on shared expert (0 if none)."""
     max_position_embeddings: int | None = None
     """Longest context the config declares."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "ArchSpec":
+        """Sizes no model can have are errors (ftadvisor.validate.ARCH_LIMITS), also for an
+        ArchSpec built by hand."""
+        from ftadvisor.errors import FtAdvisorError
+        from ftadvisor.validate import ARCH_LIMITS, ARCH_PARAMS_LIMIT
+
+        for name, key in (("vocab_size", "vocab_size"), ("hidden_size", "hidden_size"),
+                          ("num_layers", "num_hidden_layers"), ("num_attention_heads", "num_attention_heads"),
+                          ("num_kv_heads", "num_key_value_heads"), ("head_dim", "head_dim"),
+                          ("intermediate_size", "intermediate_size"), ("num_experts", "num_experts"),
+                          ("experts_per_token", "num_experts_per_tok"), ("num_moe_layers", "num_hidden_layers"),
+                          ("moe_intermediate_size", "moe_intermediate_size"),
+                          ("shared_expert_intermediate_size", "shared_expert_intermediate_size")):
+            if getattr(self, name) > ARCH_LIMITS[key]:
+                raise FtAdvisorError(name, f"{getattr(self, name)} is larger than any model has "
+                                     f"(at most {ARCH_LIMITS[key]:,})")
+        if self.total_params > ARCH_PARAMS_LIMIT:
+            raise FtAdvisorError("config", f"describes {self.total_params:.3g} parameters, more than any model has "
+                                 f"(at most {ARCH_PARAMS_LIMIT:.0e})")
+        return self
 
     @property
     def is_moe(self) -> bool:
@@ -201,6 +224,20 @@ class HardwareProfile(_Frozen):
     notes: str | None = None
     """Anything a user should know."""
 
+    @model_validator(mode="after")
+    def _finite(self) -> "HardwareProfile":
+        """Every figure a finite number (infinite memory or bandwidth describes no hardware)."""
+        import math
+
+        from ftadvisor.errors import FtAdvisorError
+
+        for name, value in self:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FtAdvisorError(name, f"must be a finite number, got {value!r}")
+        if self.memory_gib > 2**20:
+            raise FtAdvisorError("memory_gib", f"{self.memory_gib:g} GiB is more than any device has")
+        return self
+
     @property
     def memory_bytes(self) -> int:
         return int(self.memory_gib * 2**30)
@@ -216,6 +253,91 @@ Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bi
 Attention = Literal["sdpa", "flash", "eager"]
 Quantization = Literal["none", "nf4", "int8"]
 MoeTrain = Literal["all", "attention", "experts", "router"]
+
+
+LORA_INITS = ("default", "gaussian", "pissa", "pissa_niter_N")
+_LORA_INIT_RE = re.compile(r"(default|gaussian|pissa|pissa_niter_[1-9][0-9]{0,2})")
+
+
+def check_lora_init(value) -> str:
+    """``lora_init``: one of LORA_INITS, N a whole number from 1 to 999 (peft's fast-SVD iterations)."""
+    from ftadvisor.errors import FtAdvisorError
+
+    if not isinstance(value, str) or not _LORA_INIT_RE.fullmatch(value):
+        raise FtAdvisorError("lora_init", f"unknown initialisation {str(value)[:60]!r}", LORA_INITS)
+    return value
+
+
+# Upper bounds of plan fields that have only a lower one in their declaration: larger values
+# describe no run that can exist (and would overflow the cost model's floats).
+PLAN_UPPER_BOUNDS: dict[str, float] = {
+    "lora_alpha": 1e9,
+    "adapter_bottleneck": 1_048_576,
+    "lamini_num_experts": 16_777_216,
+    "lamini_top_k": 16_777_216,
+    "lamini_layers": 10_000,
+    "rl_max_new_tokens": 10_000_000,
+    "grpo_num_generations": 65_536,
+    "grpo_beta": 1e9,
+    "max_grad_norm": 1e9,
+}
+MAX_LORA_TARGETS = 1024
+DEFAULT_RL_MAX_NEW_TOKENS = 512
+
+
+def default_rl_max_new_tokens(seq_len):
+    """``rl_max_new_tokens`` when the plan does not give it: 512, or half of ``seq_len`` when the
+    sequence is not longer than that (a completion must leave room for a prompt). Works on numpy
+    arrays of seq_len too (grids)."""
+    from ftadvisor import _num
+
+    half = seq_len // 2
+    return _num.where(seq_len > DEFAULT_RL_MAX_NEW_TOKENS, DEFAULT_RL_MAX_NEW_TOKENS, _num.maximum(half, 1))
+
+
+def _check_plan_bounds(plan) -> None:
+    """Cross-field and range rules of a TrainingPlan beyond its field declarations."""
+    import math
+
+    from ftadvisor.errors import FtAdvisorError, shown
+
+    for name, high in PLAN_UPPER_BOUNDS.items():
+        value = getattr(plan, name)
+        if value is None:
+            continue
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:
+            finite = False
+        if not finite or value > high:
+            raise FtAdvisorError(name, f"must be a finite number up to {high:g}, got {shown(value)}")
+    if plan.max_grad_norm is not None and plan.max_grad_norm < 0:
+        raise FtAdvisorError("max_grad_norm", f"must be >= 0 (or null: no clipping), got {shown(plan.max_grad_norm)}")
+    targets = plan.lora_targets
+    parts = targets.split(",") if isinstance(targets, str) else targets
+    names = tuple(t.strip() for t in parts if t.strip())
+    if not names:
+        raise FtAdvisorError("lora_targets", f"names no module ({shown(targets)}); give all-linear or module "
+                             "names such as q_proj,v_proj", ["all-linear"])
+    if len(names) > MAX_LORA_TARGETS or any(len(t) > 200 for t in names):
+        raise FtAdvisorError("lora_targets", f"too many or too long module names ({shown(targets)})")
+    if plan.ppo_reward_model is not None:
+        from ftadvisor.validate import name as check_name
+
+        check_name("ppo_reward_model", plan.ppo_reward_model)
+
+
+def check_prompt_room(plan, technique_name: str, generation: bool) -> None:
+    """PPO/GRPO: ``seq_len`` is prompt + completion, so ``rl_max_new_tokens`` must be below it (the
+    memory model's loss tokens, the speed model's prompt and the engine's data all read it so).
+    Called by make_plan (which also gives the default) and by the memory model."""
+    if generation and plan.rl_max_new_tokens >= plan.seq_len:
+        from ftadvisor.errors import FtAdvisorError
+
+        raise FtAdvisorError(
+            "rl_max_new_tokens",
+            f"{plan.rl_max_new_tokens} leaves no prompt: seq_len {plan.seq_len} is prompt + completion, so it "
+            f"must be more than rl_max_new_tokens ({technique_name} generates the completion)")
 
 
 class TrainingPlan(_Frozen):
@@ -253,6 +375,10 @@ class TrainingPlan(_Frozen):
     """Dropout on the adapter input; above 0 each adapted module stores its own dropped copy."""
     lora_targets: str | tuple[str, ...] = "all-linear"
     """``all-linear`` or HF module names (``q_proj``, ``v_proj`` ...)."""
+    lora_init: str = "default"
+    """How LoRA/DoRA matrices start, as peft's ``init_lora_weights``: default (A Kaiming-uniform, B
+    zero), gaussian, pissa (A and B from the top-r singular vectors of each weight, the residual
+    stays in the base; Meng et al. 2024) or pissa_niter_N (the same by N fast-SVD iterations)."""
     quantization: Quantization | None = None
     """Storage of the frozen base: none, nf4, int8; None takes the technique's default (nf4 for qlora)."""
     double_quant: bool = True
@@ -276,7 +402,8 @@ class TrainingPlan(_Frozen):
     dpo_precompute_ref: bool = False
     """DPO: reference log-probs computed once up front, so no reference model stays in memory."""
     rl_max_new_tokens: int = Field(default=512, ge=1)
-    """PPO/GRPO: generated tokens per completion; the prompt is ``seq_len`` minus this."""
+    """PPO/GRPO: generated tokens per completion; the prompt is ``seq_len`` minus this, so it must be
+    below ``seq_len`` (make_plan's default: 512, or half of a ``seq_len`` of 512 or less)."""
     grpo_num_generations: int = Field(default=8, ge=2)
     """GRPO: completions per prompt (the group)."""
     grpo_beta: float = Field(default=0.0, ge=0)
@@ -300,8 +427,10 @@ class TrainingPlan(_Frozen):
             raise FtAdvisorError(
                 "cpu_offload", f"needs sharding zero2, zero3 or fsdp (got {self.sharding})", ["zero2", "zero3", "fsdp"]
             )
+        check_lora_init(self.lora_init)
         if self.lamini_top_k > self.lamini_num_experts:
             raise FtAdvisorError("lamini_top_k", "cannot exceed lamini_num_experts")
+        _check_plan_bounds(self)
         return self
 
 

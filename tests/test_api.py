@@ -81,8 +81,8 @@ def test_technique_composition():
     assert fa.parse_technique("qlora+dpo").name == "dpo+qlora"
     assert fa.parse_technique("lora").objective.name == "sft"
     assert fa.parse_technique("dpo").method.name == "full"
-    assert set(METHODS) == {"full", "lora", "qlora", "dora", "adapter", "half_ft", "lamini", "moe"}
-    assert set(OBJECTIVES) == {"sft", "dpo", "orpo", "ppo", "grpo"}
+    assert set(METHODS) == {"full", "lora", "qlora", "dora", "ia3", "adapter", "half_ft", "lamini", "moe"}
+    assert set(OBJECTIVES) == {"sft", "dpo", "orpo", "kto", "ppo", "grpo"}
     with pytest.raises(fa.FtAdvisorError):
         fa.parse_technique("dpo+orpo")
 

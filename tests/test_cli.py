@@ -98,16 +98,21 @@ def test_launch_without_training_stack_is_one_line(tmp_path):
 
 def test_capacity_command_matches_the_api():
     import ftadvisor as fa
+    from ftadvisor.recommend import MEMORY_HEADROOM, fits_card
 
+    # "fits" is the recommender's: the card less 5% (the capacity command's default headroom)
     out = run("capacity", "-m", "llama-3.1-8b", "-g", "rtx4090", "-t", "qlora", "--json")
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)
+    assert d["headroom"] == MEMORY_HEADROOM
     mb, s = d["max_micro_batch_size"], d["max_seq_len"]
-    assert fa.estimate("llama-3.1-8b", "rtx4090", "qlora", micro_batch_size=mb).fits
-    assert not fa.estimate("llama-3.1-8b", "rtx4090", "qlora", micro_batch_size=mb + 1).fits
-    assert fa.estimate("llama-3.1-8b", "rtx4090", "qlora", seq_len=s).fits
-    assert not fa.estimate("llama-3.1-8b", "rtx4090", "qlora", seq_len=s + 1).fits
+    assert fits_card(fa.estimate("llama-3.1-8b", "rtx4090", "qlora", micro_batch_size=mb))
+    assert not fits_card(fa.estimate("llama-3.1-8b", "rtx4090", "qlora", micro_batch_size=mb + 1))
+    assert fits_card(fa.estimate("llama-3.1-8b", "rtx4090", "qlora", seq_len=s))
+    assert not fits_card(fa.estimate("llama-3.1-8b", "rtx4090", "qlora", seq_len=s + 1))
     assert d["min_gpus"] == 1
     out = run("capacity", "-m", "llama-3.1-70b", "-g", "h100", "-t", "full", "--json")
     d = json.loads(out.stdout)
-    assert d["max_micro_batch_size"] == 0 and d["min_gpus"] > 8 and d["sharding"] in ("zero3", "fsdp")
+    # batch and sequence are reported at the fewest GPUs that fit, not at one GPU where nothing fits
+    assert d["min_gpus"] > 8 and d["sharding"] in ("zero3", "fsdp")
+    assert d["at"] == {"num_gpus": d["min_gpus"], "sharding": d["sharding"]} and d["max_micro_batch_size"] >= 1

@@ -575,6 +575,14 @@ def test_sft_lora_trains_saves_and_generates(sft_run, tiny_model):
     assert set(m) >= {"peak_allocated_bytes", "peak_reserved_bytes", "device_total_bytes"}
 
 
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"  # proc(5) field 3, the state; Z: ended, not yet reaped
+
+
 def test_resume_after_kill_loses_no_steps(sft_run, tiny_model, tmp_path):
     """Kill a run once its first checkpoint is complete, resume it: same step count and the same losses
     as the uninterrupted run (HF Trainer restores optimizer, scheduler, RNG and data position)."""
@@ -598,8 +606,14 @@ def test_resume_after_kill_loses_no_steps(sft_run, tiny_model, tmp_path):
                 break
             time.sleep(0.02)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its training child
+        # the training child runs in its own process group (run.lock names it): kill it, then the launcher
+        trainer = json.loads((out / "run.lock").read_text()).get("child") if (out / "run.lock").is_file() else None
+        if trainer:
+            os.kill(trainer, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        while trainer and _running(trainer):
+            time.sleep(0.02)  # gone (or a zombie nobody reaps) before the log is read
     done_before = max(e["step"] for e in _steps(log))
     assert done_before < 16, "the run finished before it could be killed"
     assert not (out / "result.json").exists()

@@ -4,7 +4,7 @@ that stay light, and every registered technique complete.
 Layers, each importing only from itself and the layers before it (imports inside functions count:
 a lazy import is still a dependency):
 
-    errors/_num -> schema -> architecture -> profiles -> techniques/plans
+    errors/validate/_num -> schema -> architecture -> profiles -> techniques/plans
       -> cost (memory, speed, quality, calibration corrections) -> api (estimator, the package)
       -> recommend -> data/detect -> train -> launch/calibration -> cli/tui
 """
@@ -23,7 +23,8 @@ from tests.conftest import ROOT
 PKG = ROOT / "ftadvisor"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("errors", ("ftadvisor.errors", "ftadvisor._num")),  # one-line user errors, numpy-or-float helpers
+    # one-line user errors, the validation of user input (numbers, names, files), numpy-or-float helpers
+    ("errors", ("ftadvisor.errors", "ftadvisor.validate", "ftadvisor._num")),
     ("schema", ("ftadvisor.schema",)),  # plans and results, pure data
     ("architecture", ("ftadvisor.architecture",)),  # config.json -> parameter shapes
     ("profiles", ("ftadvisor.profiles",)),  # YAML data -> profiles

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import ftadvisor as fa
-from ftadvisor.recommend import max_micro_batch, max_seq_len, min_gpus, recommend
+from ftadvisor.recommend import fits_card, max_micro_batch, max_seq_len, min_gpus, recommend
 from tests.conftest import ROOT
 
 CASES = [
@@ -36,7 +36,11 @@ def test_preference_methods_only_with_preference_data():
     assert all(fa.parse_technique(p.plan.technique).objective.name == "sft" for p in chat.plans)
     pref = recommend("llama-3.2-3b", "a100-80gb", goal="preference", examples=5000)
     objs = {fa.parse_technique(p.plan.technique).objective.name for p in pref.plans}
-    assert objs <= {"dpo", "orpo"} and objs
+    assert objs <= {"dpo", "orpo", "kto"} and objs
+    # single answers labelled good or bad train KTO only (Ethayarajh et al. 2024: no pairs needed)
+    fb = recommend("llama-3.2-3b", "a100-80gb", goal="preference", data_kind="feedback", examples=5000)
+    assert {fa.parse_technique(p.plan.technique).objective.name for p in fb.plans} == {"kto"}
+    assert all(p.plan.micro_batch_size >= 2 for p in fb.plans)  # KTO's KL term needs two per micro-batch
     assert any("preference" in r for p in pref.plans for r in p.reasons)
     rl = recommend("qwen2.5-0.5b", "a100-80gb", goal="rl", examples=2000)
     assert {fa.parse_technique(p.plan.technique).objective.name for p in rl.plans} <= {"grpo", "ppo"}
@@ -69,17 +73,22 @@ def test_budgets_drop_plans():
 
 
 def test_capacity_questions():
+    # "fits" is the one shared meaning: the card less MEMORY_HEADROOM (5%), as recommend uses
     mb = max_micro_batch("llama-3.1-8b", "a100-80gb", "lora", seq_len=2048)
     assert mb >= 1
-    assert fa.estimate("llama-3.1-8b", "a100-80gb", "lora", seq_len=2048, micro_batch_size=mb).fits
-    assert not fa.estimate("llama-3.1-8b", "a100-80gb", "lora", seq_len=2048, micro_batch_size=mb + 1).fits
+    assert fits_card(fa.estimate("llama-3.1-8b", "a100-80gb", "lora", seq_len=2048, micro_batch_size=mb))
+    assert not fits_card(fa.estimate("llama-3.1-8b", "a100-80gb", "lora", seq_len=2048, micro_batch_size=mb + 1))
     s = max_seq_len("llama-3.1-8b", "rtx4090-24gb", "qlora", micro_batch_size=1)
-    assert fa.estimate("llama-3.1-8b", "rtx4090-24gb", "qlora", seq_len=s).fits
-    assert not fa.estimate("llama-3.1-8b", "rtx4090-24gb", "qlora", seq_len=s + 1).fits
+    assert fits_card(fa.estimate("llama-3.1-8b", "rtx4090-24gb", "qlora", seq_len=s))
+    assert not fits_card(fa.estimate("llama-3.1-8b", "rtx4090-24gb", "qlora", seq_len=s + 1))
     n, sharding = min_gpus("llama-3.1-70b", "h100-sxm", "full")
-    assert fa.estimate("llama-3.1-70b", "h100-sxm", "full", num_gpus=n, num_nodes=max(1, n // 8), sharding=sharding).fits
+    assert fits_card(fa.estimate("llama-3.1-70b", "h100-sxm", "full", num_gpus=n, num_nodes=max(1, n // 8),
+                                 sharding=sharding))
+    # the next smaller count a job can use (node-sized steps: 1..8, then whole nodes) does not fit
+    smaller = n - 8 if n > 8 else n - 1
     assert not any(
-        fa.estimate("llama-3.1-70b", "h100-sxm", "full", num_gpus=n // 2, num_nodes=max(1, n // 16), sharding=s).fits
+        fits_card(fa.estimate("llama-3.1-70b", "h100-sxm", "full", num_gpus=smaller, num_nodes=max(1, smaller // 8),
+                              sharding=s))
         for s in ("zero2", "zero3", "fsdp")
     )
 

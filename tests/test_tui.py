@@ -889,7 +889,8 @@ def _assert_plans_content(app, rec) -> None:
         assert f"{est.memory.device_total_bytes / GIB:.1f} GiB" in line and " yes " in line, line
         assert f"{est.speed.tokens_per_second_total:,.0f}" in line, line
         assert duration(est.time_cost.wall_clock_hours) in line and money(est.time_cost.cost_usd) in line, line
-        assert f"{est.quality.relative_to_full:.2f} ({est.quality.low:.2f}–{est.quality.high:.2f})" in line, line
+        assert f"{est.quality.relative_to_full:.2f} {est.quality.low:.2f}–{est.quality.high:.2f}" in line, line
+        assert (" weak" in line) == (est.quality.evidence_strength == "weak"), line
     for p in rec.rejected:
         line = _row_text(text, f"-  {p.plan.technique}")
         assert " no " in line and f"{p.estimate.memory.device_total_bytes / GIB:.1f} GiB" in line, line

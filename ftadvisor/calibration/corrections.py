@@ -43,6 +43,9 @@ SCHEMA_VERSION = 1
 ACTIVATION_TERMS = ("activations", "logits", "generation_cache")
 OVERHEAD_TERMS = ("quantization_workspace", "communication", "framework_overhead")
 RESIDUAL_TERM = "framework_overhead"
+# Below this many samples a technique's in-sample error says nothing (one sample is fitted
+# exactly: 0%), so the error reported "after correction" is its leave-one-out error instead.
+MIN_IN_SAMPLE = 3
 
 
 class _Model(BaseModel):
@@ -74,6 +77,34 @@ class TechniqueCorrection(_Model):
     """Median absolute % error leave-one-out (each sample corrected by a fit without it)."""
 
 
+class ErrorSummary(_Model):
+    """Peak-memory error over every sample of a fit: the figures ``calibrate fit`` prints and
+    ``calibrate report`` shows in its ``all`` row (both from ``ftadvisor.calibration.fit.error_summary``)."""
+
+    samples: int = Field(ge=0)
+    """Samples (status ok, measured and predicted)."""
+    mdape_before: float = Field(ge=0)
+    """Median absolute % error of the peak, uncorrected."""
+    mdape_after: float = Field(ge=0)
+    """After correction, per sample: in-sample where its technique has at least ``MIN_IN_SAMPLE``
+    samples, else leave-one-out (an in-sample error there is near 0 by construction)."""
+    mdape_in_sample: float = Field(ge=0)
+    """After correction, in-sample for every sample (optimistic)."""
+    mdape_loo: float = Field(ge=0)
+    """After correction, leave-one-out for every sample."""
+    loo_samples: int = Field(ge=0)
+    """Samples whose ``mdape_after`` figure is leave-one-out."""
+
+
+def reported_after(tc: TechniqueCorrection) -> tuple[float | None, str]:
+    """The honest "after correction" figure of one entry and what it is: ``(mdape_after,
+    "in-sample")`` with at least ``MIN_IN_SAMPLE`` samples, else ``(mdape_loo, "leave-one-out")``
+    (None when the file has no leave-one-out figure)."""
+    if tc.samples >= MIN_IN_SAMPLE:
+        return tc.mdape_after, "in-sample"
+    return tc.mdape_loo, "leave-one-out"
+
+
 class Corrections(_Model):
     """A corrections file for one hardware profile."""
 
@@ -95,6 +126,8 @@ class Corrections(_Model):
     """Pooled over every technique; used for techniques without their own entry."""
     techniques: dict[str, TechniqueCorrection] = {}
     """Per canonical technique name (``lora``, ``dpo+lora`` ...)."""
+    summary: ErrorSummary | None = None
+    """Error over every sample (what ``fit`` prints); None in files from before it was recorded."""
     notes: str = ""
     """How the fit was made."""
 
@@ -190,9 +223,12 @@ def apply_corrections(
         out[residual_key] = 0.0
     out[residual_key] = out[residual_key] + tc.residual_bytes
     quality = ""
-    if tc.mdape_before is not None and tc.mdape_after is not None:
-        quality = f", peak MdAPE {tc.mdape_before:.1f}% -> {tc.mdape_after:.1f}%"
-        if tc.mdape_loo is not None:
+    after, kind = reported_after(tc)
+    if tc.mdape_before is not None and after is not None:
+        quality = f", peak MdAPE {tc.mdape_before:.1f}% -> {after:.1f}%"
+        if kind == "leave-one-out":
+            quality += " leave-one-out"
+        elif tc.mdape_loo is not None:
             quality += f" ({tc.mdape_loo:.1f}% leave-one-out)"
     note = (
         f"calibration/corrections/{corr.hardware}.yaml [{key}]: activations x{tc.activations_scale:.3f}, "

@@ -19,10 +19,14 @@ and large cases weigh alike) gives every a_t and the pooled b and g; a coefficie
 is all zero (no overhead measured on the CPU, say) stays at its neutral value. The default
 entry (for techniques without samples of their own) takes the median of the per-technique a_t:
 a typical technique, not one dragged by the worst-modelled ones.
-Coefficients are clipped to [0.1, 10]. The errors
-reported before/after are in-sample median absolute percentage errors (MdAPE) of the peak;
-``mdape_loo`` is leave-one-out (each sample corrected by what the other samples fitted; a
-technique's only sample gets the pooled default), the honest figure for a new measurement.
+Coefficients are clipped to [0.1, 10]. Each entry's ``mdape_before`` / ``mdape_after`` are
+in-sample median absolute percentage errors (MdAPE) of the peak; ``mdape_loo`` is leave-one-out
+(each sample corrected by what the other samples fitted; a technique's only sample gets the
+pooled default), the honest figure for a new measurement. The file's ``summary`` (what ``fit``
+prints and ``report``'s ``all`` row shows, both through :func:`score` / :func:`error_summary`)
+takes, per sample, the leave-one-out error where its technique has fewer than ``MIN_IN_SAMPLE``
+(3) samples - one sample is fitted exactly, so its in-sample 0% means nothing - and the in-sample
+error otherwise. All figures are of the coefficients as written (rounded).
 
 Allocator slack = median over CUDA samples of reserved/allocated - 1. Achieved MFU (model FLOPs
 utilisation, Chowdhery et al. 2022, PaLM, appendix B: model FLOPs exclude recomputation) =
@@ -38,7 +42,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ftadvisor.calibration.corrections import ACTIVATION_TERMS, OVERHEAD_TERMS, SCHEMA_VERSION
+from ftadvisor.calibration.corrections import ACTIVATION_TERMS, MIN_IN_SAMPLE, OVERHEAD_TERMS, SCHEMA_VERSION
 from ftadvisor.errors import FtAdvisorError
 
 STATIC_TERMS = ("weights", "gradients", "optimizer_state", "master_weights", "extra_models")
@@ -130,6 +134,7 @@ def _row(rec: dict, hw: str, path: Path) -> dict[str, Any]:
         "step_time_s": meas.get("step_time_s"),
         "tokens_per_step": meas.get("tokens_per_step"),
         "source": rec.get("source", "calibrate"),
+        "machine": rec.get("machine") or "",
     }
     comps = {k[: -len("_bytes")]: v for k, v in pred.items() if k.endswith("_bytes") and isinstance(v, (int, float))}
     row["static"] = sum(comps.get(k, 0) for k in STATIC_TERMS)
@@ -176,7 +181,7 @@ def load_frame(results_root: str | Path | None = None, hardware: str | None = No
     rows = _rows(root, hardware)
     cols = ["hardware", "file", "sweep", "case_id", "label", "status", "backend", "technique", "measured",
             "measured_reserved", "measured_phase", "predicted", "predicted_phase", "step_time_s",
-            "tokens_per_step", "source", "static", "A", "O", "mfu", "mfu_predicted"]
+            "tokens_per_step", "source", "machine", "static", "A", "O", "mfu", "mfu_predicted"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -250,6 +255,66 @@ def corrected_peak(d, a, b: float, g: float):
     return d["static"] + a * d["A"] + b * d["O"] + g
 
 
+Coef = tuple[float, float, float]  # (activations_scale, overhead_scale, residual_bytes)
+
+
+def score(d, coef: dict[str, Coef], default: Coef):
+    """Per-row errors of a set of corrections on rows ``d`` (:func:`usable` rows): ``ape_before``
+    (uncorrected), ``ape_after`` (in-sample: the row's technique entry, else ``default``),
+    ``ape_loo`` (leave-one-out: the row's activations scale refitted on the other rows of its
+    technique with its overhead scale and residual fixed, ``default``'s scale when it is the only
+    one) and ``ape_reported`` (``ape_loo`` where the technique has fewer than ``MIN_IN_SAMPLE``
+    rows, else ``ape_after``). ``fit`` and ``report`` both score with this, on the coefficients
+    as written to the file, so they print the same figures."""
+    import numpy as np
+
+    d = d.copy()
+    trip = [coef.get(t, default) for t in d["technique"]]
+    d["a"] = [x[0] for x in trip]
+    d["b"] = [x[1] for x in trip]
+    d["g"] = [x[2] for x in trip]
+    d["corrected"] = d["static"] + d["a"] * d["A"] + d["b"] * d["O"] + d["g"]
+    d["ape_before"] = _ape(d["predicted"], d["measured"])
+    d["ape_after"] = _ape(d["corrected"], d["measured"])
+    loo = []
+    for idx, row in d.iterrows():
+        others = d[(d["technique"] == row["technique"]) & (d.index != idx)]
+        a = _technique_scale(others, row["b"], row["g"], default[0]) if len(others) else default[0]
+        loo.append(float(row["static"] + a * row["A"] + row["b"] * row["O"] + row["g"]))
+    d["ape_loo"] = _ape(loo, d["measured"])
+    d["n_technique"] = d.groupby("technique")["technique"].transform("size")
+    d["ape_reported"] = np.where(d["n_technique"] < MIN_IN_SAMPLE, d["ape_loo"], d["ape_after"])
+    return d
+
+
+def error_summary(scored) -> dict[str, Any]:
+    """The overall figures of :func:`score`'s rows (the corrections file's ``summary``)."""
+    def med(col: str) -> float:
+        return round(float(scored[col].median()), 3)
+
+    return {"samples": len(scored), "mdape_before": med("ape_before"), "mdape_after": med("ape_reported"),
+            "mdape_in_sample": med("ape_after"), "mdape_loo": med("ape_loo"),
+            "loo_samples": int((scored["n_technique"] < MIN_IN_SAMPLE).sum())}
+
+
+def headline(summary) -> str:
+    """One line of the overall error (an ``ErrorSummary`` or its dict), as ``fit`` prints it."""
+    if summary is None:
+        return "peak MdAPE after correction unknown (corrections from before summaries: refit)"
+    s = summary if isinstance(summary, dict) else summary.model_dump()
+    how = (f"leave-one-out for the {s['loo_samples']} samples of techniques with < {MIN_IN_SAMPLE}"
+           if s["loo_samples"] else "in-sample")
+    return f"peak MdAPE {s['mdape_before']:.1f}% -> {s['mdape_after']:.1f}% after correction ({how})"
+
+
+def coefficients(corr) -> tuple[dict[str, Coef], Coef]:
+    """A corrections file's coefficients as :func:`score` takes them."""
+    def trip(tc) -> Coef:
+        return (tc.activations_scale, tc.overhead_scale, tc.residual_bytes)
+
+    return {t: trip(tc) for t, tc in corr.techniques.items()}, trip(corr.default)
+
+
 def fit_hardware(df, hardware: str) -> dict[str, Any]:
     """The corrections mapping (Corrections schema) for one hardware's rows."""
     import datetime as dt
@@ -261,18 +326,12 @@ def fit_hardware(df, hardware: str) -> dict[str, Any]:
         raise FtAdvisorError("hardware", f"no usable results for {hardware!r} (need status ok with a prediction)")
     per, b, g = _joint(d)
     a0 = float(np.median(list(per.values())))  # the default for techniques without samples
-    d["a"] = d["technique"].map(per)
-    d["corrected"] = corrected_peak(d, d["a"], b, g)
-    d["ape_before"] = _ape(d["predicted"], d["measured"])
-    d["ape_after"] = _ape(d["corrected"], d["measured"])
+    # The coefficients as the file stores them; every error below is of these (what report recomputes).
+    per = {t: round(float(a), 4) for t, a in per.items()}
+    a0, b, g = round(a0, 4), round(float(b), 4), round(float(g), 1)
     # Leave-one-out: each sample corrected with the scale fitted on the other samples of its
     # technique (the pooled default when it is the only one) - what a new measurement would see.
-    loo = []
-    for idx, row in d.iterrows():
-        others = d[(d["technique"] == row["technique"]) & (d.index != idx)]
-        a = _technique_scale(others, b, g, a0) if len(others) else a0
-        loo.append(float(row["static"] + a * row["A"] + b * row["O"] + g))
-    d["ape_loo"] = _ape(loo, d["measured"])
+    d = score(d, {t: (a, b, g) for t, a in per.items()}, (a0, b, g))
 
     def entry(rows, a) -> dict[str, Any]:
         mfu = rows["mfu"].dropna()
@@ -304,11 +363,13 @@ def fit_hardware(df, hardware: str) -> dict[str, Any]:
         "allocator_slack_samples": int(len(res)),
         "default": entry(pooled, a0),
         "techniques": {t: entry(rows, per[t]) for t, rows in d.groupby("technique")},
+        "summary": error_summary(d),
         "notes": (
             "measured_peak = static + activations_scale*(activations+logits+generation_cache) + "
             "overhead_scale*(quantization_workspace+communication+framework_overhead) + residual_bytes; "
-            "pooled least squares on relative errors, then activations_scale per technique; errors are "
-            "in-sample median absolute % errors of the peak allocated bytes."
+            "pooled least squares on relative errors, then activations_scale per technique; per entry, "
+            "mdape_* are median absolute % errors of the peak allocated bytes, in-sample except mdape_loo "
+            f"(leave-one-out); summary.mdape_after takes leave-one-out where a technique has < {MIN_IN_SAMPLE} samples."
         ),
     }
 

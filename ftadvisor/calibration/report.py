@@ -1,8 +1,11 @@
 """Predicted vs measured: ``ftadvisor calibrate report [--hardware H] [--cases] [--details]``.
 
 Prints, per hardware, a table per technique (samples, median measured and predicted peak,
-median absolute % error before and after the hardware's corrections file - in-sample, and
-leave-one-out as the fit recorded it - and achieved MFU), optionally one row
+median absolute % error before and after the hardware's corrections file, and achieved MFU).
+"After" is in-sample for a technique with at least 3 samples and leave-one-out (marked ``*``)
+below that, where an in-sample error is ~0 by construction; the ``all`` row and the line under
+the table are the figures ``calibrate fit`` printed (both come from ``fit.score`` /
+``fit.error_summary`` on the file's coefficients). Optionally one row
 per case and, with ``--details``, the measured phases and the largest tensors alive at each
 case's measured peak (what to look at when a technique is off), then a text scatter plot of
 predicted against measured peak on log axes (``o`` before correction, ``+`` after, ``.`` the
@@ -18,37 +21,26 @@ from typing import Any
 MIB = 2**20
 
 
-def _corrected(df, corr):
-    """Peak after applying ``corr`` to each row's predicted breakdown (None without a file)."""
-    if corr is None:
-        return None
-    from ftadvisor.calibration.corrections import correction_for
-
-    vals = []
-    for _, r in df.iterrows():
-        _, tc = correction_for(r["technique"], corr)
-        vals.append(r["static"] + tc.activations_scale * r["A"] + tc.overhead_scale * r["O"] + tc.residual_bytes)
-    return vals
-
-
 def build_tables(results_root=None, hardware: str | None = None, corrections_dir=None) -> dict[str, Any]:
-    """Per hardware: the usable rows (with corrected peaks) and the per-technique summary."""
-    from ftadvisor.calibration.corrections import corrections_path, read_corrections
-    from ftadvisor.calibration.fit import _ape, load_frame, usable
+    """Per hardware: the usable rows (scored against the corrections file), the per-technique
+    summary and ``overall`` (:func:`ftadvisor.calibration.fit.error_summary`, what ``fit`` printed
+    for the same results)."""
+    from ftadvisor.calibration import corrections as C
+    from ftadvisor.calibration import fit as F
 
-    df = load_frame(results_root, hardware)
+    df = F.load_frame(results_root, hardware)
     out: dict[str, Any] = {}
     for hw in sorted(df["hardware"].unique()) if len(df) else []:
         rows = df[df["hardware"] == hw]
-        d = usable(rows)
-        path = Path(corrections_dir) / f"{hw}.yaml" if corrections_dir else corrections_path(hw)
-        corr = read_corrections(path) if path.is_file() else None
+        d = F.usable(rows)
+        path = Path(corrections_dir) / f"{hw}.yaml" if corrections_dir else C.corrections_path(hw)
+        corr = C.read_corrections(path) if path.is_file() else None
         d["err_before"] = (d["predicted"] - d["measured"]) / d["measured"] * 100
-        d["ape_before"] = _ape(d["predicted"], d["measured"])
-        cp = _corrected(d, corr)
-        if cp is not None:
-            d["corrected"] = cp
-            d["ape_after"] = _ape(d["corrected"], d["measured"])
+        d["ape_before"] = F._ape(d["predicted"], d["measured"])
+        scored = corr is not None and len(d) > 0
+        if scored:
+            coef, default = F.coefficients(corr)
+            d = F.score(d, coef, default)
         summary = []
         for tech, g in d.groupby("technique", sort=False):
             summary.append({
@@ -57,15 +49,19 @@ def build_tables(results_root=None, hardware: str | None = None, corrections_dir
                 "measured_mib": float(g["measured"].median()) / MIB,
                 "predicted_mib": float(g["predicted"].median()) / MIB,
                 "mdape_before": float(g["ape_before"].median()),
-                "mdape_after": float(g["ape_after"].median()) if "ape_after" in g else None,
-                "mdape_loo": (corr.techniques[tech].mdape_loo if corr is not None and tech in corr.techniques else None),
+                # the honest figure: leave-one-out below MIN_IN_SAMPLE samples (in-sample would be ~0)
+                "mdape_after": float(g["ape_reported"].median()) if scored else None,
+                "after_kind": "in-sample" if len(g) >= C.MIN_IN_SAMPLE else "leave-one-out",
+                "mdape_in_sample": float(g["ape_after"].median()) if scored else None,
+                "mdape_loo": float(g["ape_loo"].median()) if scored else None,
                 "mfu": float(g["mfu"].dropna().median()) if g["mfu"].notna().any() else None,
                 "mfu_predicted": (float(g["mfu_predicted"].dropna().median())
                                   if g["mfu_predicted"].notna().any() else None),
             })
         status_counts = rows["status"].value_counts().to_dict()
         out[hw] = {"rows": d, "all": rows, "summary": summary, "corrections": corr, "corrections_path": path,
-                   "status_counts": status_counts}
+                   "status_counts": status_counts, "overall": F.error_summary(d) if scored else None,
+                   "machines": int(rows["machine"].nunique())}
     return out
 
 
@@ -109,6 +105,8 @@ def render(results_root=None, hardware: str | None = None, cases: bool = False, 
     from rich.console import Console
     from rich.table import Table
 
+    from ftadvisor.calibration.corrections import MIN_IN_SAMPLE
+
     console = console or Console()
     tables = build_tables(results_root, hardware, corrections_dir)
     if not tables:
@@ -117,27 +115,38 @@ def render(results_root=None, hardware: str | None = None, cases: bool = False, 
     for hw, t in tables.items():
         corr = t["corrections"]
         counts = ", ".join(f"{k} {v}" for k, v in sorted(t["status_counts"].items()))
-        console.print(f"\n[bold]{hw}[/]  results: {counts}; corrections: "
+        machines = f" (from {t['machines']} machines)" if t["machines"] > 1 else ""
+        console.print(f"\n[bold]{hw}[/]  results: {counts}{machines}; corrections: "
                       + (f"{t['corrections_path']}" if corr else "none (run `ftadvisor calibrate fit`)"))
         tab = Table(title="peak allocated memory per technique: median absolute % error before / after correction "
-                          "(LOO: leave-one-out)", title_justify="left")
+                          f"(after: in-sample, or * leave-one-out below {MIN_IN_SAMPLE} samples; LOO: leave-one-out)",
+                    title_justify="left")
         for col in ("technique", "n", "meas MiB", "pred MiB", "before", "after", "LOO", "MFU meas/pred"):
-            tab.add_column(col, no_wrap=True, justify="left" if col == "technique" else "right")
+            tab.add_column(col, no_wrap=True, justify="left" if col == "technique" else "right",
+                           min_width=7 if col == "after" else None)
         for s in t["summary"]:
+            star = "*" if s["after_kind"] == "leave-one-out" else ""
             tab.add_row(s["technique"], str(s["n"]), f"{s['measured_mib']:.1f}", f"{s['predicted_mib']:.1f}",
                         f"{s['mdape_before']:.1f}%",
-                        f"{s['mdape_after']:.1f}%" if s["mdape_after"] is not None else "-",
+                        f"{s['mdape_after']:.1f}%{star}" if s["mdape_after"] is not None else "-",
                         f"{s['mdape_loo']:.1f}%" if s["mdape_loo"] is not None else "-",
                         _pair(s["mfu"], s["mfu_predicted"]))
         d = t["rows"]
+        overall = t["overall"]
         if len(d):
-            before = float(d["ape_before"].median())
-            after = float(d["ape_after"].median()) if "ape_after" in d else None
-            loo = corr.default.mdape_loo if corr is not None else None
+            before = overall["mdape_before"] if overall else float(d["ape_before"].median())
             tab.add_row("[bold]all[/]", str(len(d)), "", "", f"[bold]{before:.1f}%[/]",
-                        f"[bold]{after:.1f}%[/]" if after is not None else "-",
-                        f"[bold]{loo:.1f}%[/]" if loo is not None else "-", "")
+                        f"[bold]{overall['mdape_after']:.1f}%[/]" if overall else "-",
+                        f"[bold]{overall['mdape_loo']:.1f}%[/]" if overall else "-", "")
         console.print(tab)
+        if overall:
+            from ftadvisor.calibration.fit import headline
+
+            console.print(f"{overall['samples']} samples: {headline(overall)}", markup=False, highlight=False)
+            fitted = corr.summary.samples if corr.summary is not None else corr.default.samples
+            if fitted != overall["samples"]:
+                console.print(f"(the corrections were fitted on {fitted} samples, the results now hold "
+                              f"{overall['samples']}: run `ftadvisor calibrate fit` to refit)")
         if cases and len(d):
             ct = Table(title="cases (peak phase: fb forward/backward, step optimizer step, gen generation)",
                        title_justify="left")

@@ -4,8 +4,12 @@
     ftadvisor.calibration.run_sweep("cpu-tiny")          # the same from Python
 
 The parent process (:func:`run_sweep`) stays light (no torch): it expands the sweep, skips the
-case_ids already in ``calibration/results/<hardware>/<sweep>.jsonl`` (resume), makes the
-prediction (``ftadvisor.estimate``) BEFORE each run, starts
+case_ids this machine already recorded in ``calibration/results/<hardware>/<sweep>.jsonl``
+(resume; records of other machines, such as the shipped ones, do not count), and before each
+case claims it and re-reads the file under its lock (``store.claim_case``): a case another
+process recorded meanwhile is skipped, one it is running now is left for later and then waited
+for, so two sweeps into one file record each case once. It makes the prediction
+(``ftadvisor.estimate``) BEFORE each run, starts
 
     python -m ftadvisor.calibration.runner --case CASE.json --out RESULT.json
 
@@ -18,6 +22,9 @@ case's ``timeout_s``, and appends one record whatever happened:
 - ``crash``: any other exception (its last lines are kept) or fatal signal (SIGSEGV, SIGABRT ...);
 - ``timeout``: the runner killed the child's process group at ``timeout_s``;
 - ``skipped``: the case cannot be measured here (e.g. FSDP on CPU, two GPUs on a one-GPU box).
+
+The append itself is ``store.record_once``: one line, under the file's lock, and only if this
+machine has not recorded the case yet.
 
 Children die with the parent (``PR_SET_PDEATHSIG``), and only the parent writes results, so a
 killed sweep leaves no half-recorded case: run it again and it resumes.
@@ -98,7 +105,12 @@ class SweepSummary:
     results_path: Path
     total: int
     skipped_done: int
+    """Cases this machine had recorded before the sweep started."""
     outcomes: list[CaseOutcome] = field(default_factory=list)
+    recorded_meanwhile: int = 0
+    """Cases another process (of this machine) recorded while this sweep ran: not run again."""
+    machine: str = ""
+    """The machine id the records carry (``store.machine_id``)."""
 
 
 def predict(case, hardware_id: str) -> dict[str, Any]:
@@ -347,6 +359,166 @@ def _outcome(case, status, wall, prediction, measurement, error) -> CaseOutcome:
     )
 
 
+def _select_cases(sw: Any, backend: str | None, only: list[str] | None) -> list:
+    """The sweep's cases, kept to ``only`` where given, with ``auto`` backends resolved for this machine."""
+    from ftadvisor.calibration.measure import resolve_backend
+    from ftadvisor.calibration.sweep import expand, with_backend
+
+    cases = expand(sw, source=sw.name, backend=backend)
+    if only:
+        want = {o.strip() for o in only}
+        cases = [c for c in cases if c.plan["technique"] in want or c.case_id in want or c.label in want]
+        if not cases:
+            raise FtAdvisorError("only", f"no case matches {sorted(want)}")
+    # 'auto' becomes the backend this machine has, so the id names what was really measured.
+    return [with_backend(c, resolve_backend(c.backend)) if c.backend == "auto" else c for c in cases]
+
+
+def _sweep_hardware(hw: str, resolved: dict[str, str]) -> str:
+    """The hardware profile id the results are filed under (``auto``: this machine's)."""
+    from ftadvisor.profiles import resolve_hardware
+
+    if hw == "auto":
+        hw = "cpu" if all(b != "cuda" for b in resolved.values()) else detect_hardware()
+    return resolve_hardware(hw).id
+
+
+def _child_environment(jobs: int) -> dict[str, str]:
+    """The environment of the case processes: this one's, with quiet tokenizers and unbuffered output."""
+    child_env = dict(os.environ)
+    child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    if jobs > 1 and "OMP_NUM_THREADS" not in child_env:
+        child_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return child_env
+
+
+@dataclass
+class _SweepRun:
+    """What the cases of one running sweep share: where they are recorded, how they run, the summary."""
+
+    sw: Any
+    hw: str
+    resolved: dict[str, str]
+    root: Path
+    path: Path
+    machine: str
+    summary: SweepSummary
+    env_info: dict[str, Any]
+    python: str
+    child_env: dict[str, str]
+    isolation: str
+    bar: Any
+    workdir: Path
+    tlock: Any
+    on_outcome: Callable[[CaseOutcome], None] | None = None
+
+
+def _record_case(run: _SweepRun, case, status, measurement, error, wall, prediction, started) -> bool:
+    """Append one case's record (once per machine) and count it in the summary and the progress bar."""
+    from ftadvisor.calibration import store
+
+    rec = {
+        "case_id": case.case_id,
+        "sweep": run.sw.name,
+        "label": case.label,
+        "status": status,
+        "source": "calibrate",
+        "model": {"ref": case.model_ref, "config": case.config, "num_layers": case.num_layers},
+        "plan": case.plan,
+        "hardware": run.hw,
+        "backend": run.resolved[case.case_id],
+        "prediction": prediction,
+        "measurement": measurement,
+        "environment": run.env_info,
+        "machine": run.machine,
+        "error": error[-4000:] if error else None,
+        "started_at": started,
+        "wall_s": round(wall, 3),
+    }
+    written = store.record_once(run.root, run.hw, rec, sweep=run.sw.name) is not None
+    with run.tlock:
+        if not written:  # another process recorded it first (a backstop: the claim prevents this)
+            run.summary.recorded_meanwhile += 1
+            run.bar.elsewhere(case)
+            return True
+        oc = _outcome(case, status, wall, prediction, measurement, error)
+        run.summary.outcomes.append(oc)
+        run.bar.advance(oc)
+    if run.on_outcome:
+        run.on_outcome(oc)
+    return True
+
+
+def _run_case(run: _SweepRun, case, wait: bool) -> bool:
+    """Claim, run and record one case; False when another process is running it (try later)."""
+    from ftadvisor.calibration import store
+
+    state, claim = store.claim_case(run.path, case.case_id, machine=run.machine, wait=wait)
+    if state == "running":
+        return False
+    if state == "recorded":  # another process of this machine recorded it since the sweep started
+        with run.tlock:
+            run.summary.recorded_meanwhile += 1
+            run.bar.elsewhere(case)
+        return True
+    recorded = False
+    try:
+        bk = run.resolved[case.case_id]
+        with run.tlock:
+            started = store.now_iso()
+            prediction = _safe_predict(case, run.hw)
+            reason = _skip_reason(case, bk)
+            if not reason:
+                run.bar.start(case)
+        if reason:
+            recorded = _record_case(run, case, "skipped", None, reason, 0.0, prediction, started)
+        else:
+            status, meas, err, wall = _run_child(case, bk, run.python, run.workdir, run.child_env, run.isolation)
+            recorded = _record_case(run, case, status, meas, err, wall, prediction, started)
+    finally:
+        claim.release(recorded=recorded)
+    return True
+
+
+def _work_through_cases(run: _SweepRun, pending: list, deferred: list) -> None:
+    """Take cases until none is left: pending ones first, then (waiting for them) the deferred ones."""
+    while True:
+        with run.tlock:
+            if pending:
+                case, wait = pending.pop(0), False
+            elif deferred:
+                case, wait = deferred.pop(0), True
+            else:
+                return
+        if not _run_case(run, case, wait):
+            with run.tlock:
+                deferred.append(case)
+
+
+def _run_cases(run: _SweepRun, todo: list, jobs: int) -> None:
+    """Run the cases on ``jobs`` threads, then close the progress bar and remove the work directory."""
+    import threading
+
+    pending = list(todo)
+    deferred: list = []  # cases another process was running: waited for once the rest are done
+    try:
+        if jobs <= 1:
+            _work_through_cases(run, pending, deferred)
+        else:
+            threads = [threading.Thread(target=_work_through_cases, args=(run, pending, deferred), daemon=True)
+                       for _ in range(jobs)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        run.bar.close()
+        import shutil
+
+        shutil.rmtree(run.workdir, ignore_errors=True)
+
+
 def run_sweep(
     sweep: Any,
     *,
@@ -361,97 +533,47 @@ def run_sweep(
     console=None,
     isolation: str = "subprocess",
 ) -> SweepSummary:
-    """Run every not-yet-recorded case of ``sweep`` (a name, a path or a :class:`Sweep`).
+    """Run every case of ``sweep`` (a name, a path or a :class:`Sweep`) that this machine has not
+    recorded yet; other processes may run the same sweep into the same file at the same time.
 
     ``hardware`` / ``backend`` override the sweep's; ``only`` keeps cases whose technique or
     case_id is listed; ``jobs`` runs that many cases at once (memory is measured per process, so
     concurrent CPU cases do not disturb each other's peaks, only their timings); ``isolation`` is
     ``subprocess`` (default) or ``fork`` (see :func:`_run_child`)."""
     from ftadvisor.calibration import store
-    from ftadvisor.calibration.measure import environment, resolve_backend
-    from ftadvisor.calibration.sweep import Sweep, expand, load_sweep, with_backend
-    from ftadvisor.profiles import resolve_hardware
+    from ftadvisor.calibration.measure import environment
+    from ftadvisor.calibration.sweep import Sweep, load_sweep
 
     sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
     if isolation not in ("subprocess", "fork"):
         raise FtAdvisorError("isolation", f"unknown {isolation!r}", ["subprocess", "fork"])
     if backend is not None and backend not in ("auto", "cpu", "cuda", "trace"):
         raise FtAdvisorError("backend", f"unknown {backend!r}", ["auto", "cpu", "cuda", "trace"])
-    cases = expand(sw, source=sw.name, backend=backend)
-    if only:
-        want = {o.strip() for o in only}
-        cases = [c for c in cases if c.plan["technique"] in want or c.case_id in want or c.label in want]
-        if not cases:
-            raise FtAdvisorError("only", f"no case matches {sorted(want)}")
-    # 'auto' becomes the backend this machine has, so the id names what was really measured.
-    cases = [with_backend(c, resolve_backend(c.backend)) if c.backend == "auto" else c for c in cases]
+    cases = _select_cases(sw, backend, only)
     resolved = {c.case_id: c.backend for c in cases}
-    hw = hardware or sw.hardware
-    if hw == "auto":
-        hw = "cpu" if all(b != "cuda" for b in resolved.values()) else detect_hardware()
-    hw = resolve_hardware(hw).id
+    hw = _sweep_hardware(hardware or sw.hardware, resolved)
     root = Path(results_root) if results_root is not None else store.results_root()
     path = store.results_path(root, hw, sw.name)
-    done = store.completed_ids(path)
+    machine = store.machine_id()
+    # A first look (cheap); each case is checked again, under the file's lock, right before it runs.
+    done = store.completed_ids(path, machine=machine)
     todo = [c for c in cases if c.case_id not in done]
-    summary = SweepSummary(sweep=sw.name, hardware=hw, results_path=path, total=len(cases), skipped_done=len(cases) - len(todo))
+    summary = SweepSummary(sweep=sw.name, hardware=hw, results_path=path, total=len(cases), skipped_done=len(cases) - len(todo),
+                           machine=machine)
     if not todo:
         return summary
     env_info = environment()
     python = python or sys.executable
-    child_env = dict(os.environ)
-    child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
-    if jobs > 1 and "OMP_NUM_THREADS" not in child_env:
-        child_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-
+    child_env = _child_environment(jobs)
     bar = _Progress(len(todo), enabled=progress, console=console)
     workdir = Path(tempfile.mkdtemp(prefix="ftadvisor-sweep-"))
-    try:
-        def finish(case, status, measurement, error, wall, prediction, started):
-            rec = {
-                "case_id": case.case_id,
-                "sweep": sw.name,
-                "label": case.label,
-                "status": status,
-                "source": "calibrate",
-                "model": {"ref": case.model_ref, "config": case.config, "num_layers": case.num_layers},
-                "plan": case.plan,
-                "hardware": hw,
-                "backend": resolved[case.case_id],
-                "prediction": prediction,
-                "measurement": measurement,
-                "environment": env_info,
-                "error": error[-4000:] if error else None,
-                "started_at": started,
-                "wall_s": round(wall, 3),
-            }
-            store.append_result(root, hw, rec, sweep=sw.name)
-            oc = _outcome(case, status, wall, prediction, measurement, error)
-            summary.outcomes.append(oc)
-            bar.advance(oc)
-            if on_outcome:
-                on_outcome(oc)
+    import threading
 
-        if jobs <= 1:
-            for case in todo:
-                bk = resolved[case.case_id]
-                started = store.now_iso()
-                prediction = _safe_predict(case, hw)
-                reason = _skip_reason(case, bk)
-                if reason:
-                    finish(case, "skipped", None, reason, 0.0, prediction, started)
-                    continue
-                bar.start(case)
-                status, meas, err, wall = _run_child(case, bk, python, workdir, child_env, isolation)
-                finish(case, status, meas, err, wall, prediction, started)
-        else:
-            _run_parallel(todo, jobs, resolved, python, workdir, child_env, hw, bar, finish, isolation)
-    finally:
-        bar.close()
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
+    tlock = threading.Lock()  # the runner's own threads (jobs > 1): summary, progress, predictions
+    run = _SweepRun(sw=sw, hw=hw, resolved=resolved, root=root, path=path, machine=machine, summary=summary,
+                    env_info=env_info, python=python, child_env=child_env, isolation=isolation, bar=bar,
+                    workdir=workdir, tlock=tlock, on_outcome=on_outcome)
+    _run_cases(run, todo, jobs)
     return summary
 
 
@@ -460,40 +582,6 @@ def _safe_predict(case, hardware_id: str) -> dict[str, Any]:
         return predict(case, hardware_id)
     except FtAdvisorError as err:
         return {"error": str(err)}
-
-
-def _run_parallel(todo, jobs, resolved, python, workdir, env, hw, bar, finish, isolation):
-    """Run up to ``jobs`` cases at once; each is still its own subprocess with its own timeout."""
-    import threading
-
-    from ftadvisor.calibration import store
-
-    lock = threading.Lock()
-    pending = list(todo)
-
-    def worker():
-        while True:
-            with lock:
-                if not pending:
-                    return
-                case = pending.pop(0)
-                started = store.now_iso()
-                prediction = _safe_predict(case, hw)
-                bk = resolved[case.case_id]
-                reason = _skip_reason(case, bk)
-                if reason:
-                    finish(case, "skipped", None, reason, 0.0, prediction, started)
-                    continue
-                bar.start(case)
-            status, meas, err, wall = _run_child(case, bk, python, workdir, env, isolation)
-            with lock:
-                finish(case, status, meas, err, wall, prediction, started)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 class _Progress:
@@ -526,6 +614,14 @@ class _Progress:
     def start(self, case) -> None:
         if self.progress is not None:
             self.progress.update(self.task, description=f"{case.plan['technique']:<10} {case.label[:48]}")
+
+    def elsewhere(self, case) -> None:
+        """A case another process recorded meanwhile: counted, not run."""
+        if self.progress is None:
+            return
+        self.progress.console.print(f"[dim]{'recorded':<8} {case.plan['technique']:<10} by another run meanwhile  "
+                                    f"{case.label[:40]}[/]")
+        self.progress.advance(self.task)
 
     def advance(self, oc: CaseOutcome) -> None:
         if self.progress is None:

@@ -4,9 +4,9 @@ A technique name is ``objective+method`` (``dpo+qlora``), or just one part: a me
 with the SFT objective (``lora`` = ``sft+lora``), an objective alone trains the whole model
 (``dpo`` = ``dpo+full``).
 
-- A **method** (``full``, ``lora``/``qlora``/``dora``, ``adapter``, ``half_ft``, ``lamini``,
-  ``moe``) says what is trained, what it adds and how the frozen base is stored.
-- An **objective** (``sft``, ``dpo``, ``orpo``, ``ppo``, ``grpo``) says which models are resident,
+- A **method** (``full``, ``lora``/``qlora``/``dora``, ``ia3``, ``adapter``, ``half_ft``,
+  ``lamini``, ``moe``) says what is trained, what it adds and how the frozen base is stored.
+- An **objective** (``sft``, ``dpo``, ``orpo``, ``kto``, ``ppo``, ``grpo``) says which models are resident,
   how many sequences one example becomes, whether there is a generation phase and the run shape.
 
 The protocol is in :mod:`ftadvisor.techniques.base`. This module is the single registry:
@@ -20,11 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftadvisor.errors import FtAdvisorError
-from ftadvisor.techniques import adapter, dpo, full, grpo, half_ft, lamini, lora, moe, orpo, ppo, sft
+from ftadvisor.techniques import adapter, dpo, full, grpo, half_ft, ia3, kto, lamini, lora, moe, orpo, ppo, sft
 from ftadvisor.techniques.base import Added, Method, Objective, Op
 
-_METHOD_MODULES = (full, lora, adapter, half_ft, lamini, moe)
-_OBJECTIVE_MODULES = (sft, dpo, orpo, ppo, grpo)
+_METHOD_MODULES = (full, lora, ia3, adapter, half_ft, lamini, moe)
+_OBJECTIVE_MODULES = (sft, dpo, orpo, kto, ppo, grpo)
 
 
 def _declared(modules, one: str, many: str) -> list:

@@ -220,10 +220,17 @@ class Objective:
     """Sequences generated and scored at a time; None: the whole generation batch at once."""
     nograd_passes_per_step: ClassVar[int] = 0
     """No-grad forwards per micro-batch besides the reference (PPO: policy log-probs, value, reward)."""
+    reference_passes_per_step: ClassVar[int] = 1
+    """No-grad forwards of the reference model per micro-batch, when it is used (KTO: 2)."""
+    min_micro_batch: ClassVar[int] = 1
+    """Smallest micro-batch the trainer accepts (KTO estimates its KL term within the micro-batch)."""
     sft_loss: ClassVar[bool] = False
     """The loss is plain next-token cross-entropy (trl's chunked SFT loss applies)."""
     full_sequence_logits: ClassVar[bool] = False
     """The training forward materialises logits over the whole sequence, not only the completion."""
+    gathers_log_probs: ClassVar[bool] = False
+    """The loss gathers each token's log-prob over the vocabulary with trl's selective_log_softmax
+    (trl/trainer/utils.py) on the model's logits (DPO, ORPO, KTO)."""
     extra_logit_bytes: ClassVar[float] = 0.0
     """Bytes per logit of the chosen half beyond the log-prob gather's (ORPO's NLL log-softmax)."""
     multiple_completions_field: ClassVar[str | None] = None
@@ -254,7 +261,7 @@ class Objective:
 
     def nograd_passes(self, plan) -> int:
         """No-grad forwards per micro-batch: the reference's plus the objective's own."""
-        return (1 if self.uses_reference(plan) else 0) + self.nograd_passes_per_step
+        return (self.reference_passes_per_step if self.uses_reference(plan) else 0) + self.nograd_passes_per_step
 
     def completions_per_prompt(self, plan) -> int:
         return getattr(plan, self.multiple_completions_field) if self.multiple_completions_field else 1

@@ -18,6 +18,7 @@ class DPO(AlignmentObjective):
     data_kind = "preference"
     recommend_data_kinds = ("preference",)
     default_learning_rate = 1e-6  # trl DPOConfig learning_rate
+    gathers_log_probs = True
     sequences_per_example = 2
     reference = "always"
     precompute_reference = True

@@ -18,6 +18,7 @@ class ORPO(AlignmentObjective):
     recommend_data_kinds = ("preference",)
     prompt_bos = "prepend"
     default_learning_rate = 8e-6  # trl ORPOConfig learning_rate
+    gathers_log_probs = True
     sequences_per_example = 2
     # ORPO's NLL term: a cross-entropy over the chosen half, its fp32 log-softmax (trl ORPOTrainer)
     extra_logit_bytes = 4.0

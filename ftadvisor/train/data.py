@@ -3,24 +3,26 @@ synthetic records of the planned shape (for calibration and dry runs).
 
 Accepted record formats (a list of dicts, all records in one format):
 
-=================  ===============================================  ==========================
-format             fields                                           used by
-=================  ===============================================  ==========================
-messages           ``messages``: [{role, content}, ...]             sft; rl (prompt = all but the last assistant turn)
-prompt_completion  ``prompt``, ``completion``                       sft
-text               ``text`` (continued pretraining)                 sft
-tokens             ``input_ids`` (pre-tokenized; optional labels)   sft (synthetic data uses it)
-preference         ``prompt``, ``chosen``, ``rejected``             dpo, orpo
-prompt             ``prompt`` (+ optional ``answer``)               ppo, grpo
-qa                 ``question``, ``answer`` (facts)                 sft as prompt/completion (Lamini memory tuning),
-                                                                    rl as prompt + answer
-=================  ===============================================  ==========================
+===================  ==============================================  ======================================================================
+format               fields                                          used by
+===================  ==============================================  ======================================================================
+messages             ``messages``: [{role, content}, ...]            sft; rl (prompt = all but the last assistant turn)
+prompt_completion    ``prompt``, ``completion``                      sft
+text                 ``text`` (continued pretraining)                sft
+tokens               ``input_ids`` (pre-tokenized; optional labels)  sft (synthetic data uses it)
+preference           ``prompt``, ``chosen``, ``rejected``            dpo, orpo; kto (each pair split in two)
+unpaired_preference  ``prompt``, ``completion``, ``label`` (bool)    kto
+prompt               ``prompt`` (+ optional ``answer``)              ppo, grpo
+qa                   ``question``, ``answer`` (facts)                sft as prompt/completion (Lamini memory tuning), rl as prompt + answer
+===================  ==============================================  ======================================================================
 
 Synthetic shapes (what the memory model counts, ``ftadvisor/memory.py``):
 - sft: ``input_ids`` of exactly ``seq_len`` tokens;
 - dpo/orpo: prompt of ``seq_len // 2`` tokens, chosen and rejected of ``seq_len - seq_len // 2``
   tokens each (the special tokens the trainer adds included: BOS in front of the prompt where it
   adds one, EOS after each answer), so each of the two sequences is ``seq_len`` long;
+- kto: prompt of ``seq_len // 2`` tokens, completion of ``seq_len - seq_len // 2`` (EOS included),
+  labels alternating desirable / undesirable;
 - ppo/grpo: prompts of ``seq_len - rl_max_new_tokens`` tokens; the trainer generates
   ``rl_max_new_tokens`` more.
 Text for the text-based trainers is built from vocabulary entries that re-tokenize to exactly one
@@ -35,7 +37,7 @@ from typing import Any
 from ftadvisor.errors import FtAdvisorError
 from ftadvisor.techniques import OBJECTIVES
 
-FORMATS = ("messages", "prompt_completion", "text", "tokens", "preference", "prompt", "qa")
+FORMATS = ("messages", "prompt_completion", "text", "tokens", "preference", "unpaired_preference", "prompt", "qa")
 
 # The formats each objective trains on, as its declaration in ftadvisor/techniques/ states them.
 ACCEPTS: dict[str, tuple[str, ...]] = {name: o.data_formats for name, o in OBJECTIVES.items()}
@@ -54,6 +56,8 @@ def detect_format(records: list[dict[str, Any]]) -> str:
             return "messages"
         if {"prompt", "chosen", "rejected"} <= k:
             return "preference"
+        if {"prompt", "completion", "label"} <= k:
+            return "unpaired_preference"
         if {"prompt", "completion"} <= k:
             return "prompt_completion"
         if "input_ids" in k:
@@ -98,6 +102,11 @@ def convert(records: list[dict[str, Any]], objective: str) -> list[dict[str, Any
         return [{k: r[k] for k in ("input_ids", "labels") if k in r} for r in records]
     if kind == "preference":
         return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in records]
+    if kind == "unpaired_preference":
+        if fmt == "preference":  # a pair is one desirable and one undesirable example
+            return [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+                    for r in records for side in ("chosen", "rejected")]
+        return [{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])} for r in records]
     # RL: prompts (+ answer where known, for the exact_match reward).
     out = []
     for r in records:
@@ -179,6 +188,19 @@ def synthetic_records(objective: str, plan, tokenizer, n: int, seed: int = 0) ->
         ids = [i for i in range(len(tokenizer)) if i not in special]
         return [{"input_ids": [rng.choice(ids) for _ in range(L)]} for _ in range(n)]
     pool = word_pool(tokenizer)
+    if kind == "unpaired_preference":
+        if L < 3:
+            raise FtAdvisorError("seq_len", f"{objective} needs at least 3 tokens (prompt + answer)")
+        p_len = L // 2 - _prompt_specials(objective, tokenizer)
+        c_len = L - L // 2 - 1  # the trainer appends the end-of-sequence token
+        return [
+            {
+                "prompt": text_of_tokens(tokenizer, pool, p_len, rng),
+                "completion": text_of_tokens(tokenizer, pool, c_len, rng),
+                "label": i % 2 == 0,
+            }
+            for i in range(n)
+        ]
     if kind == "preference":
         if L < 4:
             raise FtAdvisorError("seq_len", f"{objective} needs at least 4 tokens (prompt + two answers)")

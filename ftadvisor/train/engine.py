@@ -21,6 +21,7 @@ Precision (matching ``ftadvisor/memory.py`` ``Layout``):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -63,7 +64,7 @@ class TrainJob:
     save_steps: int | None = None
     """Checkpoint every N steps (None: only the final save)."""
     resume: bool = False
-    """Resume from the last checkpoint in output_dir."""
+    """Resume from the newest complete checkpoint in output_dir (see :func:`checkpoint_dirs`)."""
     trust_remote_code: bool = False
     device: str = "auto"
     """'auto' (cuda when available), 'cuda', 'cuda:N' or 'cpu'."""
@@ -125,7 +126,18 @@ class Session:
     """Directory or hub id the weights came from (None for random init)."""
     _base_dir: str | None = None
 
-    # The extra models an objective's trainer hook may ask for (PPO), built by this engine.
+    # What an objective's trainer hook may ask the engine for: its reference model, its records
+    # as a datasets.Dataset, the extra models PPO trains or scores with.
+    def reference_model(self, needed: bool, precomputed: bool = False):
+        from ftadvisor.train.techniques import reference_model
+
+        return reference_model(self, needed, precomputed)
+
+    def dataset(self, records: list):
+        from datasets import Dataset
+
+        return Dataset.from_list(records)
+
     def build_value_model(self):
         return build_value_model(self)
 
@@ -407,6 +419,10 @@ def count_trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+# Name prefixes of the parameters peft's tuners add (peft LoraLayer.prefix "lora_", IA3Layer "ia3_").
+PEFT_TUNER_PREFIXES = ("lora_", "ia3_")
+
+
 def count_base(model) -> int:
     """Base-model parameters (adapters and our modules excluded; 4-bit weights unpacked)."""
     from ftadvisor.train.modules import PREFIX
@@ -414,7 +430,7 @@ def count_base(model) -> int:
     n = 0
     seen = set()
     for name, p in model.named_parameters():
-        if id(p) in seen or "lora_" in name or PREFIX in name or "modules_to_save" in name:
+        if id(p) in seen or any(t in name for t in PEFT_TUNER_PREFIXES) or PREFIX in name or "modules_to_save" in name:
             continue
         seen.add(id(p))
         qs = getattr(p, "quant_state", None)
@@ -558,6 +574,7 @@ def build(job: TrainJob) -> Session:
     finally:
         if own_on_quantized:
             del model._hf_peft_config_loaded
+    _freeze_reference_adapter(session.model)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for cb in (PrinterCallback, ProgressCallback):
@@ -572,6 +589,15 @@ def build(job: TrainJob) -> Session:
         session.trainable_params += count_trainable(value)
     session.total_params = count_base(session.model)
     return session
+
+
+def _freeze_reference_adapter(model) -> None:
+    """trl's preference trainers copy a peft policy's adapter as a "ref" adapter and freeze the
+    parameters whose name holds ".ref." (trl/trainer/dpo_trainer.py, kto_trainer.py); (IA)^3's end in
+    "ia3_l.ref" and stayed trainable (never stepped: no gradient reaches them)."""
+    for name, p in model.named_parameters():
+        if name.endswith(".ref") or ".ref." in name:
+            p.requires_grad_(False)
 
 
 def _records(session: Session) -> list[dict]:
@@ -816,11 +842,13 @@ def run(session: Session, callbacks=()) -> RunResult:
         torch.cuda.reset_peak_memory_stats()
     resume = None
     if session.job.resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(session.output_dir) if Path(session.output_dir).is_dir() else None
-        if resume is None:
-            raise FtAdvisorError("resume", f"no checkpoint found in {session.output_dir}")
+        # the newest checkpoint whose save finished; cut-off saves are skipped (see checkpoint_dirs)
+        complete, incomplete = checkpoint_dirs(session.output_dir)
+        if not complete:
+            skipped = f" (incomplete, skipped: {', '.join(p.name for p in incomplete)})" if incomplete else ""
+            raise FtAdvisorError("resume", f"no complete checkpoint found in {session.output_dir}{skipped}")
+        resume = str(complete[-1])
+    guard_checkpoint_saves(trainer)
     fp_start = param_fingerprint(_trainable(session))
     t0 = time.perf_counter()
     result = None
@@ -868,6 +896,169 @@ def run(session: Session, callbacks=()) -> RunResult:
             log.close(result)
 
 
+# --- checkpoints ----------------------------------------------------------------------------
+
+CHECKPOINT_COMPLETE = "ftadvisor_complete.json"
+"""Written into ``checkpoint-N/`` (atomically, last) once every file of that checkpoint is on disk.
+A checkpoint directory without it is a save that was cut off (killed, disk full) and is never
+resumed from."""
+
+# errno values that mean "the storage refused the write": the user's to fix, not a crash
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+# how libraries word those when they do not raise OSError (safetensors' Rust "os error N", C stdio)
+_STORAGE_WORDS = (("no space left on device", errno.ENOSPC), ("os error 28", errno.ENOSPC),
+                  ("disk quota exceeded", errno.EDQUOT), ("os error 122", errno.EDQUOT),
+                  ("read-only file system", errno.EROFS), ("os error 30", errno.EROFS),
+                  ("permission denied", errno.EACCES), ("os error 13", errno.EACCES))
+
+
+def storage_errno(err: BaseException | None) -> int | None:
+    """The errno of a refused write (disk full, quota, permission, read-only) behind ``err`` -- an
+    OSError, or a library error that wraps or words one -- or None for any other failure."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            return err.errno
+        text = str(err).lower()
+        for words, code in _STORAGE_WORDS:
+            if words in text:
+                return code
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith("checkpoint-") or not path.is_dir():
+        return None
+    tail = name[len("checkpoint-"):]
+    return int(tail) if tail.isdigit() else None
+
+
+def checkpoint_dirs(output_dir: str | os.PathLike | None) -> tuple[list[Path], list[Path]]:
+    """(complete, incomplete) ``checkpoint-N`` directories under ``output_dir``, each oldest first.
+
+    Complete means the completion marker is there: the HF Trainer writes a checkpoint file by file
+    straight into its final name, so a directory alone proves nothing."""
+    complete: list[tuple[int, Path]] = []
+    incomplete: list[tuple[int, Path]] = []
+    root = Path(output_dir) if output_dir else None
+    if root is None or not root.is_dir():
+        return [], []
+    for path in root.iterdir():
+        step = _checkpoint_step(path)
+        if step is None:
+            continue
+        (complete if (path / CHECKPOINT_COMPLETE).is_file() else incomplete).append((step, path))
+    return [p for _, p in sorted(complete)], [p for _, p in sorted(incomplete)]
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` to the disk, so that the marker never outlives the data
+    (a crash of the machine after the marker is written must not leave a marked, empty file)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def mark_checkpoint_complete(folder: str | os.PathLike, step: int) -> Path:
+    """Flush ``folder`` and write its completion marker under a temporary name, then rename it
+    (rename within a directory is atomic: the marker is either absent or whole)."""
+    folder = Path(folder)
+    _fsync_tree(folder)
+    tmp = folder / f".{CHECKPOINT_COMPLETE}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"step": int(step), "time": time.time()}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    marker = folder / CHECKPOINT_COMPLETE
+    os.replace(tmp, marker)
+    _fsync_dir(folder)
+    return marker
+
+
+def _low_disk(path: Path, limit: int = 64 * 2**20) -> bool:
+    """Whether the file system holding ``path`` has less than ``limit`` bytes free."""
+    import shutil
+
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return shutil.disk_usage(p).free < limit
+            except OSError:
+                return False
+    return False
+
+
+def guard_checkpoint_saves(trainer) -> None:
+    """Make the trainer's checkpoint saves all-or-nothing.
+
+    Wraps this trainer's ``_save_checkpoint`` (transformers ``Trainer``; every trl trainer we build
+    inherits it): a leftover directory at the same step is cleared first, the marker is written
+    only after every process has finished its part, and a save that fails (disk full, permission,
+    killed) removes its partial directory, so that no later resume can pick it. A refused write
+    is raised as an OSError with its errno, however the library worded it."""
+    if getattr(trainer, "_ftadvisor_guarded", False):
+        return
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    original = trainer._save_checkpoint
+
+    def save_checkpoint(model, trial, *args, **kwargs):
+        step = int(trainer.state.global_step)
+        folder = Path(trainer._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        writer = trainer.args.should_save
+        if writer and folder.exists():
+            import shutil
+
+            marker = folder / CHECKPOINT_COMPLETE
+            if marker.is_file():
+                marker.unlink()  # being rewritten: no longer complete until the new marker
+            else:
+                shutil.rmtree(folder)  # a cut-off save at this step: never mix its files with new ones
+        trainer.accelerator.wait_for_everyone()  # no process writes into the folder before it is clear
+        try:
+            original(model, trial, *args, **kwargs)
+            trainer.accelerator.wait_for_everyone()  # every process has written its shards
+            if writer:
+                mark_checkpoint_complete(folder, step)
+        except BaseException as err:
+            code = storage_errno(err)
+            # torch.save words a full disk as "PytorchStreamWriter failed writing file ...: file write
+            # failed" without an errno: call that a full disk when (almost) no space is left
+            if code is None and isinstance(err, RuntimeError) and "write failed" in str(err) and _low_disk(folder):
+                code = errno.ENOSPC
+            if writer and folder.exists():
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+            if code is not None and not isinstance(err, OSError):
+                raise OSError(code, os.strerror(code), str(folder)) from err
+            raise
+
+    trainer._save_checkpoint = save_checkpoint
+    trainer._ftadvisor_guarded = True
+
+
 # --- saving and loading ---------------------------------------------------------------------
 
 
@@ -884,10 +1075,23 @@ def save(session: Session, out_dir: str | None = None) -> str:
     out = Path(out_dir or session.output_dir) / "final"
     out.mkdir(parents=True, exist_ok=True)
     model = session.model
+    pissa_init = getattr(model, "_ftadvisor_pissa_init", None)
     if mods.module_spec(model) is not None:
         state = {k: v for k, v in model.state_dict().items() if mods.PREFIX not in k}
         model.save_pretrained(out, state_dict=state)
         mods.save_modules(model, out)
+    elif pissa_init is not None and session.weights_source is not None:
+        # the adapter as plain LoRA of the checkpoint trained on (see train.techniques.keep_initial_adapter)
+        model.save_pretrained(out, path_initial_model_for_weight_conversion=pissa_init)
+    elif pissa_init is not None:
+        # a random-init base is saved below as the residual it became: the adapter fits it as it
+        # is, marked as initialised (peft would otherwise run the PiSSA SVD again when loading)
+        cfg = model.peft_config["default"]
+        cfg.init_lora_weights, init = True, cfg.init_lora_weights
+        try:
+            model.save_pretrained(out)
+        finally:
+            cfg.init_lora_weights = init
     else:
         model.save_pretrained(out)
     session.tokenizer.save_pretrained(out)
@@ -922,7 +1126,8 @@ def _save_unadapted_base(peft_model, base_dir: Path) -> None:
     """Write the frozen base weights of a peft model (adapter tensors dropped, peft's
     ``base_layer`` names folded back) as a Hugging Face model dir."""
     inner = peft_model.get_base_model()
-    state = {k.replace(".base_layer.", "."): v for k, v in inner.state_dict().items() if "lora_" not in k}
+    state = {k.replace(".base_layer.", "."): v for k, v in inner.state_dict().items()
+             if not any(t in k for t in PEFT_TUNER_PREFIXES)}
     inner.save_pretrained(base_dir, state_dict=state)
 
 

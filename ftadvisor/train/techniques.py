@@ -186,13 +186,31 @@ def apply_lora(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
         lora_dropout=plan.lora_dropout,
         target_modules=lora_target_names(ctx),
         use_dora=ctx.technique.method.dora,
+        # plan.lora_init -> peft init_lora_weights: True (Kaiming A, zero B), "gaussian", "pissa",
+        # "pissa_niter_N" (PiSSA, Meng et al. 2024: the base keeps W - A0 B0)
+        init_lora_weights=True if plan.lora_init == "default" else plan.lora_init,
         bias="none",
         task_type="CAUSAL_LM" if wrap else None,
     )
     if wrap:
-        return get_peft_model(model, cfg)
+        model = get_peft_model(model, cfg)
+        if plan.lora_init.startswith("pissa"):
+            keep_initial_adapter(model)
+        return model
     _freeze_all(model)
     return inject_adapter_in_model(cfg, model)
+
+
+def keep_initial_adapter(model) -> None:
+    """PiSSA rewrites each adapted base weight as its residual W - A0 B0. An adapter trained from
+    there only fits that residual, so save() converts it into a plain LoRA adapter of the original
+    base (rank 2r: B A - B0 A0), peft's documented route ("path_initial_model_for_weight_conversion"),
+    which needs the initial adapter: written now, before any step, to a temp dir."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="ftadvisor-pissa-init-")
+    model.save_pretrained(path)
+    model._ftadvisor_pissa_init = path
 
 
 def apply_adapter(model: nn.Module, ctx: Context, wrap: bool = True) -> nn.Module:
@@ -279,6 +297,16 @@ def frozen_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         if p.is_floating_point():
             p.data = p.data.to(dtype)
     return ref.eval()
+
+
+def reference_model(session, needed: bool, precomputed: bool = False) -> nn.Module | None:
+    """The ``ref_model`` a preference trainer (DPO, KTO) gets. With precomputed reference log-probs
+    trl computes them once with the policy when no reference is given: ours must be switched off
+    for that pass, so our own modules get a view without them."""
+    ref = reference_for(session, needed)
+    if ref is None and precomputed and session.technique.method.own_modules:
+        ref = DisabledModulesView(session.model)
+    return ref
 
 
 def reference_for(session, needed: bool) -> nn.Module | None:
@@ -403,16 +431,13 @@ def train_dpo(session, records, common):
 
     plan = session.plan
     args = DPOConfig(**common, max_length=plan.seq_len, precompute_ref_log_probs=plan.dpo_precompute_ref)
-    ref = reference_for(session, needed=not plan.dpo_precompute_ref)
-    if ref is None and plan.dpo_precompute_ref and session.technique.method.own_modules:
-        # trl precomputes with the policy when no reference is given; ours must be switched off.
-        ref = DisabledModulesView(session.model)
+    ref = session.reference_model(needed=not plan.dpo_precompute_ref, precomputed=plan.dpo_precompute_ref)
     session.extra_models["reference"] = ref
     return DPOTrainer(
         model=session.model,
         ref_model=ref,
         args=args,
-        train_dataset=_dataset(records),
+        train_dataset=session.dataset(records),
         processing_class=session.tokenizer,
     )
 

@@ -24,7 +24,10 @@ def from_recommendation(rec: Any) -> Advice:
     rows = [PlanRow(f"p{i}", rp.rank, rp.plan, rp.estimate, tuple(rp.reasons)) for i, rp in enumerate(rec.plans)]
     rows += [PlanRow(f"r{i}", None, rp.plan, rp.estimate, tuple(rp.reasons), rejected=True)
              for i, rp in enumerate(rec.rejected)]
-    notes = list(getattr(rec, "notes", ()))
+    # a note the recommender also gave as a plan's reason (padding against tokens/s) shows in that
+    # plan's detail pane only, so the line above the table stays short
+    reasons = {r for rp in rec.plans for r in rp.reasons}
+    notes = [n for n in getattr(rec, "notes", ()) if n not in reasons]
     if not rec.plans:
         notes.append("nothing fits: the greyed rows say what would make each one fit")
     return Advice(rows, notes)
@@ -42,10 +45,11 @@ def reestimate(state: WizardState, row: PlanRow, fields: dict[str, Any]) -> Plan
     """``row``'s plan with ``fields`` changed, estimated again (raises FtAdvisorError for bad values):
     memory, speed, time, cost and quality through the recommender's own per-plan evaluation."""
     from ftadvisor.estimator import estimate
-    from ftadvisor.recommend import evaluate_plan
+    from ftadvisor.recommend import evaluate_plan, fits_card
 
     est = estimate(state.model, state.hardware, row.plan.technique, plan=row.plan, **fields)
     per_plan = ("goal", "examples", "avg_tokens", "dataset_tokens", "epochs", "hourly_price_usd")
     kw = {k: v for k, v in state.recommend_kwargs().items() if k in per_plan}
     est = evaluate_plan(state.model, state.hardware, est.plan, **kw)
-    return PlanRow(row.key, row.rank, est.plan, est, row.reasons, rejected=not est.fits, edited=True)
+    # the recommender's meaning of "fits" (the card less MEMORY_HEADROOM), not the bare card
+    return PlanRow(row.key, row.rank, est.plan, est, row.reasons, rejected=not fits_card(est), edited=True)

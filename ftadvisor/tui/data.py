@@ -22,6 +22,7 @@ CHARS_PER_TOKEN = 4.0
 KIND_BY_FIELD = (
     ("messages", "chat"),
     ("chosen", "preference"),
+    ("label", "feedback"),
     ("completion", "chat"),
     ("question", "facts"),
     ("text", "text"),

@@ -50,12 +50,14 @@ def rate(tokens_per_s: float | None) -> str:
 
 
 def duration(hours: float | None) -> str:
-    """Hours as the most readable unit: ``40 s``, ``12 min``, ``3.5 h``, ``4.2 d``."""
+    """Hours as the most readable unit: ``40 s``, ``3.4 min``, ``12 min``, ``3.5 h``, ``4.2 d``."""
     if hours is None:
         return "-"
     seconds = hours * 3600
     if seconds < 90:
         return f"{seconds:.0f} s"
+    if seconds < 10 * 60:
+        return f"{seconds / 60:.1f} min"  # a tenth of a minute still tells short plans apart
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     if hours < 48:
@@ -64,12 +66,12 @@ def duration(hours: float | None) -> str:
 
 
 def money(usd: float | None) -> str:
-    """US dollars: ``$0.42``, ``$12``, ``$1,234``; ``-`` when unknown."""
+    """US dollars: cents below $100 (``$0.42``, ``$12.34``), whole dollars above (``$1,234``); ``-`` when unknown."""
     if usd is None:
         return "-"
     if 0 < usd < 0.005:
         return "<$0.01"
-    if usd < 10:
+    if usd < 100:
         return f"${usd:.2f}"
     return f"${usd:,.0f}"
 

@@ -17,7 +17,7 @@ GOALS: dict[str, str] = {
     "rl": "reinforcement learning from a reward",
     "facts": "memorise a fixed set of facts",
 }
-DATA_KINDS = ("chat", "preference", "text", "facts", "prompts")
+DATA_KINDS = ("chat", "preference", "feedback", "text", "facts", "prompts")
 
 
 @dataclass

@@ -142,8 +142,11 @@ class PlansScreen(WizardScreen):
         if row is None:
             errors.show("no plan selected")
             return
-        if not row.estimate.fits:
-            errors.show(f"{row.estimate.technique} does not fit this card; turn the knobs or pick a plan that fits")
+        from ftadvisor.recommend import MEMORY_HEADROOM, fits_card
+
+        if not fits_card(row.estimate):
+            errors.show(f"{row.estimate.technique} does not fit this card with {MEMORY_HEADROOM:.0%} kept free; "
+                        "turn the knobs or pick a plan that fits")
             return
         errors.clear()
         self.app.confirm_launch(row)

@@ -17,6 +17,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Checkbox, DataTable, Input, Label, Select, Static
 
+from ftadvisor.recommend import MEMORY_HEADROOM, fits_card
 from ftadvisor.schema import Estimate, Optimizer, Sharding, TrainingPlan
 from ftadvisor.tui.format import capacity_bar, count, duration, money, rate, size, stacked_bar
 
@@ -63,6 +64,17 @@ def quality_text(q: Any) -> str:
     return f"{rel:.2f} ({low:.2f}–{high:.2f})"
 
 
+def quality_cell(q: Any) -> Text:
+    """The table's quality cell, ``1.00 0.86–1.17``, marked ``weak`` when thin evidence is behind it
+    (the recommender never ranks such a plan above a better-evidenced one of at least its quality);
+    no parentheses, so the marked cell still fits an 80-column table."""
+    rel, low, high = _attr(q, "relative_to_full"), _attr(q, "low"), _attr(q, "high")
+    cell = Text(f"{rel:.2f} {low:.2f}–{high:.2f}" if None not in (rel, low, high) else quality_text(q))
+    if _attr(q, "evidence_strength") == "weak":
+        cell.append(" weak", style="yellow")
+    return cell
+
+
 def citation_text(src: Any) -> str:
     """One quality source as a line: ``paper — where: figure``."""
     source, where, figure = _attr(src, "source"), _attr(src, "where"), _attr(src, "figure")
@@ -85,7 +97,7 @@ class PlanRow:
 
     @property
     def fits(self) -> bool:
-        return self.estimate.fits and not self.rejected
+        return fits_card(self.estimate) and not self.rejected
 
 
 class PlanTable(DataTable):
@@ -110,12 +122,13 @@ class PlanTable(DataTable):
         est = row.estimate
         m = est.memory
         speed, tc, q = _attr(est, "speed"), _attr(est, "time_cost"), _attr(est, "quality")
-        bar = capacity_bar(m.device_total_bytes, capacity, 5)
+        bar = capacity_bar(m.device_total_bytes, capacity, 4)  # 4 cells: room for a "weak" mark at 80 columns
         bar.append(f"{size(m.device_total_bytes):>9}")
-        if row.rejected and est.fits:
+        fits_here = fits_card(est)  # the recommender's meaning: within the card less the headroom
+        if row.rejected and fits_here:
             fits = Text("budget", style="yellow")  # fits in memory but breaks a time or money budget
         else:
-            fits = Text("yes", style="green") if est.fits else Text("no", style="red")
+            fits = Text("yes", style="green") if fits_here else Text("no", style="red")
         cells = [
             Text("-" if row.rank is None else str(row.rank), justify="right"),
             Text(est.technique + (" *" if row.edited else "")),
@@ -124,7 +137,7 @@ class PlanTable(DataTable):
             Text(rate(_attr(speed, "tokens_per_second_total")), justify="right"),
             Text(duration(_attr(tc, "wall_clock_hours")), justify="right"),
             Text(money(_attr(tc, "cost_usd")), justify="right"),
-            Text(quality_text(q)),
+            quality_cell(q),
         ]
         if row.rejected:
             for c in cells:
@@ -384,14 +397,16 @@ class PlanDetail(VerticalScroll):
         head.append(est.technique, style="bold")
         head.append(" (edited)" if row.edited else "", style="italic")
         head.append("  ")
-        if est.fits:
+        if fits_card(est):
             head.append("fits", style="bold green")
+        elif est.fits:
+            head.append(f"does not fit with {MEMORY_HEADROOM:.0%} kept free", style="bold red")
         else:
             head.append("does not fit", style="bold red")
         pct = m.device_total_bytes / capacity * 100 if capacity else 0
         head.append(f": {size(m.device_total_bytes)} of {size(capacity)} per GPU ({pct:.0f}%) on {hardware_name}, "
                     f"peak at {m.peak_phase.replace('_', ' ')}; {count(est.trainable_params)} trainable")
-        if row.rejected and est.fits:
+        if row.rejected and fits_card(est):
             head.append("  over budget", style="yellow")
         self.query_one("#detail-head", Static).update(head)
         parts = memory_parts(est)
