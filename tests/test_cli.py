@@ -116,3 +116,11 @@ def test_capacity_command_matches_the_api():
     # batch and sequence are reported at the fewest GPUs that fit, not at one GPU where nothing fits
     assert d["min_gpus"] > 8 and d["sharding"] in ("zero3", "fsdp")
     assert d["at"] == {"num_gpus": d["min_gpus"], "sharding": d["sharding"]} and d["max_micro_batch_size"] >= 1
+
+def test_python_dash_m_runs_the_same_command_line():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ftadvisor", "estimate", "-t", "nonsense"], capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "technique" in out.stderr, out.stderr
