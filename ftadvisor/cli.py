@@ -204,9 +204,13 @@ def _estimate_table(mp, hw, results: list):
     from rich.table import Table
 
     first = results[0]
+    # a technique whose trainer needs more per micro-batch (KTO: 2) runs at its own minimum
+    own = sorted({f"{r.plan.technique} {r.plan.micro_batch_size}" for r in results
+                  if r.plan.micro_batch_size != first.plan.micro_batch_size})
     title = (
         f"{mp.name} ({first.total_params / 1e9:.2f}B) on {first.plan.num_gpus}× {hw.name}\n"
-        f"seq {first.plan.seq_len}, micro-batch {first.plan.micro_batch_size}, {first.plan.precision}, "
+        f"seq {first.plan.seq_len}, micro-batch {first.plan.micro_batch_size}"
+        f"{' (' + ', '.join(own) + ')' if own else ''}, {first.plan.precision}, "
         f"sharding {first.plan.sharding}, checkpointing {'on' if first.plan.gradient_checkpointing else 'off'}\n"
         "GiB = device total per GPU (what nvidia-smi shows)"
     )

@@ -124,3 +124,11 @@ def test_python_dash_m_runs_the_same_command_line():
     out = subprocess.run([sys.executable, "-m", "ftadvisor", "estimate", "-t", "nonsense"], capture_output=True,
                          text=True)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "technique" in out.stderr, out.stderr
+
+
+def test_estimate_header_names_a_technique_that_runs_at_its_own_micro_batch():
+    # KTO's trainer needs two sequences per micro-batch (the KL term pairs neighbours): its rows run at
+    # 2 while the shared plan says 1, and the header says so
+    out = run("estimate", "-m", "llama-3.2-1b", "-g", "h100", "-t", "lora,kto+lora")
+    assert out.returncode == 0, out.stderr
+    assert "micro-batch 1 (kto+lora 2)" in " ".join(out.stdout.split())
