@@ -12,3 +12,16 @@ LLAMA31_8B = dict(
     num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False, max_position_embeddings=131072,
     rms_norm_eps=1e-5, hidden_act="silu", attention_bias=False, mlp_bias=False,
 )
+
+
+def append_synthetic(root, case_id: str, tech: str, static: float, act: float, ovh: float, meas: float) -> None:
+    """One ok cpu record whose prediction splits into static, activation and overhead bytes, and
+    whose measured peak is ``meas`` (synthetic data for the fit tests)."""
+    from ftadvisor.calibration import store
+
+    pred = {"memory": {"weights_bytes": int(static), "activations_bytes": int(act),
+                       "quantization_workspace_bytes": int(ovh), "peak_allocated_bytes": int(static + act + ovh),
+                       "peak_phase": "forward_backward"}}
+    store.append_result(root, "cpu", {"case_id": case_id, "sweep": "syn", "status": "ok", "backend": "cpu",
+                                      "plan": {"technique": tech}, "prediction": pred,
+                                      "measurement": {"peak_allocated_bytes": int(meas)}})

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from ftadvisor.errors import FtAdvisorError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, append_synthetic
 
 MIB = 2**20
 SWEEPS = sorted((ROOT / "calibration" / "sweeps").glob("*.yaml"))
@@ -290,12 +290,7 @@ def _synthetic_results(root: Path, a: dict, b: float, g: float) -> None:
     for tech, scale in a.items():
         for static, act, ovh in ((100e6, 20e6, 4e6), (300e6, 50e6, 1e6), (50e6, 80e6, 8e6), (1e9, 10e6, 2e6)):
             meas = static + scale * act + b * ovh + g
-            pred = {"memory": {"weights_bytes": int(static), "activations_bytes": int(act),
-                               "quantization_workspace_bytes": int(ovh), "peak_allocated_bytes": int(static + act + ovh),
-                               "peak_phase": "forward_backward"}}
-            store.append_result(root, "cpu", {"case_id": f"c{i}", "sweep": "syn", "status": "ok", "backend": "cpu",
-                                              "plan": {"technique": tech}, "prediction": pred,
-                                              "measurement": {"peak_allocated_bytes": int(meas)}})
+            append_synthetic(root, f"c{i}", tech, static, act, ovh, meas)
             i += 1
     store.append_result(root, "cpu", {"case_id": "crashed", "sweep": "syn", "status": "crash", "plan": {"technique": "lora"}})
 

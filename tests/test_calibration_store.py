@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, append_synthetic
 
 TINY = {"model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": False}
@@ -283,12 +283,7 @@ def _noisy_results(root: Path) -> None:
     ):
         for static, act, ovh in shapes:
             meas = (static + scale * act + ovh) * next(noise)
-            pred = {"memory": {"weights_bytes": int(static), "activations_bytes": int(act),
-                               "quantization_workspace_bytes": int(ovh), "peak_allocated_bytes": int(static + act + ovh),
-                               "peak_phase": "forward_backward"}}
-            store.append_result(root, "cpu", {"case_id": f"c{i}", "sweep": "syn", "status": "ok", "backend": "cpu",
-                                              "plan": {"technique": tech}, "prediction": pred,
-                                              "measurement": {"peak_allocated_bytes": int(meas)}})
+            append_synthetic(root, f"c{i}", tech, static, act, ovh, meas)
             i += 1
 
 

@@ -188,32 +188,20 @@ def synthetic_records(objective: str, plan, tokenizer, n: int, seed: int = 0) ->
         ids = [i for i in range(len(tokenizer)) if i not in special]
         return [{"input_ids": [rng.choice(ids) for _ in range(L)]} for _ in range(n)]
     pool = word_pool(tokenizer)
-    if kind == "unpaired_preference":
-        if L < 3:
-            raise FtAdvisorError("seq_len", f"{objective} needs at least 3 tokens (prompt + answer)")
+    if kind in ("preference", "unpaired_preference"):
+        paired = kind == "preference"
+        if L < (4 if paired else 3):
+            raise FtAdvisorError("seq_len", f"{objective} needs at least {4 if paired else 3} tokens "
+                                 f"(prompt + {'two answers' if paired else 'answer'})")
         p_len = L // 2 - _prompt_specials(objective, tokenizer)
         c_len = L - L // 2 - 1  # the trainer appends the end-of-sequence token
-        return [
-            {
-                "prompt": text_of_tokens(tokenizer, pool, p_len, rng),
-                "completion": text_of_tokens(tokenizer, pool, c_len, rng),
-                "label": i % 2 == 0,
-            }
-            for i in range(n)
-        ]
-    if kind == "preference":
-        if L < 4:
-            raise FtAdvisorError("seq_len", f"{objective} needs at least 4 tokens (prompt + two answers)")
-        p_len = L // 2 - _prompt_specials(objective, tokenizer)
-        c_len = L - L // 2 - 1  # the trainer appends the end-of-sequence token
-        return [
-            {
-                "prompt": text_of_tokens(tokenizer, pool, p_len, rng),
-                "chosen": text_of_tokens(tokenizer, pool, c_len, rng),
-                "rejected": text_of_tokens(tokenizer, pool, c_len, rng),
-            }
-            for _ in range(n)
-        ]
+
+        def text(k: int) -> str:
+            return text_of_tokens(tokenizer, pool, k, rng)
+
+        if paired:
+            return [{"prompt": text(p_len), "chosen": text(c_len), "rejected": text(c_len)} for _ in range(n)]
+        return [{"prompt": text(p_len), "completion": text(c_len), "label": i % 2 == 0} for i in range(n)]
     p_len = L - plan.rl_max_new_tokens
     if p_len < 1:
         raise FtAdvisorError(

@@ -400,12 +400,6 @@ def resolve_rewards(spec, session) -> list:
 # --- objectives -----------------------------------------------------------------------------
 
 
-def _dataset(records: list[dict]):
-    from datasets import Dataset
-
-    return Dataset.from_list(records)
-
-
 def train_sft(session, records, common):
     from trl import SFTConfig, SFTTrainer
 
@@ -421,7 +415,7 @@ def train_sft(session, records, common):
     return SFTTrainer(
         model=session.model,
         args=args,
-        train_dataset=_dataset(records),
+        train_dataset=session.dataset(records),
         processing_class=session.tokenizer,
     )
 
@@ -450,7 +444,7 @@ def train_orpo(session, records, common):
     return ORPOTrainer(
         model=session.model,
         args=args,
-        train_dataset=_dataset(records),
+        train_dataset=session.dataset(records),
         processing_class=session.tokenizer,
     )
 
@@ -478,7 +472,7 @@ def train_grpo(session, records, common):
         model=session.model,
         reward_funcs=funcs,
         args=args,
-        train_dataset=_dataset(records),
+        train_dataset=session.dataset(records),
         processing_class=session.tokenizer,
     )
     if plan.grpo_beta > 0:
@@ -548,7 +542,7 @@ def train_ppo(session, records, common):
         else:
             ids = tok(p, add_special_tokens=False)["input_ids"]
         tokenized.append({"input_ids": list(ids)})
-    ds = _dataset(tokenized)
+    ds = session.dataset(tokenized)
     if plan.gradient_checkpointing:
         # trl's PPOTrainer runs its own loop, so the Trainer never switches checkpointing on; the
         # memory model assumes the plan's setting for the policy and the value model alike.
