@@ -80,6 +80,9 @@ def _flat_row(est) -> dict[str, Any]:
         "trainable_params": est.trainable_params,
         "fits": est.fits,
         "headroom_bytes": est.headroom_bytes,
+        "host_bytes_per_node": est.host.bytes_per_node if est.host else None,
+        "host_capacity_bytes": est.host.capacity_bytes if est.host else None,
+        "num_nodes": est.plan.num_nodes,
     }
     mem = est.memory.model_dump()
     for k, v in mem.items():
@@ -213,6 +216,7 @@ def _estimate_table(mp, hw, results: list):
         f"{' (' + ', '.join(own) + ')' if own else ''}, {first.plan.precision}, "
         f"sharding {first.plan.sharding}, checkpointing {'on' if first.plan.gradient_checkpointing else 'off'}\n"
         "GiB = device total per GPU (what nvidia-smi shows)"
+        + (f"; host = host RAM GiB per node (of {first.host.capacity_bytes / GIB:,.0f})" if first.host else "")
     )
     table = Table(title=title, title_justify="left", pad_edge=False, padding=(0, 1))
     timed = any(r.time_cost for r in results)
@@ -226,6 +230,7 @@ def _estimate_table(mp, hw, results: list):
     table.add_column("fits", no_wrap=True)
     if not compact:
         table.add_column("largest GiB", no_wrap=True)
+    table.add_column("host", justify="right", no_wrap=True)
     table.add_column("tok/s", justify="right", no_wrap=True)
     if timed:
         table.add_column("time", justify="right", no_wrap=True)
@@ -247,6 +252,7 @@ def _estimate_row(r, cap: float, compact: bool, timed: bool, rated: bool) -> lis
             "[green]yes[/]" if r.fits else "[red]no[/]"]
     if not compact:
         row.append(_largest(r))
+    row.append(_host_cell(r))
     row.append(f"{r.speed.tokens_per_second_total:,.0f}" if r.speed else "-")
     if timed:
         tc = r.time_cost
@@ -257,7 +263,25 @@ def _estimate_row(r, cap: float, compact: bool, timed: bool, rated: bool) -> lis
     return row
 
 
+def _host_cell(est) -> str:
+    """Host RAM per node (red when over the node's)."""
+    if est.host is None:
+        return "-"
+    text = f"{est.host.bytes_per_node / GIB:,.0f}"
+    return text if est.host.fits else f"[red]{text}[/]"
+
+
+def _node_words(est) -> str:
+    """One line on the node the estimate assumed (ftadvisor.host.node_for)."""
+    n = est.host.node
+    return (f"node: {n.form_factor}, {n.gpus_per_node} GPUs, {n.host_ram_gib:,.0f} GiB host RAM, "
+            f"{n.intra_node_link}{'' if n.p2p else ' without peer-to-peer'}, {est.plan.num_nodes} node(s) "
+            "(override: --set gpus_per_node=N --set host_ram_gib=G, or -g my-card.yaml with node: fields)")
+
+
 def _print_estimate_notes(console, hw, results: list) -> None:
+    if results and results[0].host is not None:
+        console.print(f"[dim]{_node_words(results[0])}[/]")
     warned = {w for r in results for w in r.warnings}
     for w in sorted(warned):
         console.print(f"[yellow]note:[/] {w}")
@@ -322,7 +346,8 @@ def recommend(
     model: str = typer.Option("llama-3.1-8b", "--model", "-m", help="Profile id, HF id, config.json path or directory."),
     gpu: str = typer.Option("rtx4090-24gb", "--gpu", "-g", help="Hardware profile id or alias."),
     num_gpus: int = typer.Option(1, "--num-gpus", "-n", help="GPUs in total."),
-    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes the GPUs are spread over."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", show_default="GPUs / the node's GPUs, rounded up",
+                                            help="Nodes the GPUs are spread over."),
     goal: str = typer.Option("chat", "--goal", help="chat, domain, code, math, preference, rl or facts."),
     data_kind: Optional[str] = typer.Option(None, "--data-kind", help="chat, preference, text, facts or prompts (default: by goal)."),
     examples: Optional[int] = typer.Option(None, "--data-examples", help="Training examples."),
@@ -360,7 +385,7 @@ def recommend(
     from ftadvisor.techniques import parse_technique
     from ftadvisor.tui.format import duration, money
 
-    hw = resolve_hardware(rec.hardware_id)
+    hw = resolve_hardware(gpu)  # the name or YAML file the user gave (rec carries only the id)
     console = Console()
 
     t = Table(title=f"{rec.model_id} on {rec.num_gpus}× {hw.name} — goal {rec.goal}, {rec.data_kind} data",
@@ -387,6 +412,9 @@ def recommend(
             knobs += f" {p.plan.sharding}"
         if p.plan.optimizer != "adamw":
             knobs += " " + p.plan.optimizer.replace("adamw_", "adam").replace("paged_adam", "paged-adam")
+        if e.host is not None:
+            # host RAM per node (offloaded state, buffers, process baseline: ftadvisor.host)
+            knobs += f" host {e.host.bytes_per_node / GIB:,.0f}/{e.host.capacity_bytes / GIB:,.0f}GiB"
         t.add_row(
             str(p.rank), p.plan.technique, f"{e.memory.device_total_bytes / GIB:.1f}",
             f"{sp.tokens_per_second_total:,.0f}" if sp else "-",
@@ -425,7 +453,8 @@ def capacity(
     headroom: Optional[float] = typer.Option(None, "--headroom",
                                              help="Fraction of the card to keep free (default 0.05, as recommend)."),
     max_gpus: int = typer.Option(1024, "--max-gpus", help="Largest GPU count to search."),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help="GPUs per node (counts above it go in whole nodes)."),
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", show_default="the hardware's node",
+                                                help="GPUs per node (counts above it go in whole nodes)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """How many GPUs of this type the plan needs (every count, in node-sized steps above one node), and the
@@ -439,7 +468,7 @@ def capacity(
             technique = _technique_value(fields.pop("technique"), "--set technique")
         if not 0 <= headroom < 1:
             raise FtAdvisorError("--headroom", "must be a fraction in [0, 1)")
-        if max_gpus < 1 or gpus_per_node < 1:
+        if max_gpus < 1 or (gpus_per_node is not None and gpus_per_node < 1):
             raise FtAdvisorError("--max-gpus", "GPU counts must be at least 1")
         # the user's sharding (if any) is kept; only the GPU count is searched
         need = gpus_needed(model, gpu, technique, max_gpus=max_gpus, gpus_per_node=gpus_per_node, headroom=headroom,
@@ -461,6 +490,8 @@ def capacity(
             "max_micro_batch_size": mb, "max_seq_len": sl, "at": where,
             "min_gpus": need.num_gpus, "num_nodes": need.num_nodes, "sharding": need.sharding,
             "more_gpus_help": need.more_gpus_help if need.num_gpus is None else None,
+            "host_bytes_per_node": need.estimate.host.bytes_per_node if need.estimate.host else None,
+            "host_capacity_bytes": need.estimate.host.capacity_bytes if need.estimate.host else None,
             "floor_gib": round(need.floor_bytes / GIB, 2) if need.num_gpus is None else None}
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -475,6 +506,10 @@ def capacity(
         nodes = f" on {need.num_nodes} nodes" if need.num_nodes and need.num_nodes > 1 else ""
         gpus = f"{need.num_gpus} with {need.sharding}{nodes}"
     typer.echo(f"  GPUs needed:                   {gpus}")
+    h = need.estimate.host
+    if h is not None:
+        typer.echo(f"  host RAM per node:             {h.bytes_per_node / GIB:,.0f} of {h.capacity_bytes / GIB:,.0f} GiB"
+                   f" ({h.node.form_factor} node of {h.node.gpus_per_node} GPUs)")
     at_text = f"at {where['num_gpus']} GPU{'s' if where['num_gpus'] != 1 else ''}" + (
         f" with {where['sharding']}" if where["sharding"] not in ("none", None) else "")
     typer.echo(f"  largest micro-batch that fits: {mb if mb else 'none (not even 1)'} ({at_text})")

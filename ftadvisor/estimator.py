@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from ftadvisor import memory
+from ftadvisor import host, memory
 from ftadvisor.errors import FtAdvisorError
 from ftadvisor.profiles import resolve_hardware, resolve_model
 from ftadvisor.schema import (Estimate, HardwareProfile, MemoryBreakdown, ModelProfile, TrainingPlan,
@@ -39,7 +39,7 @@ def _fitted_slack(hw: HardwareProfile) -> float | None:
 
 
 def _pack(model: ModelProfile, hw: HardwareProfile, plan: TrainingPlan, lay: memory.Layout, ev: memory.Evaluation,
-          calibrated: bool = True) -> Estimate:
+          calibrated: bool = True, node_warnings: tuple[str, ...] = ()) -> Estimate:
     fitted_slack, notes = _corrected(hw, lay, ev) if calibrated else (None, ())
     totals = {name: sum(comp.values()) for name, comp in ev.phases.items()}
     phase = max(totals, key=totals.get)
@@ -52,11 +52,17 @@ def _pack(model: ModelProfile, hw: HardwareProfile, plan: TrainingPlan, lay: mem
     paged = int(round(ev.paged_bytes))
     device_total = reserved + runtime + paged
     cap = hw.memory_bytes
-    warnings = list(lay.warnings)
+    warnings = list(lay.warnings) + list(node_warnings)
     fits = device_total <= cap
     if not fits and paged and reserved + runtime <= cap:
         fits = True
         warnings.append("fits only because the paged optimizer state spills to host memory (slower steps)")
+    host_mem = host.host_memory(hw, plan, host_parts=ev.host_parts, trainable_params=float(ev.trainable_params),
+                                total_params=float(ev.params.total), trainable_bytes=lay.trainable_bytes,
+                                compute_bytes=lay.c, device_total_bytes=device_total)
+    if not host_mem.fits:
+        fits = False
+        warnings.append("does not fit the node: " + host.host_limit_words(host_mem))
     breakdown = MemoryBreakdown(
         **{f"{k}_bytes": v for k, v in comps.items()},
         peak_allocated_bytes=allocated,
@@ -78,6 +84,7 @@ def _pack(model: ModelProfile, hw: HardwareProfile, plan: TrainingPlan, lay: mem
         trainable_params=int(round(ev.trainable_params)),
         memory=breakdown,
         fits=fits,
+        host=host_mem,
         headroom_bytes=cap - device_total,
         warnings=tuple(warnings),
         corrections=notes,
@@ -131,10 +138,11 @@ def estimate(
     mp = resolve_model(model)
     hw = resolve_hardware(hardware)
     tp = make_plan(technique, plan, **plan_fields)
+    tp, node_warnings = host.resolve_nodes(hw, tp)
     tech = parse_technique(tp.technique)
     lay = memory.build_layout(mp.arch, tech, hw, tp)
     ev = memory.evaluate(lay, tp)
-    est = _pack(mp, hw, tp, lay, ev, calibrated=calibrated)
+    est = _pack(mp, hw, tp, lay, ev, calibrated=calibrated, node_warnings=node_warnings)
     sized = dataset_tokens is not None or examples is not None
     if not (with_speed or sized or goal):
         return est
@@ -299,6 +307,12 @@ def _combo_columns(mp: ModelProfile, hw: HardwareProfile, axes: dict[str, list],
     ev = memory.evaluate(lay, _grid_namespace(tp, tech, axes, flat))
     _corrected(hw, lay, ev)
     memory_columns = _grid_memory_columns(hw, ev, n_num)
+    # the node's host RAM and NVMe, as estimate() checks them (ftadvisor.host)
+    host_ok, host_need = host.host_fits(
+        hw, tp, host_parts=ev.host_parts, trainable_params=ev.trainable_params, total_params=float(ev.params.total),
+        trainable_bytes=lay.trainable_bytes, compute_bytes=lay.c, device_total_bytes=memory_columns["device_total_bytes"])
+    memory_columns["host_bytes_per_node"] = np.broadcast_to(np.asarray(host_need, dtype=np.float64), (n_num,))
+    memory_columns["fits"] = memory_columns["fits"] & np.broadcast_to(np.asarray(host_ok), (n_num,))
     cols: dict[str, Any] = {}
     for k in PLAN_FIELDS:
         if k in flat:

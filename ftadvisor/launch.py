@@ -442,7 +442,7 @@ def preflight(spec: RunSpec, dry_run: bool = False, in_process: bool = False) ->
     hw, hw_note, n_cuda = detect_hardware(spec.gpu, spec.run.device, in_process=in_process)
     if hw.vendor == "cpu" and not dry_run:
         check_layout_on_cpu(spec.plan)
-    per_node = spec.plan.num_gpus // spec.plan.num_nodes
+    per_node = spec.plan.num_gpus // (spec.plan.num_nodes or 1)  # not given: one machine
     if n_cuda and per_node > n_cuda and not dry_run:
         raise FtAdvisorError("num_gpus", f"the plan runs {per_node} processes per node but this machine has "
                              f"{n_cuda} CUDA device(s)")
@@ -506,7 +506,7 @@ def accelerate_config(plan: TrainingPlan, ds_config_path: str | None = None) -> 
     """
     cfg: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
-        "num_machines": plan.num_nodes,
+        "num_machines": plan.num_nodes or 1,  # not given: one machine
         "machine_rank": 0,
         "num_processes": plan.num_gpus,  # accelerate counts processes over all machines
         "mixed_precision": mixed_precision(plan),
@@ -517,7 +517,7 @@ def accelerate_config(plan: TrainingPlan, ds_config_path: str | None = None) -> 
         "main_training_function": "main",
         "enable_cpu_affinity": False,
     }
-    if plan.num_nodes > 1:
+    if (plan.num_nodes or 1) > 1:
         # each node runs the same command with its own machine_rank; set the first node's address
         cfg["main_process_ip"] = "FIRST_NODE_ADDRESS"
         cfg["main_process_port"] = 29500
@@ -579,7 +579,7 @@ def command_script(run_dir: Path, plan: TrainingPlan) -> str:
     pkg = _package_root()
     if (pkg / "ftadvisor").is_dir():
         lines.append(f"export PYTHONPATH={shlex.quote(str(pkg))}${{PYTHONPATH:+:$PYTHONPATH}}")
-    if plan.num_nodes > 1:
+    if (plan.num_nodes or 1) > 1:
         lines.append("# Multi-node: run this on every node with --machine_rank N added after --config_file, and set")
         lines.append("# main_process_ip in accelerate.yaml to the first node's address.")
     lines.append(f'{cmd} "$@"')

@@ -753,6 +753,7 @@ class Evaluation:
     trainable_params: float
     paged_bytes: float
     host_bytes: float
+    host_parts: dict = field(default_factory=dict)  # offloaded bytes per GPU: params, optimizer, grads
 
 
 @dataclass
@@ -804,6 +805,7 @@ class _States:
     comm: float
     extra: float
     host: float = 0.0
+    host_parts: dict = field(default_factory=dict)  # host bytes by kind: params, optimizer, grads (ftadvisor.host)
     copies: float = 0.0  # autocast's bf16 weight copies kept for backward (torch AMP, none/ddp)
 
 
@@ -858,10 +860,14 @@ def _zero_states(lay: Layout, plan, p: Params, cp: _Copies, opt_dev, paged) -> _
                  extra=cp.extra / N if stage3 else cp.extra)
     if lay.cpu_offload:
         st.host = st.master + st.opt_dev + st.paged + fp32_grad_part
+        # ZeRO-Offload (Ren et al. 2021, section 4): fp32 master + optimizer moments and the fp32
+        # gradient partition live on the host; ZeRO-3 offload_param also the compute-dtype params.
+        st.host_parts = {"optimizer": st.master + st.opt_dev + st.paged, "grads": fp32_grad_part, "params": 0.0}
         st.grads = st.grads - fp32_grad_part
         st.master = st.opt_dev = st.paged = 0.0
         if stage3:
             st.host = st.host + st.weights
+            st.host_parts["params"] = st.weights
             st.weights = 0.0
     return st
 
@@ -880,6 +886,8 @@ def _fsdp_states(lay: Layout, plan, p: Params, cp: _Copies, opt_dev, paged) -> _
                  paged=paged / N, comm=comm, extra=cp.extra / N)
     if lay.cpu_offload:
         st.host = st.weights + st.grads + st.opt_dev + st.paged
+        # FSDP CPUOffload(offload_params=True): sharded params, their grads and the optimizer state on CPU
+        st.host_parts = {"params": st.weights, "grads": st.grads, "optimizer": st.opt_dev + st.paged}
         st.weights = st.grads = st.opt_dev = st.paged = 0.0
     return st
 
@@ -1018,4 +1026,5 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     if obj.generation:
         phases["generation"] = _generation_phase(lay, plan, static, zero, qws)
 
-    return Evaluation(phases=phases, params=p, trainable_params=cp.trainable, paged_bytes=st.paged, host_bytes=st.host)
+    return Evaluation(phases=phases, params=p, trainable_params=cp.trainable, paged_bytes=st.paged, host_bytes=st.host,
+                      host_parts=st.host_parts)

@@ -157,12 +157,40 @@ def resolve_hardware(hardware: str | HardwareProfile) -> HardwareProfile:
     from ftadvisor.validate import name as check_name
 
     check_name("gpu", hardware, max_chars=1024)
+    if hardware.lower().endswith((".yaml", ".yml")):
+        return hardware_from_file(hardware)
     hid = _hardware_index().get(_norm(hardware).replace(" ", "-"))
     if hid is None:
         hid = _hardware_index().get(_norm(hardware).replace(" ", "").replace("-", ""))
     if hid is None:
         raise unknown("gpu", hardware, hardware_profiles())
     return hardware_profiles()[hid]
+
+
+def hardware_from_file(path: str) -> HardwareProfile:
+    """A hardware profile from a YAML file (``-g my-card.yaml``): the fields of profiles/hardware/*.yaml,
+    optionally a ``node:`` mapping (ftadvisor.schema.NodeSpec). An unknown key is an error naming it
+    and the valid keys."""
+    from ftadvisor.schema import NodeSpec
+    from ftadvisor.validate import load_yaml_file
+
+    if not Path(path).is_file():
+        raise FtAdvisorError("gpu", f"no such hardware file: {path}")
+    data = load_yaml_file(Path(path), "gpu")
+    if not isinstance(data, dict):
+        raise FtAdvisorError("gpu", f"{path} must hold a mapping of hardware fields")
+    for where, mapping, cls in (("", data, HardwareProfile), ("node.", data.get("node"), NodeSpec)):
+        if isinstance(mapping, dict):
+            for key in mapping:
+                if key not in cls.model_fields:
+                    raise FtAdvisorError(f"{where}{key}", f"is not a hardware {'node ' if where else ''}field "
+                                         f"(in {path})", list(cls.model_fields))
+    try:
+        return HardwareProfile.model_validate(data)
+    except FtAdvisorError as err:
+        raise FtAdvisorError(err.field, f"{err.message} (in {path})", err.choices) from None
+    except ValidationError as err:
+        raise from_validation(err) from None
 
 
 def _device_words(text: str) -> set[str]:

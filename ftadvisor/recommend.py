@@ -267,6 +267,11 @@ class GpuNeed:
         """Plain words for a plan that fits on no GPU count searched."""
         parts = ", ".join(f"{name.replace('_', ' ')} {_gib(b)}" for name, b in self.floor_parts) or "-"
         n, sh = self.estimate.plan.num_gpus, self.estimate.plan.sharding
+        host = self.estimate.host
+        if host is not None and not host.fits and self.estimate.memory.device_total_bytes <= self.usable_bytes:
+            from ftadvisor.host import host_limit_words
+
+            return f"the node is the limit at {n} × {hardware_id} with {sh}: " + host_limit_words(host)
         if self.more_gpus_help:
             return (f"needs more than {n} × {hardware_id}: {_gib(self.estimate.memory.device_total_bytes)} per GPU "
                     f"at {n} GPUs with {sh}, and the memory still shrinks as GPUs are added")
@@ -301,15 +306,20 @@ def _floor(lo: Estimate, hi: Estimate) -> tuple[float, tuple[tuple[str, float], 
     return total, tuple((k, v) for k, v in parts if v >= 0.05 * total)
 
 
-def gpus_needed(model, hardware, technique: str, max_gpus: int = 1024, gpus_per_node: int = 8,
+def gpus_needed(model, hardware, technique: str, max_gpus: int = 1024, gpus_per_node: int | None = None,
                 headroom: float = MEMORY_HEADROOM, **plan_fields) -> GpuNeed:
     """Fewest GPUs of this type that fit the plan, searched over every count in node-sized steps
     (:func:`gpu_counts`). A ``sharding`` in ``plan_fields`` is kept as given; otherwise every
     sharding is tried (ddp, zero2, zero3, fsdp; only the offloading ones when ``cpu_offload``).
     Per-GPU memory does not grow with the GPU count, so when the largest count does not fit nothing
     does, and the answer says whether more GPUs would (the floor of memory that does not shrink)."""
-    validate.gpu_search(headroom=headroom, max_gpus=max_gpus, gpus_per_node=gpus_per_node)
     mp, hw = resolve_model(model), resolve_hardware(hardware)
+    if gpus_per_node is None:
+        from ftadvisor.host import node_for
+
+        gpus_per_node = node_for(hw, make_plan(**{k: v for k, v in plan_fields.items()
+                                                 if k in ("gpus_per_node", "host_ram_gib")})).gpus_per_node
+    validate.gpu_search(headroom=headroom, max_gpus=max_gpus, gpus_per_node=gpus_per_node)
     requested = plan_fields.pop("sharding", None)
     counts = gpu_counts(max_gpus, gpus_per_node)
 
@@ -320,7 +330,7 @@ def gpus_needed(model, hardware, technique: str, max_gpus: int = 1024, gpus_per_
         return opts
 
     def at(n: int, sharding: str) -> Estimate:
-        nodes = 1 if n <= gpus_per_node else n // gpus_per_node
+        nodes = 1 if n <= gpus_per_node else math.ceil(n / gpus_per_node)
         return estimate(mp, hw, technique, **{**plan_fields, "num_gpus": n, "num_nodes": nodes,
                                               "sharding": sharding})
 
@@ -341,7 +351,7 @@ def gpus_needed(model, hardware, technique: str, max_gpus: int = 1024, gpus_per_
     raise AssertionError("unreachable: the largest count fits")
 
 
-def min_gpus(model, hardware, technique: str, max_gpus: int = 1024, gpus_per_node: int = 8,
+def min_gpus(model, hardware, technique: str, max_gpus: int = 1024, gpus_per_node: int | None = None,
              headroom: float = MEMORY_HEADROOM, **plan_fields) -> tuple[int, str] | None:
     """Fewest GPUs of this type (and the sharding) that fit the technique; None if even max_gpus do
     not (see :func:`gpus_needed` for the search and for why more GPUs may not help)."""
@@ -650,7 +660,7 @@ def recommend(
     hardware: str | HardwareProfile,
     *,
     num_gpus: int = 1,
-    num_nodes: int = 1,
+    num_nodes: int | None = None,
     goal: str = "chat",
     data_kind: str | None = None,
     examples: int | None = None,
@@ -674,6 +684,12 @@ def recommend(
     evidence never ranks above a better-evidenced one of at least the same expected quality.
     ``memory_headroom`` (5%) is the share of the card kept free; the data regime comes from
     ``examples`` or, failing that, from ``dataset_tokens``."""
+    if num_nodes is None:
+        # not given: as many nodes as the hardware's node size needs (ftadvisor.host.resolve_nodes)
+        from ftadvisor.host import resolve_nodes
+
+        validate.integer("num_gpus", num_gpus, low=1, high=validate.MAX_GPUS)
+        num_nodes = resolve_nodes(resolve_hardware(hardware), make_plan(num_gpus=num_gpus))[0].num_nodes
     validate.recommend_options(num_gpus=num_gpus, num_nodes=num_nodes, goal=goal, data_kind=data_kind, seq_len=seq_len,
                                top=top, memory_headroom=memory_headroom,
                                quality_per_time_doubling=quality_per_time_doubling, risk_aversion=risk_aversion,
@@ -865,10 +881,19 @@ def _knob_reason(plan: TrainingPlan, est: Estimate, hw: HardwareProfile) -> str:
 def _why_not(mp: ModelProfile, hw: HardwareProfile, est: Estimate, headroom: float, num_gpus: int) -> list[str]:
     m = est.memory
     biggest, size = m.largest_component()
-    out = [f"{est.technique} does not fit: even its smallest configuration needs {_gib(m.device_total_bytes)} per GPU "
-           f"of the {_gib(hw.memory_bytes * (1 - headroom))} usable on a {hw.memory_gib:.0f} GiB card "
-           f"({headroom:.0%} kept free; largest part: {biggest.replace('_', ' ')} {_gib(size)})"]
-    plan_fields = est.plan.model_dump(exclude={"technique", "num_gpus", "num_nodes", "sharding", "cpu_offload"})
+    if est.host is not None and not est.host.fits and m.device_total_bytes <= hw.memory_bytes * (1 - headroom):
+        from ftadvisor.host import host_limit_words
+
+        # the card has room; the node's host RAM (or NVMe) is what runs out
+        out = [f"{est.technique} does not fit the node: its smallest configuration ({est.plan.sharding}"
+               f"{' with CPU offload' if est.plan.cpu_offload else ''}) needs {_gib(m.device_total_bytes)} per GPU, "
+               f"within the card, but " + host_limit_words(est.host)]
+    else:
+        out = [f"{est.technique} does not fit: even its smallest configuration needs {_gib(m.device_total_bytes)} "
+               f"per GPU of the {_gib(hw.memory_bytes * (1 - headroom))} usable on a {hw.memory_gib:.0f} GiB card "
+               f"({headroom:.0%} kept free; largest part: {biggest.replace('_', ' ')} {_gib(size)})"]
+    plan_fields = est.plan.model_dump(exclude={"technique", "num_gpus", "num_nodes", "sharding", "cpu_offload",
+                                               "offload_device"})
     need = gpus_needed(mp, hw, est.technique, max_gpus=512, headroom=headroom, **plan_fields)
     if need.num_gpus is not None:
         out.append(f"would fit on {need.num_gpus} × {hw.id} with {need.sharding}")

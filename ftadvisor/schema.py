@@ -176,6 +176,35 @@ class ModelProfile(_Frozen):
     """Derived from ``config`` (``ftadvisor.profiles.resolve_model`` fills it in when it is missing)."""
 
 
+NodeLink = Literal["nvlink", "pcie", "infinity-fabric", "c2c", "host"]
+
+
+class NodeSpec(_Frozen):
+    """The machine the GPUs sit in. In a hardware profile (``node:``) every field is optional: what
+    is missing comes from the card's form factor (profiles/nodes.yaml, ftadvisor.host.node_for)."""
+
+    form_factor: str | None = None
+    """Key of profiles/nodes.yaml the defaults come from (hgx-hopper, pcie-cloud, consumer ...)."""
+    gpus_per_node: int | None = Field(default=None, ge=1, le=64)
+    """GPUs in one node."""
+    host_ram_gib: float | None = Field(default=None, gt=0, le=2**20)
+    """Host (CPU) RAM of one node, GiB."""
+    intra_node_link: NodeLink | None = None
+    """How GPUs in a node talk: nvlink (NVSwitch/bridge), pcie, infinity-fabric, c2c (Grace Hopper), host (CPU only)."""
+    p2p: bool | None = None
+    """Whether GPUs in a node can read each other's memory directly (off on GeForce 40-series)."""
+    inter_node_gbps: float | None = Field(default=None, gt=0, le=1e5)
+    """Network bandwidth between nodes per GPU, GB/s per direction."""
+    nvme_gib: float | None = Field(default=None, ge=0, le=2**30)
+    """Local NVMe capacity of one node, GiB (0: none)."""
+    nvme_read_gbps: float | None = Field(default=None, gt=0, le=1e5)
+    """Aggregate NVMe sequential read bandwidth of one node, GB/s."""
+    nvme_write_gbps: float | None = Field(default=None, gt=0, le=1e5)
+    """Aggregate NVMe sequential write bandwidth of one node, GB/s."""
+    source: str | None = None
+    """Where the figures come from (instance pages, system datasheets)."""
+
+
 class HardwareProfile(_Frozen):
     """An accelerator (or the CPU) with the numbers the cost model needs."""
 
@@ -223,6 +252,8 @@ class HardwareProfile(_Frozen):
     """Datasheet(s) the figures come from."""
     notes: str | None = None
     """Anything a user should know."""
+    node: NodeSpec | None = None
+    """The node the card usually sits in; missing fields come from its form factor (profiles/nodes.yaml)."""
 
     @model_validator(mode="after")
     def _finite(self) -> "HardwareProfile":
@@ -347,8 +378,16 @@ class TrainingPlan(_Frozen):
     """Technique, optionally ``objective+method`` (``dpo+qlora``); see ``ftadvisor.techniques``."""
     num_gpus: int = Field(default=1, ge=1, le=65536)
     """GPUs in total, across all nodes."""
-    num_nodes: int = Field(default=1, ge=1, le=8192)
-    """Nodes the GPUs are spread over."""
+    num_nodes: int | None = Field(default=None, ge=1, le=8192)
+    """Nodes the GPUs are spread over; None (not given): ceil(num_gpus / gpus_per_node) of the
+    hardware's node, filled in by the estimator (ftadvisor.host.resolve_nodes)."""
+    gpus_per_node: int | None = Field(default=None, ge=1, le=64)
+    """Override of the node's GPUs per node (profiles/nodes.yaml); None keeps the hardware's node."""
+    host_ram_gib: float | None = Field(default=None, gt=0, le=2**20)
+    """Override of the node's host RAM in GiB; None keeps the hardware's node."""
+    offload_device: Literal["cpu", "nvme"] = "cpu"
+    """Where cpu_offload puts offloaded state: cpu (host RAM; ZeRO-Offload, FSDP CPUOffload) or nvme
+    (ZeRO-Infinity, DeepSpeed zero3 only: optimizer state and parameters on local NVMe)."""
     sharding: Sharding = "none"
     """Data-parallel layout: none (one GPU), ddp, zero1/2/3 (DeepSpeed) or fsdp (full shard)."""
     cpu_offload: bool = False
@@ -417,7 +456,7 @@ class TrainingPlan(_Frozen):
     def _check(self) -> "TrainingPlan":
         from ftadvisor.errors import FtAdvisorError
 
-        if self.num_gpus % self.num_nodes:
+        if self.num_nodes is not None and self.num_gpus % self.num_nodes:
             raise FtAdvisorError("num_gpus", f"{self.num_gpus} GPUs cannot be split evenly over {self.num_nodes} nodes")
         if self.num_gpus > 1 and self.sharding == "none":
             object.__setattr__(self, "sharding", "ddp")
@@ -427,6 +466,10 @@ class TrainingPlan(_Frozen):
             raise FtAdvisorError(
                 "cpu_offload", f"needs sharding zero2, zero3 or fsdp (got {self.sharding})", ["zero2", "zero3", "fsdp"]
             )
+        if self.offload_device == "nvme" and not (self.cpu_offload and self.sharding == "zero3"):
+            raise FtAdvisorError(
+                "offload_device", "nvme (ZeRO-Infinity) needs cpu_offload=true and sharding zero3 "
+                f"(got cpu_offload={self.cpu_offload}, sharding {self.sharding})", ["cpu"])
         check_lora_init(self.lora_init)
         if self.lamini_top_k > self.lamini_num_experts:
             raise FtAdvisorError("lamini_top_k", "cannot exceed lamini_num_experts")
@@ -491,7 +534,7 @@ class MemoryBreakdown(_Frozen):
     device_total_bytes: int
     """What nvidia-smi shows: reserved + runtime overhead + resident paged state."""
     host_bytes: int
-    """Host RAM for offloaded state (0 without offload)."""
+    """Host RAM for offloaded state per GPU (0 without offload); see Estimate.host for the whole node."""
     peak_phase: str
     """Training phase at which the peak happens."""
     phases_bytes: dict[str, int]
@@ -672,6 +715,30 @@ class QualityEstimate(_Frozen):
         return self
 
 
+class HostMemory(_Frozen):
+    """Host (CPU) RAM and NVMe of one node at the plan's peak (ftadvisor.host.host_memory)."""
+
+    node: NodeSpec
+    """The node used (form-factor defaults, profile fields and plan overrides merged)."""
+    gpus_on_node: int
+    """GPUs (processes) on the busiest node."""
+    per_gpu_bytes: dict[str, int]
+    """Host bytes of one GPU's process by term (offloaded_params, offloaded_optimizer, offloaded_grads,
+    swap_buffers, process_baseline, loading)."""
+    node_bytes: dict[str, int]
+    """Node-level terms (checkpoint_gather on the first node)."""
+    bytes_per_node: int
+    """Host RAM needed on the busiest node: per-GPU terms x gpus_on_node + node terms."""
+    capacity_bytes: int
+    """The node's host RAM."""
+    nvme_bytes_per_node: int
+    """State offloaded to NVMe on one node (offload_device nvme)."""
+    nvme_capacity_bytes: int
+    """The node's NVMe capacity."""
+    fits: bool
+    """Host RAM and NVMe both within the node's."""
+
+
 class Estimate(_Frozen):
     """The answer for one (model, hardware, plan)."""
 
@@ -690,7 +757,9 @@ class Estimate(_Frozen):
     memory: MemoryBreakdown
     """Per-GPU memory."""
     fits: bool
-    """Device total within the card's memory."""
+    """Device total within the card's memory, and host RAM (and NVMe) within the node's."""
+    host: HostMemory | None = None
+    """Host RAM per node and its terms (ftadvisor.host)."""
     headroom_bytes: int
     """Card memory minus device total (negative when it does not fit)."""
     warnings: tuple[str, ...] = ()

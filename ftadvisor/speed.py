@@ -818,6 +818,9 @@ def _resolve(model: Any, hardware: Any, plan: Any) -> tuple[ModelProfile, Hardwa
         tp = make_plan()
     else:
         raise FtAdvisorError("plan", f"expected a TrainingPlan, a dict or a technique name, got {type(plan).__name__}")
+    from ftadvisor.host import resolve_nodes
+
+    tp, _ = resolve_nodes(hw, tp)  # num_nodes from the node's GPUs when not given
     return mp, hw, tp
 
 
@@ -1084,7 +1087,28 @@ def _optimizer_step_seconds(mach: _Machine, lay: memory.Layout, tp: TrainingPlan
         offload += tp.gradient_accumulation_steps * passes * c * p.total / N / (link * 1e9)
     assumptions.append(f"CPU offload: optimizer on the host at {HOST_DRAM_GBPS:g} GB/s DRAM (assumed), "
                        f"host link {link:g} GB/s ({link_name})")
+    if tp.offload_device == "nvme":
+        offload += _nvme_seconds(lay, tp, hw, p, P_local, assumptions)
     return optimizer, offload
+
+
+def _nvme_seconds(lay: memory.Layout, tp: TrainingPlan, hw: HardwareProfile, p: Any, P_local: float,
+                  assumptions: list[str]) -> float:
+    """ZeRO-Infinity (Rajbhandari et al. 2021, section 5): each optimizer step reads this node's fp32
+    master weights and Adam moments (12 bytes per trainable parameter) from NVMe and writes them back;
+    every micro-batch reads the compute-dtype parameters in forward and backward (offload_param nvme).
+    The node's NVMe bandwidth is shared by its GPUs; DeepSpeed overlaps the swaps with the step's
+    compute only partly, so the time is counted in full (an upper bound)."""
+    from ftadvisor.host import node_for
+
+    node = node_for(hw, tp)
+    per_node = tp.num_gpus // (tp.num_nodes or 1)
+    opt = 12.0 * P_local * per_node
+    par = tp.gradient_accumulation_steps * 2 * lay.c * p.total / tp.num_gpus * per_node
+    t = opt / (node.nvme_read_gbps * 1e9) + opt / (node.nvme_write_gbps * 1e9) + par / (node.nvme_read_gbps * 1e9)
+    assumptions.append(f"NVMe offload: {node.nvme_read_gbps:g}/{node.nvme_write_gbps:g} GB/s read/write per node "
+                       f"({node.form_factor} node), swaps not overlapped")
+    return t
 
 
 def _paged_optimizer_seconds(lay: memory.Layout, tp: TrainingPlan, hw: HardwareProfile,
@@ -1267,8 +1291,10 @@ def _communication_seconds(lay: memory.Layout, tp: TrainingPlan, p: Any, hw: Har
     """
     N = tp.num_gpus
     G = tp.gradient_accumulation_steps
-    multi = tp.num_nodes > 1
-    gbps = (hw.inter_node_bandwidth_gbps if multi else hw.intra_node_bandwidth_gbps) * LINK_FRACTION
+    from ftadvisor.host import inter_node_gbps
+
+    multi = (tp.num_nodes or 1) > 1
+    gbps = (inter_node_gbps(hw, tp) if multi else hw.intra_node_bandwidth_gbps) * LINK_FRACTION
     link = f"{'inter' if multi else 'intra'}-node {gbps / LINK_FRACTION:g} GB/s x {LINK_FRACTION:.0%}"
     c = lay.c
     mixed = lay.precision in ("bf16-mixed", "fp16-mixed")

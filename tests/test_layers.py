@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("architecture", ("ftadvisor.architecture",)),  # config.json -> parameter shapes
     ("profiles", ("ftadvisor.profiles",)),  # YAML data -> profiles
     ("techniques", ("ftadvisor.techniques", "ftadvisor.plans")),  # what each technique declares; plans
-    ("cost", ("ftadvisor.memory", "ftadvisor.speed", "ftadvisor.quality", "ftadvisor.calibration.corrections")),
+    ("cost", ("ftadvisor.host", "ftadvisor.memory", "ftadvisor.speed", "ftadvisor.quality", "ftadvisor.calibration.corrections")),
     ("api", ("ftadvisor.estimator",)),  # the only place user strings become profiles and plans
     ("recommend", ("ftadvisor.recommend",)),
     ("facade", ("ftadvisor",)),  # ``import ftadvisor``: the public names of the layers above
@@ -160,7 +160,8 @@ ENTRY_POINTS = {
         "import sys, tempfile\nfrom ftadvisor.cli import app\n"
         "try:\n    app(['calibrate', 'cpu-tiny', '--dry-run', '--results', tempfile.mkdtemp()], standalone_mode=False)\n"
         "except SystemExit:\n    pass", ()),
-    "training engine modules (before a run)": ("import ftadvisor.train, ftadvisor.train.data, ftadvisor.launch", ()),
+    "training engine modules (before a run)": ("import ftadvisor.train, ftadvisor.train.data, ftadvisor.train.signals, "
+                                                "ftadvisor.launch", ()),
     "the wizard's modules": ("import ftadvisor.tui, ftadvisor.tui.app", ("textual",)),
     "the wizard's package alone": ("import ftadvisor.tui", ()),
 }
