@@ -1,7 +1,8 @@
 """``ftadvisor launch``: run a plan for real (the work is in ftadvisor/launch.py).
 
     ftadvisor launch PLAN.yaml --data DATA --model MODEL --output DIR [--dry-run] [--gpu G] [--num-gpus N]
-                     [--resume] [--overwrite] [--trust-remote-code] [--force] [--max-steps N] [--set field=value]
+                     [--resume] [--overwrite] [--trust-remote-code] [--force] [--max-steps N] [--merge]
+                     [--set field=value]
 
 This module is imported by ``ftadvisor.cli`` on every command, so it imports nothing heavy at the top.
 """
@@ -31,6 +32,8 @@ def launch(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Let the model repository run its own code."),
     force: bool = typer.Option(False, "--force", help="Train even if the estimate says it does not fit."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (default: one epoch)."),
+    merge: bool = typer.Option(False, "--merge", help="After an adapter run, also write RUN_DIR/merged: the "
+                               "adapter merged into a 16-bit copy of its base (QLoRA: the base reloaded in 16-bit)."),
     sets: list[str] = typer.Option([], "--set", "-s", help="Plan or run field=value (repeatable), e.g. lora_r=8, save_steps=50."),
 ) -> None:
     """Check a plan against the data and the hardware, write a run directory, and train it."""
@@ -43,7 +46,8 @@ def launch(
     try:
         try:
             _, cmd = prepare(
-                plan, data=data, model=model, output=output, gpu=gpu, num_gpus=num_gpus, sets=parse_sets(sets),
+                plan, data=data, model=model, output=output, gpu=gpu, num_gpus=num_gpus,
+                sets={**parse_sets(sets), **({"merge": True} if merge else {})},
                 max_steps=max_steps, dry_run=dry_run, resume=resume, overwrite=overwrite,
                 trust_remote_code=trust_remote_code, force=force, echo=typer.echo, lock=lock,
             )

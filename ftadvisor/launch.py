@@ -64,6 +64,7 @@ RESULT_FILE = "result.json"
 FINAL_DIR = "final"
 CHECKPOINT_DIR = "checkpoints"
 FINAL_PARTIAL = ".final.partial"  # final/ is written here, then renamed into place
+MERGED_DIR = "merged"  # with run.merge: final/'s adapter merged into its base
 FINAL_OLD = ".final.old"  # the previous final/ while the new one is renamed in
 LOCK_FILE = "run.lock"
 """Who is running this directory: JSON with pid, host and start time (see :class:`RunLock`)."""
@@ -72,7 +73,7 @@ SUPERVISOR_ENV = "FTADVISOR_SUPERVISOR_PID"
 and whose death must end the training (see :func:`_bind_to_supervisor`)."""
 # What a run writes; ``--overwrite`` removes these and nothing else (never the lock).
 RUN_ARTIFACTS = (PLAN_FILE, ACCELERATE_FILE, DEEPSPEED_FILE, COMMAND_FILE, ESTIMATE_FILE, LOG_FILE, RESULT_FILE,
-                 FINAL_DIR, CHECKPOINT_DIR, FINAL_PARTIAL, FINAL_OLD)
+                 FINAL_DIR, CHECKPOINT_DIR, FINAL_PARTIAL, FINAL_OLD, MERGED_DIR)
 
 
 class RunSettings(BaseModel):
@@ -99,6 +100,9 @@ class RunSettings(BaseModel):
     reward: str | None = None
     """PPO/GRPO reward: built-in name(s) (exact_match, length, format; comma-joined) or a reward-model
     directory; None lets the engine choose (exact_match when the data has answers, else length)."""
+    merge: bool = False
+    """After an adapter run, also write ``merged/``: the adapter folded into a 16-bit copy of its base, a plain
+    Hugging Face model (``--merge``; ftadvisor.train.engine.merge_adapter)."""
     record_calibration: bool = True
     """Append the measured peak memory and throughput to the calibration results."""
     results_root: str | None = None
@@ -428,6 +432,17 @@ def _check_reward(spec: RunSpec) -> None:
             raise FtAdvisorError("reward", f"{objective.name} reward model {ref!r} is not a directory")
 
 
+def _check_merge(spec: RunSpec) -> None:
+    """``--merge`` folds a peft adapter into its base: refused before training for techniques without one."""
+    from ftadvisor.techniques import all_techniques, parse_technique
+
+    method = parse_technique(spec.plan.technique).method
+    if spec.run.merge and not (method.peft and not method.own_modules):
+        ok = [t for t in all_techniques() if parse_technique(t).method.peft and not parse_technique(t).method.own_modules]
+        raise FtAdvisorError("merge", f"{spec.plan.technique} saves no peft adapter to merge (full fine-tuning already "
+                             "saves a whole model; bottleneck adapters and memory experts are extra modules)", ok)
+
+
 def preflight(spec: RunSpec, dry_run: bool = False, in_process: bool = False) -> dict[str, Any]:
     """Every check before a model is loaded, in order: data vs technique, hardware, layout, fit.
 
@@ -439,6 +454,7 @@ def preflight(spec: RunSpec, dry_run: bool = False, in_process: bool = False) ->
     data = load_data(spec.data)
     warnings = check_for_technique(data, spec.plan.technique)
     _check_reward(spec)
+    _check_merge(spec)
     hw, hw_note, n_cuda = detect_hardware(spec.gpu, spec.run.device, in_process=in_process)
     if hw.vendor == "cpu" and not dry_run:
         check_layout_on_cpu(spec.plan)
@@ -1040,12 +1056,16 @@ def _last_step_event(log_path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _progress_callback(log_path: Path, rich_bar: bool):
-    """A trainer callback showing step, loss, tokens/s and ETA: a rich progress bar on a terminal,
-    one plain line per logged step otherwise. Loss and tokens/s are the engine's own numbers (its
-    step log is written by a callback that runs before this one)."""
+def _progress_callback(log_path: Path, rich_bar: bool, objective: str | None = None):
+    """A trainer callback showing step, loss, the objective's two or three most telling signals
+    (DPO: accuracy and margin, GRPO: reward mean, std and length; ftadvisor/train/signals.py), tokens/s
+    and ETA: a rich progress bar on a terminal, one plain line per logged step otherwise, after a
+    one-line legend. Loss, signals and tokens/s are the engine's own numbers (its step log is written
+    by a callback that runs before this one)."""
     from rich.console import Console
     from transformers import TrainerCallback
+
+    from ftadvisor.train import signals
 
     console = Console(stderr=True)
     live = rich_bar and console.is_terminal
@@ -1057,6 +1077,9 @@ def _progress_callback(log_path: Path, rich_bar: bool):
             self.shown = -1
 
         def on_train_begin(self, args, state, control, **kw):
+            legend = signals.LEGENDS.get(objective or "")
+            if legend:
+                console.print(f"{objective}: {legend}", highlight=False, markup=False, soft_wrap=True)
             if not live:
                 console.print(f"training: {state.max_steps} steps (from step {state.global_step})", highlight=False)
                 return
@@ -1064,10 +1087,12 @@ def _progress_callback(log_path: Path, rich_bar: bool):
                 TimeRemainingColumn
 
             self.bar = Bar(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                           TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[signal]}"),
+                           TextColumn("{task.fields[tps]} tok/s"),
                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
             self.bar.start()
-            self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="-", tps="-")
+            self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="-", tps="-",
+                                          signal="")
 
         def on_step_end(self, args, state, control, **kw):
             if self.bar is not None:
@@ -1079,12 +1104,14 @@ def _progress_callback(log_path: Path, rich_bar: bool):
                 return
             self.shown = ev["step"]
             loss, tps, eta = ev.get("loss"), ev.get("tokens_per_s") or 0.0, ev.get("eta_s")
+            sig = signals.progress_text(objective or "", ev.get("signal"))
             if self.bar is not None:
-                self.bar.update(self.task, completed=state.global_step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
+                self.bar.update(self.task, completed=state.global_step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}", signal=sig)
             else:
                 eta_s = f"{eta:.0f}s" if eta is not None else "-"
-                console.print(f"step {state.global_step}/{state.max_steps}  loss {loss:.4f}  {tps:,.0f} tok/s  ETA {eta_s}",
-                              highlight=False)
+                sig = f"  {sig}" if sig else ""
+                console.print(f"step {state.global_step}/{state.max_steps}  loss {loss:.4f}{sig}  {tps:,.0f} tok/s  "
+                              f"ETA {eta_s}", highlight=False)
 
         def on_train_end(self, args, state, control, **kw):
             if self.bar is not None:
@@ -1133,6 +1160,24 @@ def _save_final(session, run_dir: Path, rank0: bool) -> Path:
             shutil.rmtree(partial, ignore_errors=True)
         raise
     return final
+
+
+def _merge_final(final: Path, run_dir: Path) -> str:
+    """``run.merge``: final/'s adapter merged into its base, written under a temporary name and renamed
+    to RUN_DIR/merged (as final/ is)."""
+    from ftadvisor.train.engine import merge_adapter
+
+    partial = run_dir / f".{MERGED_DIR}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _, note = merge_adapter(final, partial)
+        shutil.rmtree(run_dir / MERGED_DIR, ignore_errors=True)
+        os.replace(partial, run_dir / MERGED_DIR)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    print(f"merged: {run_dir / MERGED_DIR} ({note})", file=sys.stderr)
+    return str(run_dir / MERGED_DIR)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -1309,8 +1354,9 @@ def _train_job(spec: RunSpec, pre: dict[str, Any], ckpt: Path, log_path: Path, r
 def _train_and_save(job, spec: RunSpec, pre: dict[str, Any], run_dir: Path, log_path: Path, progress: bool,
                     rank0: bool, started: str, t0: float):
     """Build, train and save ``final/``; returns (session, result, final dir), recording a failed run."""
-    from ftadvisor.train.engine import build, run
+    from ftadvisor.train.engine import build, quiet_known_warnings, run
 
+    quiet_known_warnings()  # before transformers.trainer_utils imports peft, which imports bitsandbytes
     session = result = None
     try:
         from transformers import set_seed
@@ -1321,7 +1367,7 @@ def _train_and_save(job, spec: RunSpec, pre: dict[str, Any], run_dir: Path, log_
         set_seed(spec.run.seed)
         session = build(job)
         _check_distributed(session, spec.plan)
-        callbacks = [_progress_callback(log_path, progress)] if rank0 else []
+        callbacks = [_progress_callback(log_path, progress, session.technique.objective.name)] if rank0 else []
         result = run(session, callbacks=callbacks)
         final = _save_final(session, run_dir, rank0)
     except Exception as err:
@@ -1404,6 +1450,8 @@ def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = T
     if rank0:
         est: Estimate = pre["estimate"]
         summary = _run_summary(spec, est, session, result, final, resume)
+        if spec.run.merge:
+            summary["merged_dir"] = _merge_final(final, run_dir)
         if spec.run.record_calibration:
             path = _record(spec, pre, session, result, "ok", None, time.perf_counter() - t0, started)
             summary["calibration_record"] = str(path)

@@ -93,6 +93,10 @@ class RunResult:
     """Per logged step: the trainer's own numbers besides the loss (``step`` plus e.g. DPO/ORPO
     ``rewards/margins`` and ``rewards/accuracies``, GRPO ``reward`` and ``rewards/<name>/mean``,
     PPO ``objective/scores``), as in the JSON-lines log's ``metrics``."""
+    signals: list[dict] = field(default_factory=list)
+    """Per logged step: ``step`` plus the objective's training signal under fixed names
+    (:mod:`ftadvisor.train.signals`: DPO ``accuracy``/``margin``, GRPO ``reward_mean``/``reward_std`` ...),
+    as in the JSON-lines log's ``signal``."""
     param_fingerprint_start: list[float] | None = None
     """(sum, L2 norm) in float64 over this process's trainable parameters when ``run`` starts (before
     a resumed run loads its checkpoint)."""
@@ -522,6 +526,7 @@ def build(job: TrainJob) -> Session:
     # quantizing a full-weight method, unknown LoRA targets ...); its layout decides quantization.
     layout = memory.build_layout(arch, technique, resolve_hardware("cpu"), plan)
 
+    quiet_known_warnings()
     import torch  # noqa: F401 - heavy imports start here
     from transformers import set_seed
 
@@ -629,6 +634,36 @@ def _checkpointing_args(plan) -> dict:
     return {"gradient_checkpointing": plan.gradient_checkpointing, "gradient_checkpointing_kwargs": kwargs}
 
 
+class _DropMessages:
+    """A logging filter that drops records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        self.prefixes = prefixes
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_known_warnings() -> None:
+    """Silence two known, harmless messages, each matched by its exact source and wording:
+
+    - bitsandbytes 0.50 ``backends/cpu/ops.py`` logs (logger ``bitsandbytes.backends.cpu.ops``) "Failed to
+      load CPU gemm_4bit_forward from kernels-community" whenever it is imported on a CPU with AVX512-BF16
+      (peft and trl import it on every run): it only means the optional ``kernels`` package (a hub
+      download) is absent, and bitsandbytes falls back to its own CPU 4-bit kernel;
+    - transformers 5 ``modeling_utils.py`` warns (FutureWarning) that ``is_gradient_checkpointing`` is
+      deprecated each time peft (``peft_model.py``) or trl (``models/utils.py``) reads that alias; we do
+      not call it ourselves.
+    Installed before the libraries are imported (a logger's filters survive its module's import)."""
+    import logging
+    import warnings
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DropMessages) for f in log.filters):
+        log.addFilter(_DropMessages(("Failed to load CPU gemm_4bit_forward from kernels-community",)))
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def _quiet() -> None:
     """No progress bars from datasets / transformers: progress goes to the JSON-lines log."""
     import datasets
@@ -674,6 +709,8 @@ def _common_args(session: Session) -> dict:
 def _log_callback_cls():
     from transformers import TrainerCallback
 
+    from ftadvisor.train import signals
+
     class StepLog(TrainerCallback):
         """Per-step timing, losses and tokens; writes the JSON-lines log."""
 
@@ -689,6 +726,7 @@ def _log_callback_cls():
             self.step_seconds: list[float] = []
             self.losses: list[float] = []
             self.metrics: list[dict] = []
+            self.signals: list[dict] = []
             self.logged_step = 0
 
         def write(self, obj: dict) -> None:
@@ -703,6 +741,9 @@ def _log_callback_cls():
                 "event": "start", "time": time.time(), "technique": s.technique.name, "max_steps": state.max_steps,
                 "trainable_params": s.trainable_params, "total_params": s.total_params, "device": s.device,
                 "output_dir": s.output_dir, "plan": s.plan.model_dump(mode="json"),
+                # what the step records' "signal" may hold, and how to read it (ftadvisor/train/signals.py)
+                "objective": s.technique.objective.name, "signals": signals.describe(s.technique.objective.name),
+                "legend": signals.LEGENDS.get(s.technique.objective.name),
             })
 
         def on_step_begin(self, args, state, control, **kw):
@@ -722,6 +763,8 @@ def _log_callback_cls():
             self.losses.append(float(loss))
             metrics = _step_metrics(logs)
             self.metrics.append({"step": state.global_step, **metrics})
+            signal = signals.extract(self.session.technique.objective.name, logs)
+            self.signals.append({"step": state.global_step, **signal})
             elapsed = time.perf_counter() - (self.t_start or time.perf_counter())
             tokens = self.counter["tokens"]
             rate = tokens / elapsed if elapsed > 0 else 0.0
@@ -730,7 +773,7 @@ def _log_callback_cls():
             self.write({
                 "event": "step", "step": state.global_step, "loss": float(loss),
                 "lr": logs.get("learning_rate", logs.get("lr")), "tokens": tokens, "tokens_per_s": rate,
-                "elapsed_s": elapsed, "eta_s": eta, "epoch": state.epoch, "metrics": metrics,
+                "elapsed_s": elapsed, "eta_s": eta, "epoch": state.epoch, "metrics": metrics, "signal": signal,
             })
 
         def close(self, result: RunResult | None, error: str | None = None):
@@ -883,6 +926,7 @@ def run(session: Session, callbacks=()) -> RunResult:
             peak_reserved_bytes=peak_res,
             output_dir=out,
             metrics=list(log.metrics),
+            signals=list(log.signals),
             param_fingerprint_start=fp_start,
             param_fingerprints=fingerprints,
         )
@@ -1175,3 +1219,48 @@ def load_trained(path: str | os.PathLike, device: str = "cpu", dtype=None, quant
     if "quantization_config" not in kw:
         model = model.to(device)
     return model.eval(), tok
+
+
+MERGED_NOTE = "ftadvisor_merged.json"
+
+
+def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[str, str]:
+    """Fold a saved peft adapter (what :func:`save` wrote for LoRA, DoRA, PiSSA, IA3 and their QLoRA
+    variants) into its base and write a plain Hugging Face model with the tokenizer to ``out_dir``.
+
+    The base is loaded unquantized in the run's compute dtype (fp32 runs: fp32; otherwise bf16/fp16):
+    peft's ``merge_and_unload`` adds B A (x scaling) to each adapted weight, which needs real-valued
+    weights. For a QLoRA run that means the 16-bit base checkpoint the nf4 weights were quantized from,
+    not the nf4 weights themselves: the merged model is base + adapter, while training saw
+    nf4(base) + adapter (the QLoRA paper's practice; the difference is the nf4 rounding error).
+    Returns (out_dir, a one-line note for the user)."""
+    quiet_known_warnings()
+    import torch
+
+    _quiet()
+
+    adapter_dir, out = Path(adapter_dir), Path(out_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        meta = json.loads((adapter_dir / TRAIN_META).read_text()) if (adapter_dir / TRAIN_META).is_file() else {}
+        raise FtAdvisorError(
+            "merge", f"{adapter_dir} holds no peft adapter (technique {meta.get('technique', 'unknown')}): only "
+            "peft adapter runs can be merged; full fine-tuning already saved a whole model, and bottleneck adapters "
+            "and memory experts are extra modules, not weight deltas",
+            ["lora", "dora", "pissa", "ia3", "qlora (and their objectives, e.g. dpo+lora)"])
+    meta = json.loads((adapter_dir / TRAIN_META).read_text()) if (adapter_dir / TRAIN_META).is_file() else {}
+    dtype = getattr(torch, meta.get("compute_dtype", "float32"))
+    if meta.get("plan", {}).get("precision") == "fp32":
+        dtype = torch.float32
+    model, tok = load_trained(adapter_dir, device="cpu", dtype=dtype, quantized=False)
+    merged = model.merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out)
+    tok.save_pretrained(out)
+    quant = meta.get("quantization", "none")
+    note = (f"merged the adapter into its base in {str(dtype).replace('torch.', '')}")
+    if quant != "none":
+        note += (f" (the {quant} base was reloaded in 16-bit from its original weights: the merged model is "
+                 f"base + adapter, without the {quant} rounding training saw)")
+    (out / MERGED_NOTE).write_text(json.dumps({"adapter": str(adapter_dir), "dtype": str(dtype).replace("torch.", ""),
+                                               "quantization_in_training": quant, "note": note}, indent=1))
+    return str(out), note
