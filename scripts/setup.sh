@@ -15,5 +15,9 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -r "requirements/$level.txt"
   .venv/bin/python -m pip install -q --no-deps -e .
+  if [ "$level" != core ]; then
+    # deepspeed ships an sdist whose setup.py imports torch: install it after torch, ops JIT-built on use
+    DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --no-build-isolation deepspeed==0.19.8
+  fi
   touch "$stamp"
 fi
