@@ -28,6 +28,7 @@ EXPECTED_PROFILES = {
     "llama-3.2-3b", "mistral-7b", "mixtral-8x7b", "mixtral-8x22b", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b",
     "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b", "qwen2.5-72b", "qwen3-30b-a3b", "gemma-2-2b", "gemma-2-9b",
     "gemma-2-27b", "phi-3-mini", "phi-4", "tinyllama-1.1b", "falcon-7b", "phi-2", "olmo-2-7b",
+    "qwen3-8b",
 }
 
 # Linears that transformers 5 keeps as real nn.Linear modules (MoE experts and routers are fused parameters there).
@@ -177,6 +178,15 @@ def test_published_moe_sizes(stem, total_b, active_b, ndigits):
     assert round(arch.total_params / 1e9, ndigits) == total_b
     if active_b is not None:
         assert round(arch.active_params / 1e9, ndigits) == active_b
+
+
+def test_qwen3_8b_model_card_sizes():
+    # Qwen3-8B model card (huggingface.co/Qwen/Qwen3-8B): 8.2B parameters, 6.95B non-embedding.
+    # Hand count: 36 layers x (attn 4096*(4096+1024+1024) + 4096*4096, MLP 3*4096*12288) = 6.945B; + 2 x 151936*4096.
+    arch = load_profile("qwen3-8b").arch
+    assert round(arch.total_params / 1e9, 1) == 8.2
+    non_embedding = arch.total_params - arch.embedding_params - arch.lm_head_params
+    assert round(non_embedding / 1e9, 2) == 6.95
 
 
 def test_llama_31_8b_structure():
