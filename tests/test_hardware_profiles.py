@@ -55,6 +55,15 @@ MARKETED_GB = {
     "rtx5090-32gb": 32,  # RTX Blackwell whitepaper: 32 GB GDDR7
     "mi300x": 192,  # MI300X data sheet: 192 GB HBM3
     "cpu": 64,  # placeholder host RAM
+    # issue 10 cards
+    "rtxa6000-48gb": 48,  # RTX A6000 datasheet: 48 GB GDDR6 with ECC
+    "rtx6000-ada": 48,  # RTX 6000 Ada datasheet: 48 GB GDDR6 with ECC
+    "l40": 48,  # L40 datasheet: 48 GB GDDR6 with ECC
+    "a100-pcie-40gb": 40,  # A100 datasheet: 40 GB HBM2 (PCIe)
+    "a100-pcie-80gb": 80,  # A100 datasheet: 80 GB HBM2e (PCIe)
+    "h100-nvl": 94,  # H100 datasheet, NVL column: 94 GB
+    "gh200": 96,  # GH200 datasheet: 96 GB HBM3 (GPU side)
+    "mi250x": 64,  # Frontier guide: each GCD 64 GB (MI250X data sheet: 128 GB per package of 2 GCDs)
 }
 
 # What the driver reports (nvidia-smi "MiB" total, rocm-smi bytes), as copied into the profiles.
@@ -75,6 +84,15 @@ DRIVER_MIB = {
     "rtx4090-24gb": 24564,
     "rtx5090-32gb": 32607,
     "mi300x": 206141652992 / 2**20,  # rocm-smi "VRAM Total Memory (B): 206141652992"
+    # issue 10 cards: nvidia-smi totals as printed in public logs (ECC off for the workstation cards)
+    "rtxa6000-48gb": 49140,
+    "rtx6000-ada": 49140,
+    "l40": 46068,
+    "a100-pcie-40gb": 40960,
+    "a100-pcie-80gb": 81920,
+    "h100-nvl": 95830,
+    "gh200": 97871,  # "NVIDIA GH200 480GB ... 97871MiB"
+    "mi250x": 68702699520 / 2**20,  # gfx90a runtime: "Total GPU memory 68702699520" (one GCD)
 }
 
 
@@ -161,8 +179,10 @@ def test_common_short_forms(profiles, alias, pid):
 
 def test_no_gh200_alias(profiles):
     # GH200 (Grace Hopper, 96/144 GB, unified memory) is not an H100/H200 and must not resolve to one.
+    # Only its own profile (gh200, issue 10) may carry the name.
     for prof in profiles.values():
-        assert not any("gh200" in a for a in prof.aliases), prof.id
+        if prof.id != "gh200":
+            assert not any("gh200" in a for a in prof.aliases), prof.id
 
 
 # ---------------------------------------------------------------------------
@@ -374,3 +394,87 @@ def test_cpu_profile(profiles):
     assert c.bf16_dense_tflops is None and c.fp8_dense_tflops is None
     assert c.hourly_price_usd is None
     assert c.inter_node_bandwidth_gbps == pytest.approx(3.125)  # 25 GbE
+
+
+# ---------------------------------------------------------------------------
+# Issue 10 cards: datasheet figures, node form factors and device-name matching
+# ---------------------------------------------------------------------------
+
+ISSUE10_IDS = {"rtxa6000-48gb", "rtx6000-ada", "l40", "a100-pcie-40gb", "a100-pcie-80gb", "h100-nvl", "gh200", "mi250x"}
+
+
+def test_issue10_cards_exist(profiles):
+    assert ISSUE10_IDS <= set(profiles)
+    for pid in ISSUE10_IDS:  # every card names its datasheet and says where its default price stands
+        assert profiles[pid].source.strip() and profiles[pid].price_note.strip(), pid
+
+
+def test_issue10_datasheet_figures(profiles):
+    a6000, ada, l40 = profiles["rtxa6000-48gb"], profiles["rtx6000-ada"], profiles["l40"]
+    assert a6000.bf16_dense_tflops == 154.8 and a6000.fp32_tflops == 38.7  # Microway table; A6000 datasheet
+    assert a6000.hbm_bandwidth_gbps == 768  # RTX A6000 datasheet: 768 GB/s
+    assert ada.fp8_dense_tflops == pytest.approx(1457 / 2, abs=0.1)  # RTX 6000 Ada datasheet: 1,457 TFLOPS FP8 sparse
+    assert ada.hbm_bandwidth_gbps == 960 and ada.fp32_tflops == 91.1  # RTX 6000 Ada datasheet
+    assert l40.bf16_dense_tflops == pytest.approx(181.05) and l40.fp8_dense_tflops == 362  # L40 datasheet: 181.05 | 362.1*, 362 | 724*
+    assert l40.hbm_bandwidth_gbps == 864  # L40 datasheet: 864 GB/s
+    for pid, bw in (("a100-pcie-40gb", 1555), ("a100-pcie-80gb", 1935)):  # A100 datasheet PCIe columns
+        assert profiles[pid].bf16_dense_tflops == 312 and profiles[pid].hbm_bandwidth_gbps == bw, pid
+    nvl = profiles["h100-nvl"]
+    assert nvl.bf16_dense_tflops == pytest.approx(1671 / 2)  # H100 datasheet, NVL column: BF16 1,671* (sparsity)
+    assert nvl.fp8_dense_tflops == pytest.approx(3341 / 2) and nvl.tf32_dense_tflops == pytest.approx(835 / 2)
+    assert nvl.hbm_bandwidth_gbps == 3900 and nvl.intra_node_bandwidth_gbps == 600 / 2  # 3.9 TB/s; NVLink 600 GB/s bidir
+    gh = profiles["gh200"]
+    assert gh.bf16_dense_tflops == profiles["h100-sxm"].bf16_dense_tflops  # GH200 datasheet: same 1,979* as H100 SXM
+    assert gh.hbm_bandwidth_gbps == 4000  # GH200 datasheet: 96 GB HBM3, 4 TB/s
+
+
+def test_mi250x_is_one_gcd(profiles):
+    # MI250X data sheet (per package of two GCDs): FP16/BF16 383.0 TFLOPS, FP32 vector 47.9, 3.2768 TB/s, 128 GB.
+    m = profiles["mi250x"]
+    assert m.vendor == "amd" and m.compute_capability is None
+    assert 2 * m.bf16_dense_tflops == pytest.approx(383.0)
+    assert 2 * m.fp32_tflops == pytest.approx(47.9)
+    assert 2 * m.hbm_bandwidth_gbps == pytest.approx(3276.8)
+    assert m.tf32_dense_tflops is None and m.fp8_dense_tflops is None  # CDNA 2: no TF32 matrix format, no FP8
+
+
+@pytest.mark.parametrize(
+    "pid, form_factor, gpus, host_gib, p2p",
+    [
+        ("rtxa6000-48gb", "workstation", 4, 256, True),
+        ("rtx6000-ada", "workstation", 4, 256, True),
+        ("l40", "pcie-cloud", 8, 1536, True),  # nodes.yaml card row l40
+        ("a100-pcie-80gb", "pcie-cloud", 4, 880, True),  # Azure NC96ads A100 v4
+        ("a100-pcie-40gb", "pcie-cloud", 8, 768, True),  # generic pcie-cloud default
+        ("h100-nvl", "pcie-cloud", 2, 640, True),  # nodes.yaml card row h100-nvl (Azure NC80adis H100 v5)
+        ("gh200", "superchip", 1, 480, True),  # GH200: Grace's 480 GB LPDDR5X
+        ("mi250x", "oam-amd", 8, 512, True),  # Frontier node: 8 GCDs, 512 GB DDR4
+    ],
+)
+def test_issue10_node_defaults(profiles, pid, form_factor, gpus, host_gib, p2p):
+    from ftadvisor.host import node_for
+
+    node = node_for(profiles[pid])
+    assert (node.form_factor, node.gpus_per_node, node.host_ram_gib, node.p2p) == (form_factor, gpus, host_gib, p2p)
+
+
+@pytest.mark.parametrize(
+    "device, mib, pid",
+    [
+        ("NVIDIA RTX A6000", 49140, "rtxa6000-48gb"),
+        ("NVIDIA RTX 6000 Ada Generation", 49140, "rtx6000-ada"),
+        ("NVIDIA L40", 46068, "l40"),
+        ("NVIDIA L40S", 46068, "l40s"),
+        ("NVIDIA A100-PCIE-40GB", 40960, "a100-pcie-40gb"),
+        ("NVIDIA A100 80GB PCIe", 81920, "a100-pcie-80gb"),
+        ("NVIDIA A100-SXM4-80GB", 81920, "a100-80gb"),
+        ("NVIDIA H100 NVL", 95830, "h100-nvl"),
+        ("NVIDIA GH200 480GB", 97871, "gh200"),
+        ("AMD Instinct MI250X", 65520, "mi250x"),
+    ],
+)
+def test_issue10_device_names_match(device, mib, pid):
+    from ftadvisor.profiles import match_device
+
+    hw = match_device(device, mib * 2**20)
+    assert hw is not None and hw.id == pid
