@@ -538,7 +538,11 @@ def _arch_from_config(config: Mapping[str, Any]) -> ArchSpec:
     if model_type is None:
         raise FtAdvisorError("model_type", "missing from the config", SUPPORTED_MODEL_TYPES)
     if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
-        raise FtAdvisorError("model_type", f"unsupported model_type {shown(model_type)}", SUPPORTED_MODEL_TYPES)
+        # Any other family: transformers' own modelling code on the meta device (torch is imported
+        # on that path only; ftadvisor.derive refuses remote code, encoders and absurd sizes).
+        from ftadvisor.derive import derive_arch
+
+        return derive_arch(config, analytic_types=SUPPORTED_MODEL_TYPES)
 
     if model_type == "gemma3":
         # Multimodal Gemma 3: describe the language model only (text_config built as gemma3_text).

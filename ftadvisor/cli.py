@@ -17,21 +17,27 @@ import typer
 from ftadvisor.cli_common import OneLineErrors, fail, parse_sets
 from ftadvisor.errors import FtAdvisorError
 
-app = typer.Typer(cls=OneLineErrors, add_completion=False, help="Which fine-tuning technique fits, how fast, how good.")
+# add_completion: --install-completion/--show-completion (and `ftadvisor completion SHELL`, cli_extras)
+app = typer.Typer(cls=OneLineErrors, add_completion=True, help="Which fine-tuning technique fits, how fast, how good.")
 profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, help="List and show model and hardware profiles.")
 app.add_typer(profiles_app, name="profiles")
 
 # Sub-command groups live in their own modules; each imports its heavy stack inside its commands.
-from ftadvisor import cli_calibrate, cli_launch  # noqa: E402
+from ftadvisor import cli_calibrate, cli_export, cli_extras, cli_launch  # noqa: E402
 
 app.command("launch")(cli_launch.launch)
+app.command("export")(cli_export.export)
 app.add_typer(cli_calibrate.app, name="calibrate")
+app.command("data-stats")(cli_extras.data_stats)
+app.command("completion")(cli_extras.completion)
 
 GIB = 2**30
 
 
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context) -> None:
+def _root(ctx: typer.Context,
+          version: bool = typer.Option(False, "--version", is_eager=True, callback=cli_extras.show_version,
+                                       help="Print the version and exit.")) -> None:
     """Which fine-tuning technique fits, how fast, how good."""
     if ctx.invoked_subcommand is None:
         if sys.stdin.isatty() and sys.stdout.isatty():  # a terminal: open the wizard (textual loads only now)
@@ -214,7 +220,8 @@ def _estimate_table(mp, hw, results: list):
         f"{mp.name} ({first.total_params / 1e9:.2f}B) on {first.plan.num_gpus}× {hw.name}\n"
         f"seq {first.plan.seq_len}, micro-batch {first.plan.micro_batch_size}"
         f"{' (' + ', '.join(own) + ')' if own else ''}, {first.plan.precision}, "
-        f"sharding {first.plan.sharding}, checkpointing {'on' if first.plan.gradient_checkpointing else 'off'}\n"
+        f"sharding {first.plan.sharding}, checkpointing {'on' if first.plan.gradient_checkpointing else 'off'}, "
+        f"framework {first.plan.framework}\n"
         "GiB = device total per GPU (what nvidia-smi shows)"
         + (f"; host = host RAM GiB per node (of {first.host.capacity_bytes / GIB:,.0f})" if first.host else "")
     )
@@ -282,6 +289,8 @@ def _node_words(est) -> str:
 def _print_estimate_notes(console, hw, results: list) -> None:
     if results and results[0].host is not None:
         console.print(f"[dim]{_node_words(results[0])}[/]")
+    for source in sorted({r.architecture_source for r in results} - {"analytic family"}):
+        console.print(f"[dim]{source}[/]")  # the generic path (ftadvisor.derive) described the model
     warned = {w for r in results for w in r.warnings}
     for w in sorted(warned):
         console.print(f"[yellow]note:[/] {w}")
@@ -316,16 +325,34 @@ def estimate(
     dataset_tokens: Optional[float] = typer.Option(None, "--data-tokens", help="Total training tokens (instead of examples)."),
     epochs: float = typer.Option(1.0, "--epochs"),
     price: Optional[float] = typer.Option(None, "--price", help="Your price per GPU-hour in USD (overrides the profile default)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the memory breakdown per technique to FILE.png or FILE.svg (needs matplotlib)."),
+    framework: Optional[str] = typer.Option(None, "--framework", show_default="hf-trl",
+                                            help="Training stack: hf-trl, axolotl, llama-factory, torchtune, litgpt, unsloth."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Accept a Hub model whose config asks for its own code (never run here)."),
 ) -> None:
     """Peak memory per GPU for each technique (breakdown, fits or not), throughput, and with a
     dataset size and goal also time, cost and expected quality."""
     try:
+        if plot is not None:  # a bad file name fails before any work
+            from ftadvisor.plots import check_plot_path
+
+            check_plot_path(plot)
+        if trust_remote_code and model:  # a Hub config that asks for repository code (ftadvisor.hub)
+            from ftadvisor.profiles import resolve_model
+
+            model = resolve_model(model, trust_remote_code=True)
         extra = dict(with_speed=True, goal=goal, examples=examples, avg_tokens=avg_tokens,
                      dataset_tokens=dataset_tokens, epochs=epochs, hourly_price_usd=price)
+        if framework is not None:  # --framework F is --set framework=F, applied last
+            sets = [*sets, f"framework={framework}"]
         mp, hw, results = _run_estimates(model, gpu, num_gpus, technique, sets, plan, extra)
+        drawn = cli_extras.plot_estimates(plot, mp, hw, results) if plot is not None else None
     except FtAdvisorError as err:
         fail(err)
         return
+    if drawn is not None:  # on stderr: --json and --csv keep stdout machine-readable
+        typer.echo(f"picture: {drawn}", err=True)
 
     if as_json:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
@@ -363,6 +390,8 @@ def recommend(
                                         help="Share of the quality range below the expected value a plan pays for "
                                              "(0 = rank by the expected quality, 1 = by the low end)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
+    framework: str = typer.Option("hf-trl", "--framework",
+                                  help="Training stack: hf-trl, axolotl, llama-factory, torchtune, litgpt, unsloth."),
 ) -> None:
     """Ranked fine-tuning plans that fit, with time, cost, expected quality and the reasons."""
     from ftadvisor.recommend import recommend as run_recommend
@@ -371,7 +400,7 @@ def recommend(
         rec = run_recommend(model, gpu, num_gpus=num_gpus, num_nodes=num_nodes, goal=goal, data_kind=data_kind,
                             examples=examples, avg_tokens=avg_tokens, dataset_tokens=dataset_tokens, epochs=epochs,
                             budget_hours=budget_hours, budget_usd=budget_usd, hourly_price_usd=price,
-                            seq_len=seq_len, top=top, risk_aversion=risk_aversion)
+                            seq_len=seq_len, top=top, risk_aversion=risk_aversion, framework=framework)
     except FtAdvisorError as err:
         fail(err)
         return
@@ -442,6 +471,12 @@ def recommend(
         if n not in shown:  # said once: a note already printed as a plan's reason is not repeated
             console.print(f"[yellow]note:[/] {n}")
     console.print("[dim]Prices are profile defaults; pass --price for yours. Quality is relative to full fine-tuning (1.0).[/]")
+    if rec.plans:  # the hand-over (ftadvisor/export.py): plan #1 as the user's framework's config
+        from ftadvisor.export import FRAMEWORKS
+
+        console.print(f"next step: ftadvisor export PLAN.yaml --to {'|'.join(FRAMEWORKS)} --model {rec.model_id} "
+                      f"--data DATA  (PLAN.yaml: plan #1's fields, e.g. technique: {rec.plans[0].plan.technique})",
+                      markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -579,8 +614,10 @@ def profiles_show(name: str = typer.Argument(..., help="A model or hardware id/a
 
         validate.name("name", name)
         key = name.strip().lower()
-        if key in _model_index() or validate.exists(name):
-            p = resolve_model(name)
+        from ftadvisor.hub import parse_hub_id
+
+        if key in _model_index() or validate.exists(name) or (key not in _hardware_index() and parse_hub_id(name)):
+            p = resolve_model(name)  # a Hub id (org/name[@revision]): its config.json, fetched (ftadvisor.hub)
             data = p.model_dump(mode="json")
             data["derived"] = {"total_params": p.arch.total_params, "active_params": p.arch.active_params}
         elif key in _hardware_index():

@@ -129,11 +129,23 @@ def report_cmd(
     details: bool = typer.Option(False, "--details", help="Measured phases and largest tensors at each case's peak."),
     results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default calibration/results)."),
     corrections: Optional[Path] = typer.Option(None, "--corrections", help="Corrections folder (default calibration/corrections)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw predicted against measured to FILE.png or "
+                                                             "FILE.svg (memory, and throughput where recorded; needs matplotlib)."),
 ) -> None:
     """Predicted vs measured per technique, before/after correction, and a scatter plot."""
     try:
-        from ftadvisor.calibration.report import render
+        from ftadvisor.calibration.report import plot_rows, render
 
-        render(results, hardware, cases=cases, details=details, corrections_dir=corrections)
+        if plot is not None:  # a bad file name fails before the report
+            from ftadvisor.plots import check_plot_path
+
+            check_plot_path(plot)
+        tables = render(results, hardware, cases=cases, details=details, corrections_dir=corrections)
+        if plot is not None and tables:
+            from ftadvisor.plots import prediction_scatter
+
+            typer.echo(f"picture: {prediction_scatter(plot_rows(tables), plot)}")
+        elif plot is not None:
+            typer.echo(f"no picture written to {plot}: there are no results to draw", err=True)
     except FtAdvisorError as err:
         fail(err)

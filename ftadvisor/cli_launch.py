@@ -1,6 +1,6 @@
 """``ftadvisor launch``: run a plan for real (the work is in ftadvisor/launch.py).
 
-    ftadvisor launch PLAN.yaml --data DATA --model MODEL --output DIR [--dry-run] [--gpu G] [--num-gpus N]
+    ftadvisor launch PLAN.yaml --data DATA --model MODEL [--output DIR | --runs-dir DIR] [--dry-run] [--gpu G] [--num-gpus N]
                      [--resume] [--overwrite] [--trust-remote-code] [--force] [--max-steps N] [--merge]
                      [--set field=value]
 
@@ -23,7 +23,10 @@ def launch(
     plan: Optional[Path] = typer.Argument(None, help="Plan YAML: plan fields, optionally model, data, gpu and a run: mapping."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data: .jsonl/.json/.csv/.parquet or a HF dataset id."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Local model directory, profile id or HF model id."),
-    output: Path = typer.Option(..., "--output", "-o", help="Run directory to write (and train into)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory to write (and train into); "
+                                          "default: a new one in the runs folder."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs folder for a run without --output and "
+                                            "for the calibration records (default: $FTADVISOR_RUNS or ~/ftadvisor-runs)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", "-g", help="Hardware profile to check against (default: detect)."),
     num_gpus: Optional[int] = typer.Option(None, "--num-gpus", "-n", help="GPUs (processes) in total."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Write the run directory and print the command; train nothing."),
@@ -39,6 +42,19 @@ def launch(
     """Check a plan against the data and the hardware, write a run directory, and train it."""
     from ftadvisor.cli_common import fail, parse_sets
     from ftadvisor.launch import RunLock, prepare, storage_error
+
+    if runs_dir is not None:
+        import os
+
+        from ftadvisor.runs import RUNS_ENV
+
+        os.environ[RUNS_ENV] = str(runs_dir.expanduser().absolute())  # read again by the training process
+    if output is None:
+        try:
+            output = _default_output(plan, model, sets, resume)
+        except FtAdvisorError as err:
+            fail(err)
+            return
 
     # Held from the first write into --output until the training process has ended: a second
     # launch or resume into the same directory is refused meanwhile.
@@ -79,6 +95,20 @@ def launch(
     if code not in (0, 2):  # 2: the run has said why in one line already (a user error)
         typer.echo(f"error: the run exited with status {code}", err=True)
     raise typer.Exit(code)
+
+
+def _default_output(plan: Optional[Path], model: Optional[str], sets: list[str], resume: bool) -> Path:
+    """A new run directory in the runs folder (ftadvisor.runs), named after the time, technique and model."""
+    from ftadvisor.cli_common import parse_sets
+    from ftadvisor.launch import RUN_FIELDS
+    from ftadvisor.plans import read_plan_file, split_plan_file
+    from ftadvisor.runs import default_output
+
+    if resume:
+        raise FtAdvisorError("--output", "name the run directory to resume (--output DIR --resume)")
+    parts = split_plan_file(read_plan_file(plan, "plan") if plan is not None else {}, "plan", RUN_FIELDS)
+    technique = str({**parts["plan"], **parse_sets(sets)}.get("technique") or "lora")
+    return default_output(technique, str(model or parts["model"] or "model"))
 
 
 def run_supervised(cmd: list[str], lock=None, grace_s: float = 30.0) -> tuple[int, int | None]:

@@ -88,6 +88,7 @@ def _pack(model: ModelProfile, hw: HardwareProfile, plan: TrainingPlan, lay: mem
         headroom_bytes=cap - device_total,
         warnings=tuple(warnings),
         corrections=notes,
+        architecture_source=model.arch.derived_by if model.arch is not None else "analytic family",
     )
 
 

@@ -169,6 +169,9 @@ def _terms(hw: HardwareProfile, plan, node: NodeSpec, *, host_parts: dict, train
         params = opt = 0.0
     per_gpu = {"offloaded_params": params, "offloaded_optimizer": opt, "offloaded_grads": grads,
                "swap_buffers": swap, "process_baseline": float(PROCESS_BASELINE_BYTES)}
+    if "activations" in host_parts:
+        # checkpointed layer inputs a framework keeps on the host (ftadvisor.memory.offloaded_checkpoint_bytes)
+        per_gpu["offloaded_activations"] = host_parts["activations"]
     # The final save gathers a CPU copy of the checkpoint on rank 0 while the offloaded state is still
     # resident. ZeRO-3: stage3_gather_16bit_weights_on_model_save, compute-dtype weights to rank 0's
     # CPU (deepspeed/runtime/engine.py _zero3_consolidated_16bit_state_dict). FSDP: FULL_STATE_DICT

@@ -73,7 +73,8 @@ SUPERVISOR_ENV = "FTADVISOR_SUPERVISOR_PID"
 and whose death must end the training (see :func:`_bind_to_supervisor`)."""
 # What a run writes; ``--overwrite`` removes these and nothing else (never the lock).
 RUN_ARTIFACTS = (PLAN_FILE, ACCELERATE_FILE, DEEPSPEED_FILE, COMMAND_FILE, ESTIMATE_FILE, LOG_FILE, RESULT_FILE,
-                 FINAL_DIR, CHECKPOINT_DIR, FINAL_PARTIAL, FINAL_OLD, MERGED_DIR)
+                 FINAL_DIR, CHECKPOINT_DIR, FINAL_PARTIAL, FINAL_OLD, MERGED_DIR,
+                 "nodes", "sbatch.sh")  # multi-node scripts (ftadvisor.multinode.NODES_DIR, SBATCH_FILE)
 
 
 class RunSettings(BaseModel):
@@ -106,7 +107,7 @@ class RunSettings(BaseModel):
     record_calibration: bool = True
     """Append the measured peak memory and throughput to the calibration results."""
     results_root: str | None = None
-    """Folder of calibration results; None: the calibration store's default."""
+    """Folder of calibration results; None: ``<runs folder>/calibration`` (ftadvisor.runs), never the checkout."""
 
 
 RUN_FIELDS = tuple(RunSettings.model_fields)
@@ -199,6 +200,8 @@ def build_spec(
     if not data:
         raise FtAdvisorError("--data", "no data given (a .jsonl/.json/.csv/.parquet file or a Hugging Face dataset id)")
     plan = make_plan(plan=plan_fields)
+    if plan.framework != "hf-trl":  # launch runs trl + transformers + peft; other stacks are estimated only
+        raise FtAdvisorError("framework", f"launch runs hf-trl; {plan.framework} is for estimates only", ["hf-trl"])
     try:
         run = RunSettings(**run_fields)
     except ValidationError as err:
@@ -350,26 +353,22 @@ def fit_message(est: Estimate, hw: HardwareProfile) -> str:
     )
 
 
-def resolve_model_profile(model: str):
-    """The cost model's view of ``model``: a profile id, a local config, or a hub config (network)."""
+def resolve_model_profile(model: str, trust_remote_code: bool = False):
+    """The cost model's view of ``model``: a profile id, a local config, or a Hub id, of which only
+    config.json is fetched, failing in one line within seconds when it cannot be (ftadvisor.hub)."""
     from ftadvisor.profiles import resolve_model
 
-    try:
-        return resolve_model(model)
-    except FtAdvisorError:
-        if Path(model).expanduser().exists() or model.count("/") != 1:
-            raise
-    # A hub id that no profile carries: fetch only its config.json (no weights).
-    try:
-        from huggingface_hub import hf_hub_download
+    return resolve_model(model, trust_remote_code=trust_remote_code)
 
-        path = hf_hub_download(model, "config.json")
-    except Exception as err:  # noqa: BLE001 - offline, gated, missing repo
-        raise FtAdvisorError(
-            "--model", f"{model!r} is no profile and its config.json could not be fetched from the hub "
-            f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); pass a local model directory"
-        ) from None
-    return resolve_model(path)
+
+def check_hub_model(model: str) -> None:
+    """A Hub id that is no local path must be reachable before training starts: otherwise
+    transformers' weight download retries for about a minute before it fails (ftadvisor.hub)."""
+    from ftadvisor import hub
+
+    parsed = hub.parse_hub_id(model) if isinstance(model, str) else None
+    if parsed and not Path(model).expanduser().exists():
+        hub.check_available(*parsed)
 
 
 def remote_code_note(model: str, trust_remote_code: bool) -> str | None:
@@ -391,10 +390,10 @@ def remote_code_note(model: str, trust_remote_code: bool) -> str | None:
             f"{REMOTE_CODE_FLAG}, and transformers' built-in class is used where one exists")
 
 
-def predict(spec: RunSpec, hw: HardwareProfile) -> Estimate:
+def predict(spec: RunSpec, hw: HardwareProfile, trust_remote_code: bool = False) -> Estimate:
     from ftadvisor.estimator import estimate
 
-    return estimate(resolve_model_profile(spec.model), hw, plan=spec.plan)
+    return estimate(resolve_model_profile(spec.model, trust_remote_code), hw, plan=spec.plan)
 
 
 def check_layout_on_cpu(plan: TrainingPlan) -> None:
@@ -443,7 +442,8 @@ def _check_merge(spec: RunSpec) -> None:
                              "saves a whole model; bottleneck adapters and memory experts are extra modules)", ok)
 
 
-def preflight(spec: RunSpec, dry_run: bool = False, in_process: bool = False) -> dict[str, Any]:
+def preflight(spec: RunSpec, dry_run: bool = False, in_process: bool = False,
+              trust_remote_code: bool = False) -> dict[str, Any]:
     """Every check before a model is loaded, in order: data vs technique, hardware, layout, fit.
 
     Raises FtAdvisorError. In a dry run a plan predicted not to fit (or a GPU-only layout on a CPU
@@ -462,7 +462,9 @@ def preflight(spec: RunSpec, dry_run: bool = False, in_process: bool = False) ->
     if n_cuda and per_node > n_cuda and not dry_run:
         raise FtAdvisorError("num_gpus", f"the plan runs {per_node} processes per node but this machine has "
                              f"{n_cuda} CUDA device(s)")
-    est = predict(spec, hw)
+    est = predict(spec, hw, trust_remote_code)
+    if not dry_run:
+        check_hub_model(spec.model)
     if not est.fits:
         if not (spec.run.force or dry_run):
             raise FtAdvisorError("plan", fit_message(est, hw))
@@ -523,7 +525,7 @@ def accelerate_config(plan: TrainingPlan, ds_config_path: str | None = None) -> 
     cfg: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "num_machines": plan.num_nodes or 1,  # not given: one machine
-        "machine_rank": 0,
+        "machine_rank": 0,  # node 0's; nodes/accelerate-node<i>.yaml carry the others (ftadvisor.multinode)
         "num_processes": plan.num_gpus,  # accelerate counts processes over all machines
         "mixed_precision": mixed_precision(plan),
         "use_cpu": False,
@@ -533,10 +535,8 @@ def accelerate_config(plan: TrainingPlan, ds_config_path: str | None = None) -> 
         "main_training_function": "main",
         "enable_cpu_affinity": False,
     }
-    if (plan.num_nodes or 1) > 1:
-        # each node runs the same command with its own machine_rank; set the first node's address
-        cfg["main_process_ip"] = "FIRST_NODE_ADDRESS"
-        cfg["main_process_port"] = 29500
+    # Several nodes: the main address is a parameter of each node's command (--main_process_ip
+    # "$MAIN_ADDR"), never a value in this file (ftadvisor.multinode).
     if plan.num_gpus == 1 and plan.sharding in ("none", "ddp"):
         cfg["distributed_type"] = "NO"
     elif plan.sharding in ("none", "ddp"):
@@ -548,7 +548,10 @@ def accelerate_config(plan: TrainingPlan, ds_config_path: str | None = None) -> 
             "fsdp_reshard_after_forward": True,  # = FULL_SHARD (parameters sharded between uses)
             "fsdp_offload_params": bool(plan.cpu_offload),
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # one unit per decoder layer (_no_split_modules)
-            "fsdp_state_dict_type": "FULL_STATE_DICT",  # the final save is a plain HF checkpoint
+            # intermediate checkpoints: each rank writes its own shard (torch.distributed.checkpoint, via
+            # accelerate's save_fsdp_model) instead of gathering the whole model on rank 0; the final
+            # save switches to FULL_STATE_DICT for a plain HF model (_save_final)
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
             "fsdp_cpu_ram_efficient_loading": True,
             # gradient checkpointing comes from the plan through the trainer, not from FSDP's wrapper
             "fsdp_activation_checkpointing": False,
@@ -560,16 +563,20 @@ def accelerate_config(plan: TrainingPlan, ds_config_path: str | None = None) -> 
             # build ZeRO-3 partitioned parameters at load time instead of full copies on each GPU
             "zero3_init_flag": plan.sharding == "zero3",
         }
+        # With a config file, precision lives in it ("bf16"/"fp16": "auto", filled from the trainer's
+        # arguments): accelerate's DeepSpeedPlugin refuses a mixed_precision given in this file too
+        # (accelerate/utils/dataclasses.py _deepspeed_config_checks).
+        del cfg["mixed_precision"]
+        if (plan.num_nodes or 1) > 1:
+            # one accelerate launch per node, each starting its own processes; accelerate's default for
+            # several machines is DeepSpeed's pdsh launcher with a hostfile (accelerate/utils/launch.py)
+            cfg["deepspeed_config"]["deepspeed_multinode_launcher"] = "standard"
     return cfg
 
 
 # --------------------------------------------------------------------------------------------
 # The run directory
 # --------------------------------------------------------------------------------------------
-
-
-def _package_root() -> Path:
-    return Path(__file__).resolve().parent.parent
 
 
 def launch_command(run_dir: Path, plan: TrainingPlan, resume: bool = False,
@@ -584,21 +591,33 @@ def launch_command(run_dir: Path, plan: TrainingPlan, resume: bool = False,
 
 
 def command_script(run_dir: Path, plan: TrainingPlan) -> str:
-    cmd = shlex.join(launch_command(run_dir, plan))
+    """``command.sh``: portable -- it finds its run directory from its own location and the Python that
+    has ftadvisor on the machine it runs on (ftadvisor.multinode.find_python_sh), and names no path of
+    this checkout, so the directory can be copied to the training machine."""
+    from ftadvisor.multinode import NODES_DIR, find_python_sh, run_dir_sh
+
     lines = [
         "#!/usr/bin/env bash",
         "# Run (or re-run) this ftadvisor launch. Edit plan.yaml / accelerate.yaml first if you like;",
         "# add --resume to continue from the last checkpoint in checkpoints/, and --trust-remote-code",
         "# to let the model repository run its own code (never stored here or in plan.yaml).",
         "set -euo pipefail",
+        run_dir_sh(),
     ]
-    pkg = _package_root()
-    if (pkg / "ftadvisor").is_dir():
-        lines.append(f"export PYTHONPATH={shlex.quote(str(pkg))}${{PYTHONPATH:+:$PYTHONPATH}}")
-    if (plan.num_nodes or 1) > 1:
-        lines.append("# Multi-node: run this on every node with --machine_rank N added after --config_file, and set")
-        lines.append("# main_process_ip in accelerate.yaml to the first node's address.")
-    lines.append(f'{cmd} "$@"')
+    nodes = plan.num_nodes or 1
+    if nodes > 1:
+        lines += [f"# {nodes} nodes: on node i run nodes/accelerate-node<i>.sh (or nodes/torchrun-node<i>.sh, or",
+                  "# sbatch sbatch.sh under Slurm); this does the same for NODE_RANK=i.",
+                  f': "${{NODE_RANK:?set NODE_RANK (0..{nodes - 1}) and MAIN_ADDR (node 0 address), '
+                  'or run nodes/*.sh}"',
+                  f'exec bash "$RUN_DIR/{NODES_DIR}/accelerate-node$NODE_RANK.sh" "$@"']
+        return "\n".join(lines) + "\n"
+    lines += [find_python_sh().rstrip("\n"), 'cd "$RUN_DIR"  # ds_config.json is named relative to it']
+    if plan.num_gpus == 1 and plan.sharding in ("none", "ddp"):
+        lines.append('exec "$PY" -m ftadvisor.launch "$RUN_DIR" "$@"')
+    else:
+        lines.append(f'exec "$PY" -m accelerate.commands.launch --config_file "$RUN_DIR/{ACCELERATE_FILE}" '
+                     '-m ftadvisor.launch "$RUN_DIR" "$@"')
     return "\n".join(lines) + "\n"
 
 
@@ -907,19 +926,20 @@ def clear_run_artifacts(out: Path) -> None:
 
 def write_run_dir(out: Path, spec: RunSpec, est: Estimate | None, hw: HardwareProfile | None, hw_note: str) -> list[str]:
     """Write plan.yaml, accelerate.yaml (+ ds_config.json), command.sh and estimate.json; return the command."""
+    from ftadvisor import multinode
+
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     cmd = launch_command(out, spec.plan)
     header = (
-        "# ftadvisor run: edit and re-run with\n"
-        f"#   {shlex.join(cmd)}\n"
+        "# ftadvisor run: edit and re-run with ./command.sh in this directory\n"
         "# plan: every TrainingPlan field (ftadvisor/schema.py); run: RunSettings (ftadvisor/launch.py)\n"
     )
     body = spec.model_dump(mode="json")
     (out / PLAN_FILE).write_text(header + yaml.safe_dump(body, sort_keys=False))
     ds_path = None
     if spec.plan.sharding in ("zero1", "zero2", "zero3"):
-        ds_path = str(out / DEEPSPEED_FILE)
+        ds_path = DEEPSPEED_FILE  # relative to the run directory (the scripts cd there; _resolve_ds_config_env)
         (out / DEEPSPEED_FILE).write_text(json.dumps(deepspeed_config(spec.plan), indent=2) + "\n")
     acc = accelerate_config(spec.plan, ds_path)
     header = "# accelerate launch --config_file for this run (written by ftadvisor launch from plan.yaml)\n"
@@ -927,6 +947,17 @@ def write_run_dir(out: Path, spec: RunSpec, est: Estimate | None, hw: HardwarePr
         header += ("# No CUDA here: accelerate's torchrun launcher starts the processes and each trains on the CPU\n"
                    "# over gloo (ftadvisor.launch sets ACCELERATE_USE_CPU in them).\n")
     (out / ACCELERATE_FILE).write_text(header + yaml.safe_dump(acc, sort_keys=False))
+    nodes = spec.plan.num_nodes or 1
+    job = "ftadvisor-" + spec.plan.technique.replace("+", "-")
+    for rel, content in multinode.node_files(acc, nodes, spec.plan.num_gpus // nodes, job).items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, dict):
+            path.write_text(f"# accelerate launch --config_file for node {content['machine_rank']} of {nodes} "
+                            "(main address: --main_process_ip in its .sh)\n" + yaml.safe_dump(content, sort_keys=False))
+        else:
+            path.write_text(content)
+            path.chmod(0o755)
     script = out / COMMAND_FILE
     script.write_text(command_script(out, spec.plan))
     script.chmod(0o755)
@@ -992,8 +1023,11 @@ def _prepare(plan_file, out: Path, lock: RunLock, *, data, model, gpu, num_gpus,
         spec = build_spec(plan_file, data=data, model=model, gpu=gpu, num_gpus=num_gpus, sets=sets,
                           max_steps=max_steps, force=force)
     check_output_dir(out, overwrite, resume)
-    pre = preflight(spec, dry_run=dry_run)
+    _refuse_multinode_here(spec.plan.num_nodes or 1, dry_run)
+    pre = preflight(spec, dry_run=dry_run, trust_remote_code=trust_remote_code)
     user_data, hw, hw_note, est = pre["data"], pre["hardware"], pre["hardware_note"], pre["estimate"]
+    spec = _with_launch_nodes(spec, hw)
+    _refuse_multinode_here(spec.plan.num_nodes or 1, dry_run)
     try:
         lock.acquire()  # the first write into the directory: nothing before it may change a live run
         if overwrite and not resume and out.is_dir():
@@ -1019,8 +1053,35 @@ def _prepare(plan_file, out: Path, lock: RunLock, *, data, model, gpu, num_gpus,
         cmd = cmd + ["--resume"]
     if trust_remote_code:
         cmd = cmd + [REMOTE_CODE_FLAG]
-    echo("command: " + shlex.join(cmd))
+    nodes = spec.plan.num_nodes or 1
+    if nodes > 1:
+        from ftadvisor.multinode import SBATCH_FILE, node_commands
+
+        echo(f"{nodes} nodes x {spec.plan.num_gpus // nodes} processes; start every node (a shared file system "
+             "holds this directory):")
+        for line in node_commands(nodes):
+            echo("  " + line)
+        echo(f"  or under Slurm: cd {out.resolve()} && sbatch {SBATCH_FILE}")
+    else:
+        echo("command: " + shlex.join(cmd))
     return out.resolve(), cmd
+
+
+def _with_launch_nodes(spec: RunSpec, hw: HardwareProfile) -> RunSpec:
+    """The spec with ``num_nodes`` filled in when the plan spans several machines (ftadvisor.multinode.
+    launch_nodes), so that plan.yaml, the accelerate configs and every process agree on it."""
+    from ftadvisor.multinode import launch_nodes
+
+    nodes = launch_nodes(spec.plan, hw)
+    if nodes <= 1 or spec.plan.num_nodes == nodes:
+        return spec
+    return spec.model_copy(update={"plan": spec.plan.model_copy(update={"num_nodes": nodes})})
+
+
+def _refuse_multinode_here(nodes: int, dry_run: bool) -> None:
+    if nodes > 1 and not dry_run:
+        raise FtAdvisorError("num_nodes", f"the plan spans {nodes} nodes: write its run directory with --dry-run, then "
+                             "start each node with its nodes/*.sh script or submit sbatch.sh under Slurm")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1138,6 +1199,12 @@ def _save_final(session, run_dir: Path, rank0: bool) -> Path:
         shutil.rmtree(partial)
     session.trainer.accelerator.wait_for_everyone()
     sharded = session.plan.sharding in ("fsdp", "zero1", "zero2", "zero3") and _world_size() > 1
+    fsdp = getattr(session.trainer.accelerator.state, "fsdp_plugin", None)
+    if fsdp is not None:
+        # checkpoints were sharded (SHARDED_STATE_DICT); final/ is one plain HF model: transformers'
+        # Trainer.save_model gathers the full state dict only under FULL_STATE_DICT (trainer.py save_model;
+        # accelerate's FullyShardedDataParallelPlugin.set_state_dict_type overrides it for this save)
+        fsdp.set_state_dict_type("FULL_STATE_DICT")
     try:
         if sharded:
             session.trainer.save_model(str(partial / FINAL_DIR))
@@ -1276,12 +1343,14 @@ def _measurement(result, session) -> dict[str, Any]:
 
 def _record(spec: RunSpec, pre: dict[str, Any], session, result, status: str, error: str | None, wall: float,
             started: str) -> Path | None:
-    """Append this run to the calibration results (``ftadvisor.calibration.store``)."""
-    from ftadvisor.calibration.store import append_result, results_root
+    """Append this run to the calibration results (``ftadvisor.calibration.store``): ``run.results_root``
+    or the user's ``<runs folder>/calibration`` (ftadvisor.runs), never the source checkout."""
+    from ftadvisor.calibration.store import append_result
+    from ftadvisor.runs import launch_results_root
 
     est: Estimate = pre["estimate"]
     hw: HardwareProfile = pre["hardware"]
-    root = Path(spec.run.results_root) if spec.run.results_root else results_root()
+    root = Path(spec.run.results_root) if spec.run.results_root else launch_results_root()
     cfg_model: dict[str, Any] = {"ref": spec.model}
     try:
         cfg_model["config"] = dict(resolve_model_profile(spec.model).config)
@@ -1306,7 +1375,17 @@ def _record(spec: RunSpec, pre: dict[str, Any], session, result, status: str, er
     return append_result(root, hw.id, record)
 
 
-def _set_up_process_device(spec: RunSpec) -> None:
+def _resolve_ds_config_env(run_dir: Path) -> None:
+    """accelerate.yaml names ds_config.json relative to the run directory (portable); accelerate hands
+    the name on as ACCELERATE_DEEPSPEED_CONFIG_FILE, read in this process from its working directory.
+    Make it the run directory's file whatever directory the launcher was started from."""
+    key = "ACCELERATE_DEEPSPEED_CONFIG_FILE"
+    name = os.environ.get(key)
+    if name and not os.path.isabs(name) and not os.path.isfile(name) and (run_dir / name).is_file():
+        os.environ[key] = str(run_dir / name)
+
+
+def _set_up_process_device(spec: RunSpec, run_dir: Path) -> None:
     """Point this process at its backend: gloo for CPU multi-process runs, its own GPU for each rank."""
     if _world_size() > 1:
         import torch
@@ -1315,6 +1394,7 @@ def _set_up_process_device(spec: RunSpec) -> None:
             # several processes without CUDA: accelerate uses gloo only when told the run is on the CPU
             # (accelerate/state.py _prepare_backend; transformers/training_args.py reads the same flag)
             os.environ["ACCELERATE_USE_CPU"] = "true"
+    _resolve_ds_config_env(run_dir)
     if os.environ.get("LOCAL_RANK") is not None and spec.run.device != "cpu":
         import torch
 
@@ -1434,8 +1514,8 @@ def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = T
             print(f"note: the run in {run_dir} already finished ({done['steps']} steps; the model is in "
                   f"{run_dir / FINAL_DIR}); nothing to resume. Raise --max-steps to train further.", file=sys.stderr)
         return {**done, "already_finished": True}
-    _set_up_process_device(spec)
-    pre = preflight(spec, in_process=True)
+    _set_up_process_device(spec, run_dir)
+    pre = preflight(spec, in_process=True, trust_remote_code=trust_remote_code)
     if rank0:
         for w in pre["warnings"]:
             print(f"note: {w}", file=sys.stderr)

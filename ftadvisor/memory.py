@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 
 from ftadvisor import _num
 from ftadvisor.errors import FtAdvisorError
+from ftadvisor.frameworks import get_framework
+from ftadvisor.frameworks.base import Framework
+from ftadvisor.frameworks.hf_trl import HfTrl
 from ftadvisor.schema import MEMORY_COMPONENTS, ArchSpec, HardwareProfile, LinearSpec, TrainingPlan, check_prompt_room
 from ftadvisor.techniques import METHODS, Technique
 
@@ -104,6 +107,21 @@ class Layout:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     reward_arch: ArchSpec | None = None
     """PPO's reward model when the plan names one (``ppo_reward_model``); None = the policy's architecture."""
+    framework: type[Framework] = HfTrl
+    """The training stack (``plan.framework``): its declarations below are read from it."""
+    kbit_fp32_upcast: bool = True
+    """Next to a quantized base the other parameters and the residual stream are fp32 (peft's
+    prepare_model_for_kbit_training), as the framework's ``dtypes`` declares."""
+    kv_expanded: bool = False
+    """K/V copied to all query heads before the attention kernel (framework ``attention``)."""
+    checkpoint_offload: bool = False
+    """Checkpointed layer inputs live in host memory (framework ``checkpointing.offload``)."""
+    optimizer_in_backward: bool = False
+    """Each parameter steps in backward and frees its gradient (framework ``optimizer``)."""
+    head_lora: bool = False
+    """LoRA matrices on the lm_head (``lora_targets`` names lm_head)."""
+    embed_lora: bool = False
+    """LoRA matrices on the input embedding (``lora_targets`` names embed_tokens; peft lora.Embedding)."""
 
     # dtype sizes ----------------------------------------------------------
     @property
@@ -121,7 +139,7 @@ class Layout:
         """Frozen, non-quantized parameters: compute dtype; fp32 when peft's
         prepare_model_for_kbit_training upcasts them next to a quantized base
         (peft/utils/other.py: 'cast all non INT8 parameters to fp32'), as trl does."""
-        if self.quantization != "none" and self.precision != "bf16-true":
+        if self.quantization != "none" and self.precision != "bf16-true" and self.kbit_fp32_upcast:
             return 4
         return self.c
 
@@ -130,9 +148,22 @@ class Layout:
         return self.sharding in ("zero1", "zero2", "zero3")
 
 
+# Modules outside the decoder layers peft can put LoRA on when named in target_modules: the output
+# layer (an nn.Linear -> lora.Linear) and the input embedding (nn.Embedding -> lora.Embedding,
+# peft/tuners/lora/layer.py). peft's "all-linear" leaves the output layer out.
+EMBEDDING_LORA_TARGETS = ("lm_head", "embed_tokens")
+
+
 def resolve_lora_targets(arch: ArchSpec, targets) -> set[str]:
-    """peft target_modules names for plan.lora_targets (shared by the estimator and the engine)."""
+    """peft target_modules names for plan.lora_targets (shared by the estimator and the engine).
+    ``lm_head`` and ``embed_tokens`` may be named too, alone or beside ``all-linear``."""
     names = {lin.name for lin in arch.linears}
+    if isinstance(targets, str):
+        targets = tuple(t.strip() for t in targets.split(",") if t.strip())
+    outer = {t for t in targets if t in EMBEDDING_LORA_TARGETS}
+    if outer:
+        rest = tuple(t for t in targets if t not in EMBEDDING_LORA_TARGETS)
+        return (resolve_lora_targets(arch, rest) if rest else set()) | outer
     if targets == "all-linear" or targets == ("all-linear",):
         # peft's "all-linear" targets every nn.Linear but the output layer (peft/tuners/tuners_utils.py
         # _maybe_include_all_linear_layers). Routed experts stored as fused 3-D parameters and the
@@ -143,7 +174,8 @@ def resolve_lora_targets(arch: ArchSpec, targets) -> set[str]:
     linear = {lin.name for lin in arch.linears if lin.group not in ("expert", "router")}
     bad = [t for t in targets if t not in names]
     if bad:
-        raise FtAdvisorError("lora_targets", f"{', '.join(bad)} not in this model", ["all-linear", *sorted(linear)])
+        raise FtAdvisorError("lora_targets", f"{', '.join(bad)} not in this model",
+                             ["all-linear", *sorted(linear), *EMBEDDING_LORA_TARGETS])
     fused = [t for t in targets if t not in linear]
     if fused:
         raise FtAdvisorError(
@@ -156,7 +188,7 @@ def resolve_lora_targets(arch: ArchSpec, targets) -> set[str]:
 
 
 # MoE selection (plan.moe_train): which linear groups train.
-_MOE_GROUPS = {"attention": ("attention",), "experts": ("expert", "shared_expert"), "router": ("router",)}
+_MOE_GROUPS = {"attention": ("attention", "mixer"), "experts": ("expert", "shared_expert"), "router": ("router",)}
 
 
 def _base_quantization(arch: ArchSpec, m, plan: TrainingPlan) -> str:
@@ -274,6 +306,8 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
     if reward_arch is not None and not technique.objective.reward_model:
         reward_note = (f"ppo_reward_model is used by PPO only; {technique.name} ignores it",)
     quant = _base_quantization(arch, m, plan)
+    fw = get_framework(getattr(plan, "framework", "hf-trl"))
+    head_lora, embed_lora = _embedding_lora(arch, technique, plan, fw)
     half_layers = m.trained_layers(arch, plan) if m.base_training == "half_layers" else 0
     train_embed = m.base_training == "all" and (plan.moe_train if arch.is_moe else "all") == "all"
     if m.norm_training == "trained_layers":
@@ -286,12 +320,12 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         arch=arch,
         technique=technique,
         hardware=hardware,
-        precision=plan.precision,
+        precision=fw.dtypes.precision(plan.precision, quant != "none"),
         sharding=plan.sharding,
         cpu_offload=plan.cpu_offload,
         optimizer=plan.optimizer,
         attention=plan.attention,
-        checkpointing=plan.gradient_checkpointing,
+        checkpointing=fw.checkpointing.applies(plan),
         quantization=quant,
         double_quant=plan.double_quant,
         roles=_linear_roles(arch, m, plan, quant, half_layers),
@@ -301,11 +335,35 @@ def build_layout(arch: ArchSpec, technique: Technique, hardware: HardwareProfile
         half_ft_layers=half_layers,
         added_layers=m.added_layers(arch, plan),
         dropout=plan.lora_dropout > 0,
-        sft_chunked_loss=plan.sft_chunked_loss,
+        sft_chunked_loss=plan.sft_chunked_loss and fw.loss.trl_chunked,
         reference_copy=technique.objective.uses_reference(plan) and not m.peft,
-        warnings=_layout_warnings(arch, m, hardware, plan, quant) + reward_note,
+        warnings=_layout_warnings(arch, m, hardware, plan, quant) + reward_note
+        + fw.notes(plan, m.base_training != "none", quant != "none", technique.objective.sft_loss),
         reward_arch=reward_arch if technique.objective.reward_model else None,
+        framework=fw,
+        kbit_fp32_upcast=fw.dtypes.kbit_fp32_upcast,
+        kv_expanded=fw.attention.kv_expanded,
+        checkpoint_offload=fw.checkpointing.offload == "layer_inputs" and fw.checkpointing.applies(plan),
+        optimizer_in_backward=fw.optimizer.in_backward(m.base_training != "none", plan),
+        head_lora=head_lora,
+        embed_lora=embed_lora,
     )
+
+
+def _embedding_lora(arch: ArchSpec, technique: Technique, plan: TrainingPlan, fw) -> tuple[bool, bool]:
+    """Whether LoRA sits on the lm_head and on the input embedding. trl's chunked_nll loss reads the
+    lm_head weight directly and refuses a PEFT-wrapped lm_head (trl/trainer/sft_trainer.py
+    SFTTrainer.__init__), so that combination is the user's to resolve."""
+    m = technique.method
+    if not m.lora:
+        return False, False
+    targets = resolve_lora_targets(arch, plan.lora_targets)
+    head, embed = "lm_head" in targets, "embed_tokens" in targets
+    if head and technique.objective.sft_loss and plan.sft_chunked_loss and fw.loss.trl_chunked:
+        raise FtAdvisorError("sft_chunked_loss", "trl's chunked loss refuses LoRA on lm_head (it reads the lm_head "
+                             "weight directly); set sft_chunked_loss=false, or drop lm_head from lora_targets",
+                             ["false"])
+    return head, embed
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -416,12 +474,28 @@ def _count_embeddings_and_norms(t: _Tally, lay: Layout) -> float:
     return norms_tr
 
 
+def _count_embedding_lora(t: _Tally, lay: Layout, plan) -> float:
+    """LoRA on the lm_head and the input embedding (peft/tuners/lora/layer.py): on the lm_head a
+    lora.Linear, A (r x h) + B (V x r); on the embedding a lora.Embedding, lora_embedding_A (r x V) +
+    lora_embedding_B (h x r) -- r (V + h) each. DoRA adds a magnitude vector of the output width (V
+    for the lm_head, h for the embedding). Returns the parameters not cast for a matmul by autocast
+    (lora_embedding_A goes through F.embedding)."""
+    h, V, r = lay.arch.hidden_size, lay.arch.vocab_size, plan.lora_r
+    dora = lay.technique.method.dora
+    for on, out in ((lay.head_lora, V), (lay.embed_lora, h)):
+        if on:
+            t.train(r * (V + h) + (out if dora else 0), 2 * r + V + h, lay.trainable_bytes)
+            t.largest = _num.maximum(t.largest, r * V)
+    return r * V if lay.embed_lora else 0.0
+
+
 def count_params(lay: Layout, plan) -> Params:
     """Trainable and stored parameters. ``plan.lora_r`` and ``plan.adapter_bottleneck`` may be arrays."""
     arch = lay.arch
     t = _Tally(lay)
     _count_linears(t, lay, plan)
     norms_tr = _count_embeddings_and_norms(t, lay)
+    not_cast = _count_embedding_lora(t, lay, plan)
     # 4. Modules the method adds (bottleneck adapters, memory experts): the method's declaration
     #    (ftadvisor/techniques/<method>.py) counts them.
     added = lay.technique.method.added(lay, plan)
@@ -432,7 +506,7 @@ def count_params(lay: Layout, plan) -> Params:
     # autocast casts the weights of matmuls (linears, adapters, the lm_head -- also when it is the
     # tied embedding); F.embedding and RMSNorm's fp32 multiply are not on its cast list (measured).
     emb, head = arch.embedding_params, arch.lm_head_params
-    cast = t.trainable - norms_tr - (arch.other_params + emb if lay.embed_trained else 0)
+    cast = t.trainable - norms_tr - (arch.other_params + emb if lay.embed_trained else 0) - not_cast
     if lay.lm_head_trained and not head:
         cast = cast + emb
     if added.layers:
@@ -501,6 +575,7 @@ class ActivationCoefficients:
     per_layer_seq: float  # x seq_len (eager attention's s^2 score matrices)
     per_layer_r: float  # x lora_r (LoRA A outputs, memory experts)
     top: float  # final norm + lm_head input
+    top_r: float  # x lora_r, once per token outside the layers (LoRA on lm_head / embed_tokens)
     checkpoint_per_layer: float  # bytes/token kept per layer under gradient checkpointing
     backward_ws: float  # gradient working set of the layer in flight
 
@@ -514,7 +589,7 @@ class _Saved:
         self.h = lay.arch.hidden_size
         self.mixed_fp32_weights = lay.precision in ("bf16-mixed", "fp16-mixed")
         resid = 4 if (lay.embed_trained and lay.precision != "bf16-true") or lay.precision == "fp32" else 2
-        if lay.quantization != "none" and lay.precision != "bf16-true":
+        if lay.quantization != "none" and lay.precision != "bf16-true" and lay.kbit_fp32_upcast:
             resid = 4  # prepare_model_for_kbit_training upcasts the embeddings to fp32
         self.resid = resid
         self.norm_trains = lay.norm_trained_fraction > 0
@@ -523,6 +598,7 @@ class _Saved:
         for role in lay.roles:
             self.roles_by_source.setdefault(role.spec.input_source, []).append(role)
         self.share_adapter_input = lay.precision in ("bf16-true", "fp32") and not lay.dropout
+        self.source_layers = _source_layers(lay.arch)  # hybrid stacks: the layers that hold each input
 
     def norm(self) -> float:
         """RMSNorm keeps its fp32 input (and the normalised copy when its weight trains); LayerNorm,
@@ -539,7 +615,8 @@ class _Saved:
         saving_weights = 0.0  # how many consumers keep an input for a trained weight
         for role in self.roles_by_source.get(source, []):
             lin = role.spec
-            inst = lin.count / max(self.arch.num_layers, 1)  # instances per layer (experts counted elsewhere)
+            # instances per layer holding this input (experts counted elsewhere)
+            inst = lin.count / max(self.source_layers.get(source, self.arch.num_layers), 1)
             if lin.group in ("expert",):
                 continue
             if role.trained_fraction:
@@ -569,7 +646,8 @@ class _Saved:
         const += ac
         # transformers 5 passes enable_gqa to SDPA when no mask is needed (integrations/sdpa_attention.py
         # use_gqa_in_sdpa), and flash handles GQA natively: k/v stay at kv heads; eager repeats them.
-        kv_saved = a if lay.attention == "eager" else kv
+        # A framework that copies K/V to every head itself (torchtune, litgpt) hands the kernel the copies.
+        kv_saved = a if (lay.attention == "eager" or lay.kv_expanded) else kv
         const += c * (a * d + 2 * kv_saved * d)  # q, k, v kept by the attention kernel
         per_seq = 0.0
         if lay.attention == "eager":
@@ -597,7 +675,7 @@ class _Saved:
         # Next to a bitsandbytes base, prepare_model_for_kbit_training makes the residual stream fp32 and
         # the 4-bit linears return the input's dtype, so the MLP's elementwise tensors are fp32
         # (bitsandbytes nn.Linear4bit.forward casts the output back to the input dtype; measured).
-        mlp_c = 4 if (lay.quantization != "none" and lay.precision != "bf16-true") else c
+        mlp_c = 4 if (lay.quantization != "none" and lay.precision != "bf16-true" and lay.kbit_fp32_upcast) else c
         const += (3 if arch.mlp_gated else 1) * mlp_c * I
         dc, dr = self.inputs("mlp_mid", I, False)
         return const + dc, mr + dr
@@ -627,6 +705,60 @@ class _Saved:
         return const, per_r
 
 
+def _layer_counts(arch: ArchSpec) -> tuple[int, int, int]:
+    """(softmax-attention layers, other token-mixer layers, layers with only the latter) from
+    ``ArchSpec.layer_kinds`` (parallel hybrids such as falcon_h1 count in both of the first two)."""
+    n_attn = n_mix = n_mix_only = 0
+    for kind, n in arch.layer_kinds:
+        parts = kind.split("+")
+        has_attn = any(p.startswith(("full_attention", "sliding_attention")) for p in parts)
+        has_mix = any(p in ("ssm", "linear_attention", "conv") for p in parts)
+        n_attn += n if has_attn else 0
+        n_mix += n if has_mix else 0
+        n_mix_only += n if has_mix and not has_attn else 0
+    return n_attn, n_mix, n_mix_only
+
+
+def _source_layers(arch: ArchSpec) -> dict[str, int]:
+    """Input label -> layers holding it, where not every layer does (attention inputs in a hybrid)."""
+    if not arch.layer_kinds:
+        return {}
+    n_attn, n_mix, _ = _layer_counts(arch)
+    out = {}
+    for lin in arch.linears:
+        if lin.group in ("attention", "mixer"):
+            out[lin.input_source] = n_attn if lin.group == "attention" else n_mix
+    return out
+
+
+def _token_mixers(sv: _Saved, attn_const: float, attn_r: float, per_seq: float) -> tuple[float, float, float]:
+    """The token-mixer part of one layer, averaged over the stack, when ``ArchSpec.layer_kinds`` (the
+    generic path, ftadvisor.derive) says not every layer is softmax attention. Attention layers keep
+    what :meth:`_Saved.attention` counts; every state-space, linear-attention or short-convolution
+    layer keeps (1) its input norm, (2) the inputs of its trained or adapted projections (the rule of
+    attention's q/k/v: Korthikanti et al. 2022, section 4.1) and (3) one copy of each projection's
+    output, which the convolution, scan or gate consuming it saves for backward (the rule SwiGLU's
+    gate/up outputs follow in :meth:`_Saved.dense_mlp`). Kernel internals (a scan's per-step states)
+    are not counted: the CUDA kernels (mamba_ssm, causal-conv1d, fla) recompute them in backward."""
+    arch, c = sv.arch, sv.c
+    n_attn, n_mix, n_mix_only = _layer_counts(arch)
+    L = max(arch.num_layers, 1)
+    roles = [r for r in sv.lay.roles if r.spec.group == "mixer"]
+    if not n_mix:
+        return attn_const, attn_r, per_seq
+    mix_const = sv.norm() * n_mix_only / max(n_mix, 1)  # per mixer layer: its own input norm
+    mix_r = 0.0
+    widths: dict[str, int] = {}
+    for r in roles:
+        widths.setdefault(r.spec.input_source, r.spec.in_features)
+    for source, width in widths.items():  # per layer holding the source (_Saved.source_layers)
+        lc, lr = sv.inputs(source, width, sv.norm_out_fp32 if source == "mixer_in" else False)
+        mix_const, mix_r = mix_const + lc, mix_r + lr
+    mix_const += sum(c * r.spec.out_features * r.spec.count for r in roles) / n_mix
+    const = (attn_const * n_attn + mix_const * n_mix) / L
+    return const, (attn_r * n_attn + mix_r * n_mix) / L, per_seq * n_attn / L
+
+
 def activation_coefficients(lay: Layout) -> ActivationCoefficients:
     """Saved-tensor accounting for one decoder layer, following what autograd keeps in the
     Hugging Face implementations (modeling_llama.py and relatives):
@@ -651,11 +783,22 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
     arch, c, h = lay.arch, lay.c, lay.arch.hidden_size
     a, d = arch.num_attention_heads, arch.head_dim
     attn_const, attn_r, per_seq = sv.attention()
+    if lay.arch.layer_kinds:  # stacks described by ftadvisor.derive (hybrids: SSM, linear attention, conv)
+        attn_const, attn_r, per_seq = _token_mixers(sv, attn_const, attn_r, per_seq)
     mlp_const, mlp_r = sv.dense_mlp()
     moe_const, moe_r = sv.moe()
     # (Modules a method adds -- adapters, memory experts -- declare their own saved bytes:
     # Method.added() in ftadvisor/techniques/.)
     top = 4 * h + (sv.resid * h if sv.norm_trains else 0) + (c * h if lay.lm_head_trained else 0)
+    # LoRA on the lm_head keeps its own cast of the final hidden state (plus the dropout copy and
+    # mask) for A's gradient; the rank-r intermediate is kept for B's gradient (peft lora.Linear), and
+    # so is the embedding LoRA's rank-r lookup (peft lora.Embedding: after_A for lora_embedding_B).
+    top_r = 0.0
+    if lay.head_lora:
+        top += c * h + (h * (c + 1) if lay.dropout else 0)
+        top_r += c
+    if lay.embed_lora:
+        top_r += c
     ckpt = sv.resid * h  # HF gradient checkpointing keeps each decoder layer's input
     # Gradient working set while one layer runs backward: gradients of its input and output (2h)
     # and four of its widest intermediate: in a gated MLP the gradient of the down projection's
@@ -671,6 +814,7 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
         per_layer_seq=per_seq,
         per_layer_r=attn_r + (moe_r if arch.is_moe else mlp_r),
         top=top,
+        top_r=top_r,
         checkpoint_per_layer=ckpt,
         backward_ws=c * (2 * h + 4 * widest),
     )
@@ -922,15 +1066,39 @@ def _activations(lay: Layout, plan, T, S, copies_trained):
     added = lay.technique.method.added(lay, plan)
     added_saved = added.saved_per_token if added.layers else 0.0  # per carrying layer (adapters, memory experts)
     layer_max = (k.per_layer_moe if n_moe else k.per_layer_dense) + layer_terms + added_saved
-    if lay.checkpointing:
-        saved = T * (L * k.checkpoint_per_layer + k.top)
+    top = k.top + k.top_r * plan.lora_r
+    if lay.checkpointing and lay.checkpoint_offload:
+        # The layer inputs wait in host memory; in backward the input of the layer being recomputed
+        # is copied back (unsloth_zoo/gradient_checkpointing.py Unsloth_Offloaded_Gradient_Checkpointer).
+        saved = T * (k.checkpoint_per_layer + top)
+        recompute = T * layer_max
+    elif lay.checkpointing:
+        saved = T * (L * k.checkpoint_per_layer + top)
         recompute = T * layer_max
     else:
         saved = T * (n_dense * k.per_layer_dense + n_moe * k.per_layer_moe + L * layer_terms
-                     + added.layers * added_saved + k.top)
+                     + added.layers * added_saved + top)
         recompute = 0.0
     saved = saved * copies_trained  # PPO runs the value model's forward on the same tokens
     return saved, recompute, T * k.backward_ws
+
+
+def offloaded_checkpoint_bytes(lay: Layout, plan, T, copies_trained=1):
+    """Host bytes of checkpointed layer inputs a framework offloads (all L layers' inputs)."""
+    if not (lay.checkpointing and lay.checkpoint_offload):
+        return 0.0
+    return T * lay.arch.num_layers * activation_coefficients(lay).checkpoint_per_layer * copies_trained
+
+
+def framework_logits_bytes(lay: Layout, T, T_loss):
+    """5. The loss' logits as the framework computes them: trl's and transformers' paths
+    (:func:`loss_logits_bytes`), or the framework's own chunked or fused loss for the SFT objective
+    (its ``loss`` declaration, ``ftadvisor/frameworks/``)."""
+    loss = lay.framework.loss
+    if loss.kind == "trl" or not lay.technique.objective.sft_loss:
+        return loss_logits_bytes(lay, T, T_loss)
+    a = lay.arch
+    return loss.logits_bytes(T_loss, a.vocab_size, a.hidden_size, lay.c, lay.precision in ("bf16-mixed", "fp16-mixed"))
 
 
 def _workspace_bytes(lay: Layout, p: Params):
@@ -957,7 +1125,7 @@ def _generation_phase(lay: Layout, plan, static: dict, zero: dict, qws) -> dict:
     arch, obj, c = lay.arch, lay.technique.objective, lay.c
     V, S = arch.vocab_size, plan.seq_len
     B = obj.generation_batch(plan)
-    kv = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * c * B * S
+    kv = 2 * arch.attention_layers * arch.num_kv_heads * arch.head_dim * c * B * S  # SSM/conv layers keep no KV
     gen_logits = B * V * (c + 4 + 4)
     if obj.full_sequence_logits:
         # scoring the rollouts (PPO): full-sequence logits and their log-softmax, no grad
@@ -982,8 +1150,16 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     T_loss = plan.micro_batch_size * obj.sequences_per_example * plan.rl_max_new_tokens if obj.generation else T
 
     saved, recompute, bws = _activations(lay, plan, T, S, cp.copies_trained)
-    logits_total = loss_logits_bytes(lay, T, T_loss)  # 5. (see loss_logits_bytes)
+    logits_total = framework_logits_bytes(lay, T, T_loss)  # 5. (see loss_logits_bytes)
     qws = _workspace_bytes(lay, p)
+    if lay.optimizer_in_backward:
+        # Each parameter steps in its post-accumulate-grad hook and drops its gradient, so at most
+        # the largest trainable tensor's gradient is alive (torchtune register_optim_in_bwd_hooks).
+        st.grads = _num.minimum(st.grads, p.largest_trainable * tb)
+    if lay.checkpointing and lay.checkpoint_offload:
+        act_host = offloaded_checkpoint_bytes(lay, plan, T, cp.copies_trained)
+        st.host = st.host + act_host
+        st.host_parts = dict(st.host_parts, activations=act_host)
 
     # 7. Gradients alive during backward: with accumulation the previous micro-batches'
     #    gradients; otherwise the first gradient backward allocates, the lm_head's (V x h).
@@ -1025,6 +1201,14 @@ def evaluate(lay: Layout, plan) -> Evaluation:
 
     if obj.generation:
         phases["generation"] = _generation_phase(lay, plan, static, zero, qws)
+    if lay.quantization != "none":
+        # Loading a quantized base: the quantized weights plus what the framework's load path keeps
+        # in the compute dtype at once (one tensor quantized on the GPU at a time, or nothing for a
+        # pre-quantized checkpoint) -- framework ``quantized_load``.
+        load = dict(zero, weights=st.weights, optimizer_state=0.0, master_weights=0.0, extra_models=st.extra,
+                    communication=0.0, framework_overhead=framework)
+        load["quantization_workspace"] = lay.framework.quantized_load.transient_elements(p.quant_largest_linear) * lay.c
+        phases["load"] = load
 
     return Evaluation(phases=phases, params=p, trainable_params=cp.trainable, paged_bytes=st.paged, host_bytes=st.host,
                       host_parts=st.host_parts)

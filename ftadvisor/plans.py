@@ -57,6 +57,10 @@ def make_plan(technique: str | None = None, plan: TrainingPlan | dict | None = N
         data["micro_batch_size"] = tech.objective.min_micro_batch
     if isinstance(data.get("lora_targets"), list):
         data["lora_targets"] = tuple(data["lora_targets"])
+    if "framework" in data:
+        from ftadvisor.frameworks import canonical_framework
+
+        data["framework"] = canonical_framework(data["framework"])
     try:
         plan = TrainingPlan(**data)
     except ValidationError as err:

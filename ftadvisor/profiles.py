@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ftadvisor.errors import FtAdvisorError, from_validation, shown, unknown
+from ftadvisor.errors import FtAdvisorError, closest, from_validation, shown, unknown
 from ftadvisor.schema import HardwareProfile, ModelProfile
 
 
@@ -111,8 +111,10 @@ def _profile_from_config(config: dict[str, Any], source: str, name: str) -> Mode
         raise FtAdvisorError("model", f"{source}: {str(from_validation(err))}") from None
 
 
-def resolve_model(model: str | os.PathLike | dict | ModelProfile) -> ModelProfile:
-    """Find a model profile by id, alias, HF id, config path or config dict."""
+def resolve_model(model: str | os.PathLike | dict | ModelProfile, *, trust_remote_code: bool = False) -> ModelProfile:
+    """Find a model profile by id, alias, HF id, config path or config dict; any other
+    ``org/name[@revision]`` is fetched from the Hugging Face Hub (its config.json only: ftadvisor.hub).
+    ``trust_remote_code`` only lets a Hub config that asks for repository code through; none is run."""
     if isinstance(model, ModelProfile):
         if model.arch is None:
             from ftadvisor.architecture import arch_from_config
@@ -145,6 +147,20 @@ def resolve_model(model: str | os.PathLike | dict | ModelProfile) -> ModelProfil
         return _profile_from_config(config, str(path), path.parent.name or path.stem)
     if text.endswith(".json") or os.sep in text and not text.count("/") == 1:
         raise FtAdvisorError("model", f"no such file {shown(text, 200)}")
+    from ftadvisor import hub
+
+    if hub.parse_hub_id(text) is not None:
+        try:
+            return hub.hub_profile(text, trust_remote_code=trust_remote_code)
+        except FtAdvisorError as err:  # a missing or gated repo: a shipped profile may be what was meant
+            missing = "was not found" in err.message
+            near = closest(_norm(text.split("@")[0]), _model_index()) if missing or "gated" in err.message else []
+            extra = "; nor is it a local file or folder" if missing else ""
+            if near:
+                extra += f"; closest profiles: {', '.join(near)}"
+            if not extra:
+                raise
+            raise FtAdvisorError(err.field, err.message + extra) from None
     raise unknown("model", text, list(model_profiles()) + [p.hf_id for p in model_profiles().values() if p.hf_id])
 
 

@@ -488,6 +488,14 @@ def _low_rank(ev: Evidence, t: _Term, r: int, dora: bool, chat: bool, acc: _Acc)
 
 
 def _targets_kind(targets) -> str:
+    # LoRA on lm_head / embed_tokens (beside the decoder linears) has no evidence of its own: the
+    # decoder targets decide the kind
+    outer = {"lm_head", "embed_tokens"}
+    if not isinstance(targets, str) and set(targets) & outer:
+        targets = tuple(t for t in targets if t not in outer)
+        if not targets:
+            raise FtAdvisorError("lora_targets", "the quality model rates LoRA on decoder linears; add attention or "
+                                 "MLP modules (or all-linear) beside lm_head/embed_tokens", ["all-linear"])
     if targets in ("all-linear", ("all-linear",)):
         return "all"
     names = set(targets)

@@ -382,6 +382,7 @@ class _Question:
     hourly_price_usd: float | None
     budget_hours: float | None
     budget_usd: float | None
+    framework: str = "hf-trl"  # the training stack every plan is estimated for (ftadvisor.frameworks)
 
     @property
     def sized(self) -> bool:
@@ -414,6 +415,7 @@ def _technique_grids(q: _Question, tech: str, meth) -> list:
         grids.append(estimate_grid(
             q.mp, q.hw, technique=tech, num_gpus=q.num_gpus, num_nodes=q.num_nodes, seq_len=q.seq_len,
             micro_batch_size=[mb for mb in MICRO_BATCHES if mb >= parse_technique(tech).objective.min_micro_batch],
+            framework=q.framework,
             gradient_checkpointing=[False, True],
             optimizer=list(meth.recommend_optimizers), sharding=sharding, lora_r=q.rank if meth.lora else 16,
             # CPU offload exists for the sharded layouts only (ZeRO-Offload, FSDP CPUOffload)
@@ -675,6 +677,7 @@ def recommend(
     top: int = 10,
     quality_per_time_doubling: float = 0.05,
     risk_aversion: float = RISK_AVERSION,
+    framework: str = "hf-trl",
 ) -> Recommendation:
     """Ranked fine-tuning plans for this model, hardware, goal and data.
 
@@ -683,7 +686,8 @@ def recommend(
     ``quality_per_time_doubling`` (0.05) per doubling of the fastest plan's time; and a plan on weak
     evidence never ranks above a better-evidenced one of at least the same expected quality.
     ``memory_headroom`` (5%) is the share of the card kept free; the data regime comes from
-    ``examples`` or, failing that, from ``dataset_tokens``."""
+    ``examples`` or, failing that, from ``dataset_tokens``. ``framework`` is the training stack every
+    plan is estimated for (``ftadvisor.frameworks``; default hf-trl, what ``ftadvisor launch`` runs)."""
     if num_nodes is None:
         # not given: as many nodes as the hardware's node size needs (ftadvisor.host.resolve_nodes)
         from ftadvisor.host import resolve_nodes
@@ -708,8 +712,11 @@ def recommend(
     if examples is not None and avg_tokens is None and dataset_tokens is None:
         notes.append(f"no average example length given: time and cost count every example as seq_len {S} "
                      "tokens (an upper bound); pass avg_tokens to refine")
+    from ftadvisor.frameworks import canonical_framework
+
     q = _Question(mp, hw, num_gpus, num_nodes, goal, data_kind, S, RANK_FOR_GOAL[goal], memory_headroom,
-                  examples, avg_tokens, dataset_tokens, epochs, hourly_price_usd, budget_hours, budget_usd)
+                  examples, avg_tokens, dataset_tokens, epochs, hourly_price_usd, budget_hours, budget_usd,
+                  canonical_framework(framework))
     notes += _regime_notes(q)
 
     kept: list[_Kept] = []

@@ -20,7 +20,7 @@ class _Frozen(BaseModel):
 # Architecture: what the estimator derives from a Hugging Face config.json
 # --------------------------------------------------------------------------
 
-LinearGroup = Literal["attention", "mlp", "expert", "shared_expert", "router"]
+LinearGroup = Literal["attention", "mlp", "expert", "shared_expert", "router", "mixer"]
 
 
 class LinearSpec(_Frozen):
@@ -29,7 +29,8 @@ class LinearSpec(_Frozen):
     name: str
     """The module's attribute name in transformers (``q_proj``, ``query_key_value``, ``w1`` ...); what peft's ``target_modules`` matches."""
     group: LinearGroup
-    """Which block it belongs to: attention, dense MLP, routed expert, shared expert, or router."""
+    """Which block it belongs to: attention, dense MLP, routed or shared expert, router, or another
+    token mixer (``mixer``: SSM, linear attention, short convolution)."""
     in_features: int = Field(gt=0)
     """Input width."""
     out_features: int = Field(gt=0)
@@ -103,6 +104,12 @@ class ArchSpec(_Frozen):
     """Width of the always-on shared expert (0 if none)."""
     max_position_embeddings: int | None = None
     """Longest context the config declares."""
+    layer_kinds: tuple[tuple[str, int], ...] = ()
+    """Token-mixer kind -> decoder layers of that kind (``full_attention:gqa``, ``sliding_attention``,
+    ``linear_attention``, ``ssm``, ``conv``); filled by the generic path (ftadvisor.derive)."""
+    derived_by: str = "analytic family"
+    """Which path produced this description: an analytic family (ftadvisor.architecture) or
+    transformers' modelling code on the meta device (ftadvisor.derive)."""
 
     @model_validator(mode="after")
     def _bounded(self) -> "ArchSpec":
@@ -129,6 +136,14 @@ class ArchSpec(_Frozen):
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+    @property
+    def attention_layers(self) -> int:
+        """Layers with softmax attention: all of them, unless ``layer_kinds`` lists other token mixers."""
+        if not self.layer_kinds:
+            return self.num_layers
+        return sum(n for kind, n in self.layer_kinds
+                   if any(p.startswith(("full_attention", "sliding_attention")) for p in kind.split("+")))
 
     @property
     def total_params(self) -> int:
@@ -451,6 +466,9 @@ class TrainingPlan(_Frozen):
     """PPO: reward model (profile or config); None = same architecture as the policy."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping (no memory effect; recorded for launch)."""
+    framework: str = "hf-trl"
+    """Training stack the estimate is for: hf-trl (what ``ftadvisor launch`` runs), axolotl, llama-factory,
+    torchtune, litgpt, unsloth; each declares how it places memory (``ftadvisor.frameworks``)."""
 
     @model_validator(mode="after")
     def _check(self) -> "TrainingPlan":
@@ -766,6 +784,9 @@ class Estimate(_Frozen):
     """Caveats a user should read."""
     corrections: tuple[str, ...] = ()
     """Calibration corrections applied (file, samples, residual)."""
+    architecture_source: str = "analytic family"
+    """Which path described the model (``ArchSpec.derived_by``): an analytic family, or transformers'
+    modelling code on the meta device (ftadvisor.derive)."""
     speed: SpeedEstimate | None = None
     """Throughput, step time and MFU (``ftadvisor.speed``), when asked for."""
     time_cost: TimeCostEstimate | None = None

@@ -275,7 +275,7 @@ def attention_flops_per_token(arch: ArchSpec, seq_len: float, causal_kernel: boo
     causal kernel that skips masked blocks (Kaplan et al. 2020, Table 1; SDPA/flash with is_causal),
     twice that for eager attention, which multiplies the full masked s x s matrix."""
     d_attn = arch.num_attention_heads * arch.head_dim
-    per = 2.0 * arch.num_layers * seq_len * d_attn
+    per = 2.0 * arch.attention_layers * seq_len * d_attn  # hybrids: softmax-attention layers only
     return per if causal_kernel else 2.0 * per
 
 
@@ -1125,6 +1125,26 @@ def _paged_optimizer_seconds(lay: memory.Layout, tp: TrainingPlan, hw: HardwareP
     return 2.0 * spill / (link * 1e9)
 
 
+def _checkpoint_offload_seconds(lay: memory.Layout, tp: TrainingPlan, hw: HardwareProfile, T: float, mb_times: int,
+                                parts: _Parts, assumptions: list[str]) -> float:
+    """A framework that offloads checkpointed layer inputs (its ``checkpointing.offload``) copies them
+    to the host in forward and back in backward, asynchronously (non_blocking copies beside the
+    compute: unsloth_zoo/gradient_checkpointing.py). Only the part of the transfer longer than the
+    step's compute is exposed."""
+    fw = lay.framework
+    if not fw.measured_here:
+        assumptions.append(f"framework {fw.label()}: its memory declarations apply; kernel rates are the Hugging Face "
+                           "eager stack's (its own fused or chunked loss kernels are not timed separately)")
+    if not (lay.checkpointing and lay.checkpoint_offload):
+        return 0.0
+    host = memory.offloaded_checkpoint_bytes(lay, tp, T)
+    link, link_name = host_link_gbps(hw)
+    transfer = 2.0 * host * mb_times / (link * 1e9)
+    assumptions.append(f"{fw.name} offloads checkpointed layer inputs ({host / 2**30:.2f} GiB per micro-batch) over "
+                       f"{link_name} at {link:g} GB/s, overlapped with compute")
+    return max(0.0, transfer - parts.compute)
+
+
 def _plan_assumptions(lay: memory.Layout, tp: TrainingPlan, meth: Any, adamw_kernel: str) -> list[str]:
     """What the estimate assumes about the plan's adapters, base, optimizer and padding."""
     assumptions = []
@@ -1214,6 +1234,7 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
     parts.optimizer += opt_s
     parts.offload += offload_s
     parts.offload += _paged_optimizer_seconds(lay, tp, hw, assumptions)
+    parts.offload += _checkpoint_offload_seconds(lay, tp, hw, T, mb_times, parts, assumptions)
     # 5. communication
     if N > 1:
         parts.comm += _communication_seconds(lay, tp, p, hw, parts, mb_times, copies_trained, assumptions)

@@ -25,3 +25,23 @@ def append_synthetic(root, case_id: str, tech: str, static: float, act: float, o
     store.append_result(root, "cpu", {"case_id": case_id, "sweep": "syn", "status": "ok", "backend": "cpu",
                                       "plan": {"technique": tech}, "prediction": pred,
                                       "measurement": {"peak_allocated_bytes": int(meas)}})
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _runs_folder_in_tmp(tmp_path_factory, monkeypatch):
+    """Every test's runs folder (ftadvisor.runs: default run directories and launch calibration records)
+    is a fresh temporary one, so the suite writes nothing into the checkout or the user's home, and no
+    user's earlier launches leak into a fit."""
+    monkeypatch.setenv("FTADVISOR_RUNS", str(tmp_path_factory.mktemp("runs")))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """The tiny Llama of ftadvisor.train.tiny (weights and tokenizer), built once per test session:
+    test_launch's ``tiny_model`` fixture (imported by test_run_dir and test_multinode) returns it."""
+    from ftadvisor.train.tiny import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")

@@ -26,17 +26,19 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # one-line user errors, the validation of user input (numbers, names, files), numpy-or-float helpers
     ("errors", ("ftadvisor.errors", "ftadvisor.validate", "ftadvisor._num")),
     ("schema", ("ftadvisor.schema",)),  # plans and results, pure data
-    ("architecture", ("ftadvisor.architecture",)),  # config.json -> parameter shapes
-    ("profiles", ("ftadvisor.profiles",)),  # YAML data -> profiles
-    ("techniques", ("ftadvisor.techniques", "ftadvisor.plans")),  # what each technique declares; plans
+    ("architecture", ("ftadvisor.architecture", "ftadvisor.derive")),  # config.json -> parameter shapes
+    ("profiles", ("ftadvisor.profiles", "ftadvisor.hub")),  # YAML data -> profiles; Hub config.json -> a profile
+    ("techniques", ("ftadvisor.techniques", "ftadvisor.frameworks", "ftadvisor.plans")),  # what each technique
+    # and training framework declares; plans
     ("cost", ("ftadvisor.host", "ftadvisor.memory", "ftadvisor.speed", "ftadvisor.quality", "ftadvisor.calibration.corrections")),
     ("api", ("ftadvisor.estimator",)),  # the only place user strings become profiles and plans
     ("recommend", ("ftadvisor.recommend",)),
     ("facade", ("ftadvisor",)),  # ``import ftadvisor``: the public names of the layers above
-    ("data", ("ftadvisor.datasets", "ftadvisor.detect", "ftadvisor.stack")),
+    ("data", ("ftadvisor.datasets", "ftadvisor.datastats", "ftadvisor.detect", "ftadvisor.stack")),
     ("train", ("ftadvisor.train",)),  # torch, transformers, peft, trl (imported lazily)
-    ("run", ("ftadvisor.launch", "ftadvisor.calibration")),
-    ("faces", ("ftadvisor.cli", "ftadvisor.cli_common", "ftadvisor.cli_launch", "ftadvisor.cli_calibrate",
+    ("run", ("ftadvisor.launch", "ftadvisor.calibration", "ftadvisor.plots", "ftadvisor.multinode", "ftadvisor.runs",
+             "ftadvisor.export")),  # plots: matplotlib, lazily
+    ("faces", ("ftadvisor.cli", "ftadvisor.cli_common", "ftadvisor.cli_launch", "ftadvisor.cli_calibrate", "ftadvisor.cli_extras", "ftadvisor.cli_export",
                "ftadvisor.tui", "ftadvisor.__main__")),
 ]
 
@@ -141,7 +143,7 @@ def test_the_walk_sees_lazy_imports():
 # --- entry points stay light ----------------------------------------------------------------------
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate", "datasets", "pandas", "textual",
-         "numpy")
+         "numpy", "matplotlib")
 """What the light paths must not load (the training stack, dataframes, the TUI toolkit, numpy)."""
 
 ENTRY_POINTS = {
@@ -164,6 +166,13 @@ ENTRY_POINTS = {
                                                 "ftadvisor.launch", ()),
     "the wizard's modules": ("import ftadvisor.tui, ftadvisor.tui.app", ("textual",)),
     "the wizard's package alone": ("import ftadvisor.tui", ()),
+    "ftadvisor --version": (
+        "from ftadvisor.cli import app\n"
+        "try:\n    app(['--version'], standalone_mode=False)\nexcept SystemExit:\n    pass", ()),
+    "ftadvisor completion bash": (
+        "from ftadvisor.cli import app\n"
+        "try:\n    app(['completion', 'bash'], standalone_mode=False)\nexcept SystemExit:\n    pass", ()),
+    "the plots module (before drawing)": ("import ftadvisor.plots, ftadvisor.datastats, ftadvisor.cli_extras", ()),
 }
 
 

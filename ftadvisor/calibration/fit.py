@@ -142,6 +142,13 @@ def _row(rec: dict, hw: str, path: Path) -> dict[str, Any]:
     row["O"] = sum(comps.get(k, 0) for k in OVERHEAD_TERMS)
     row["mfu"] = _mfu(rec, meas, plan, hw)
     row["mfu_predicted"] = ((rec.get("prediction") or {}).get("speed") or {}).get("mfu")
+    # throughput, for `calibrate report --plot`: measured as the runner (tokens_per_s) or the launcher
+    # (tokens_per_second) wrote it, else tokens per step / step time; predicted as recorded at run time
+    tps = meas.get("tokens_per_s") or meas.get("tokens_per_second")
+    if not tps and meas.get("step_time_s") and meas.get("tokens_per_step"):
+        tps = meas["tokens_per_step"] / meas["step_time_s"]
+    row["tokens_per_s"] = tps
+    row["tokens_per_s_predicted"] = ((rec.get("prediction") or {}).get("speed") or {}).get("tokens_per_second_total")
     return row
 
 
@@ -179,9 +186,17 @@ def load_frame(results_root: str | Path | None = None, hardware: str | None = No
 
     root = Path(results_root) if results_root is not None else store.results_root()
     rows = _rows(root, hardware)
+    if results_root is None:
+        # `ftadvisor launch` records its runs in the user's runs folder, never the checkout (ftadvisor.runs)
+        from ftadvisor.runs import launch_results_root
+
+        launches = launch_results_root()
+        if launches.resolve() != root.resolve():
+            rows += _rows(launches, hardware)
     cols = ["hardware", "file", "sweep", "case_id", "label", "status", "backend", "technique", "measured",
             "measured_reserved", "measured_phase", "predicted", "predicted_phase", "step_time_s",
-            "tokens_per_step", "source", "machine", "static", "A", "O", "mfu", "mfu_predicted"]
+            "tokens_per_step", "source", "machine", "static", "A", "O", "mfu", "mfu_predicted", "tokens_per_s",
+            "tokens_per_s_predicted"]
     return pd.DataFrame(rows, columns=cols)
 
 

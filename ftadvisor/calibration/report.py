@@ -166,6 +166,35 @@ def render(results_root=None, hardware: str | None = None, cases: bool = False, 
     return tables
 
 
+def plot_rows(tables: dict[str, Any]) -> list[tuple[str, list]]:
+    """The panels of ``calibrate report --plot`` (ftadvisor.plots.prediction_scatter), per hardware
+    of :func:`build_tables`: peak allocated memory in MiB, predicted (and, hollow, corrected by the
+    hardware's corrections file) against measured, for the usable rows; and throughput in tokens/s,
+    predicted as recorded at run time against measured, for the ok records that carry both."""
+    from ftadvisor.plots import ScatterPanel
+
+    def finite(*xs) -> bool:
+        return all(x is not None and x == x and x > 0 for x in xs)  # x == x: not NaN
+
+    rows = []
+    for hw, t in tables.items():
+        memory = ScatterPanel("peak allocated memory", "MiB")
+        for _, r in t["rows"].iterrows():
+            tech = str(r["technique"])
+            if finite(r["predicted"], r["measured"]):
+                memory.points.setdefault(tech, []).append((r["predicted"] / MIB, r["measured"] / MIB))
+            if "corrected" in r and finite(r["corrected"], r["measured"]):
+                memory.after.setdefault(tech, []).append((r["corrected"] / MIB, r["measured"] / MIB))
+        speed = ScatterPanel("throughput", "tokens/s")
+        every = t["all"]
+        for _, r in every[every["status"] == "ok"].iterrows():
+            if finite(r["tokens_per_s_predicted"], r["tokens_per_s"]):
+                speed.points.setdefault(str(r["technique"]), []).append(
+                    (float(r["tokens_per_s_predicted"]), float(r["tokens_per_s"])))
+        rows.append((hw, [memory, speed]))
+    return rows
+
+
 def _pair(a, b) -> str:
     if a is None and b is None:
         return "-"

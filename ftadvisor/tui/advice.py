@@ -37,7 +37,7 @@ def advise(state: WizardState) -> Advice:
     """Ranked plans for the wizard's choices (raises FtAdvisorError for bad inputs)."""
     from ftadvisor.recommend import recommend
 
-    rec = recommend(state.model, state.hardware, **state.recommend_kwargs())
+    rec = recommend(state.model, state.planning_hardware(), **state.recommend_kwargs())
     return from_recommendation(rec)
 
 
@@ -47,9 +47,37 @@ def reestimate(state: WizardState, row: PlanRow, fields: dict[str, Any]) -> Plan
     from ftadvisor.estimator import estimate
     from ftadvisor.recommend import evaluate_plan, fits_card
 
-    est = estimate(state.model, state.hardware, row.plan.technique, plan=row.plan, **fields)
+    hw = state.planning_hardware()
+    est = estimate(state.model, hw, row.plan.technique, plan=row.plan, **fields)
     per_plan = ("goal", "examples", "avg_tokens", "dataset_tokens", "epochs", "hourly_price_usd")
     kw = {k: v for k, v in state.recommend_kwargs().items() if k in per_plan}
-    est = evaluate_plan(state.model, state.hardware, est.plan, **kw)
+    est = evaluate_plan(state.model, hw, est.plan, **kw)
     # the recommender's meaning of "fits" (the card less MEMORY_HEADROOM), not the bare card
-    return PlanRow(row.key, row.rank, est.plan, est, row.reasons, rejected=not fits_card(est), edited=True)
+    return PlanRow(row.key, row.rank, est.plan, est, row.reasons, rejected=not fits_card(est), edited=True,
+                   base=row.base or row)
+
+
+MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
+"""Micro-batch sizes the plans screen charts throughput for (powers of two, as the recommender searches)."""
+
+
+def throughput_by_micro_batch(state: WizardState, row: PlanRow, sizes: tuple[int, ...] = MICRO_BATCHES
+                              ) -> list[tuple[int, float | None, bool]]:
+    """``(micro_batch_size, tokens/s, fits)`` for ``row``'s plan at each size, every other field kept
+    (gradient accumulation included), from :func:`ftadvisor.estimate` with speed; a size the
+    estimator refuses gives ``(size, None, False)``. About 5 ms per size."""
+    from ftadvisor.errors import FtAdvisorError
+    from ftadvisor.estimator import estimate
+    from ftadvisor.recommend import fits_card
+
+    hw = state.planning_hardware()
+    out: list[tuple[int, float | None, bool]] = []
+    for mb in sizes:
+        try:
+            est = estimate(state.model, hw, row.plan.technique, plan=row.plan, micro_batch_size=mb, with_speed=True)
+        except FtAdvisorError:
+            out.append((mb, None, False))
+            continue
+        tps = est.speed.tokens_per_second_total if est.speed is not None else None
+        out.append((mb, tps, fits_card(est)))
+    return out

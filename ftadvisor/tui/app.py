@@ -19,7 +19,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import ModalScreen
 
-from ftadvisor.tui.advice import Advice, advise
+from ftadvisor.tui.advice import Advice, advise, throughput_by_micro_batch
 from ftadvisor.detect import Detection, detect
 from ftadvisor.tui.runs import Run
 from ftadvisor.tui.screens.goal import GoalScreen
@@ -49,7 +49,26 @@ class FtAdvisorApp(App[None]):
         Binding("ctrl+n", "next", "Next", priority=True),
         Binding("ctrl+b", "back", "Back", priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
+        # priority, so it works over the step's own keys; check_action lets "?" type into a text
+        # field that already holds text (a path, a search) instead of opening the help
+        Binding("question_mark", "help", "Keys", priority=True),
     ]
+    DEFAULT_CSS = """
+    /* Focus ring: the control that gets typed keys is marked in the accent colour, whatever kind
+       it is (issue 13: typed keys landed in fields the user did not know were focused). Full-size
+       controls recolour their border; one-line (compact) ones, which have no border, take an accent
+       background; a table's header row turns accent (no layout shift, no extra glyph in the rows). */
+    Input:focus { border: tall $accent; }
+    Input.-textual-compact:focus { background: $accent 35%; }
+    Select:focus > SelectCurrent { border: tall $accent; }
+    Select.-textual-compact:focus > SelectCurrent { background: $accent 35%; }
+    DataTable:focus > .datatable--header { background: $accent 45%; }
+    /* !important: a button's variant colours (primary, success …) are more specific selectors */
+    Screen Button:focus { background: $accent !important; color: $text !important; text-style: bold; }
+    Screen ToggleButton:focus { background: $accent 35%; }
+    Screen Log:focus, Screen RichLog:focus { border: round $accent; }
+    Screen ScrollableContainer:focus { scrollbar-color: $accent; }
+    """
 
     def __init__(
         self,
@@ -59,11 +78,14 @@ class FtAdvisorApp(App[None]):
         run_root: str | Path = "runs",
         start: str = "model",
         advisor: Callable[[WizardState], Advice] = advise,
+        throughput: Callable[[WizardState, PlanRow], list] = throughput_by_micro_batch,
     ) -> None:
         """``detector`` finds the local GPUs (None skips detection); ``run_root`` is where runs go by
-        default; ``advisor`` turns the wizard state into plan rows (the recommender; replaceable for tests)."""
+        default; ``advisor`` turns the wizard state into plan rows (the recommender; replaceable for tests);
+        ``throughput`` gives the plans screen's tokens/s-by-micro-batch chart (the estimator; replaceable too)."""
         super().__init__()
         self.advisor = advisor
+        self.throughput = throughput
         self.state = state or WizardState()
         self.detector = detector
         self.detection: Detection | None = None
@@ -96,6 +118,13 @@ class FtAdvisorApp(App[None]):
             s.hardware = resolve_hardware(det.profile_id)
             s.gpus_per_node = max(1, det.count)
             s.touch()
+        # planning for this machine's own hardware uses its detected host RAM (WizardState.planning_hardware)
+        s.local_hardware_id = det.profile_id
+        s.host_ram_gib = det.host_memory_bytes / 2**30 if det.host_memory_bytes else None
+        if s.hardware.id == det.profile_id and s.host_ram_gib is not None:
+            s.touch()
+            if isinstance(self.screen, PlansScreen):
+                self.screen.action_replan()
         if isinstance(self.screen, HardwareScreen):
             self.screen.show_detection()
         self._refresh_bars()
@@ -124,6 +153,28 @@ class FtAdvisorApp(App[None]):
         if i + 1 < len(ORDER):
             self.goto(ORDER[i + 1], commit=False)
 
+    # --- the key list -------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        if action == "help":
+            from textual.widgets import Input
+
+            if isinstance(self.screen, ModalScreen) and type(self.screen).__name__ == "HelpScreen":
+                return True  # "?" again closes it (HelpScreen's own binding)
+            focused = self.focused
+            if isinstance(focused, Input) and focused.value and focused.check_consume_key("?", "?"):
+                return None  # disabled here (shown dimmed in the footer): the key goes on into the field
+            return True
+        return True
+
+    def action_help(self) -> None:
+        from ftadvisor.tui.screens.help import HelpScreen, binding_groups
+
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss(None)
+            return
+        self.push_screen(HelpScreen(binding_groups(self, self.screen, self.focused)))
+
     def action_back(self) -> None:
         if isinstance(self.screen, ModalScreen):
             return
@@ -146,7 +197,7 @@ class FtAdvisorApp(App[None]):
         if self.job is not None and self.job.running:
             self.notify("a run is already going: cancel it on the Run step (F5) first", severity="warning")
             return
-        self.push_screen(LaunchScreen(row, self.state, self.default_run_dir(row)), self._launch_answer)
+        self.push_screen(LaunchScreen(row, self.state, self.default_run_dir(row), self.detection), self._launch_answer)
 
     def _launch_answer(self, run: Run | None) -> None:
         if run is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ftadvisor.schema import HardwareProfile, ModelProfile
+from ftadvisor.schema import HardwareProfile, ModelProfile, NodeSpec
 
 GOALS: dict[str, str] = {
     # The recommender's task families (ftadvisor.recommend.GOALS) with a line each for the picker.
@@ -40,8 +40,26 @@ class WizardState:
     seq_len: int | None = None
     budget_hours: float | None = None
     budget_usd: float | None = None
+    local_hardware_id: str | None = None
+    """The hardware profile GPU detection matched on this machine (``cpu`` without a GPU); None: not detected."""
+    host_ram_gib: float | None = None
+    """This machine's host RAM as detected (``ftadvisor.detect.host_memory_bytes``), GiB."""
     version: int = 0
     """Bumped on every change, so the plans screen knows when to ask again."""
+
+    def planning_hardware(self) -> HardwareProfile | None:
+        """The chosen hardware as planning sees it: when it is this machine's own (the detected
+        profile), its node's host RAM is the detected RAM rather than the profile's default. For the
+        cpu profile the device memory is host RAM too (``ftadvisor.host.node_for`` reads the cpu
+        profile's ``memory_gib`` as host RAM), so both become the detected figure."""
+        hw = self.hardware
+        if hw is None or self.host_ram_gib is None or hw.id != self.local_hardware_id:
+            return hw
+        node = (hw.node or NodeSpec()).model_copy(update={"host_ram_gib": self.host_ram_gib})
+        update: dict[str, Any] = {"node": node}
+        if hw.vendor == "cpu":
+            update["memory_gib"] = self.host_ram_gib
+        return hw.model_copy(update=update)
 
     def touch(self) -> None:
         self.version += 1

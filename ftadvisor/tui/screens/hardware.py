@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from ftadvisor.errors import FtAdvisorError
 from ftadvisor.tui.screens.base import WizardScreen
-from ftadvisor.tui.widgets.common import ErrorLine, InfoLine
+from ftadvisor.tui.widgets.common import SearchInput, ErrorLine, InfoLine, no_match_text
 from ftadvisor.tui.widgets.hardware import HardwareTable, search_hardware
 
 
@@ -49,7 +49,8 @@ class HardwareScreen(WizardScreen):
     def compose_body(self) -> ComposeResult:
         yield Static("Which hardware? Type a card, ↑↓ to pick, set the count, Enter to go on.", classes="heading")
         yield InfoLine("looking for GPUs on this machine…", id="hw-detect")
-        yield Input(placeholder="card: h100, a100-80gb, rtx4090, cpu …", id="hw-query")
+        yield SearchInput(placeholder="card: h100, a100-80gb, rtx4090, cpu …", id="hw-query")
+        yield ErrorLine(id="hw-nomatch")
         yield HardwareTable(id="hw-table")
         with Horizontal(id="hw-form"):
             yield Label("GPUs/node")
@@ -108,16 +109,21 @@ class HardwareScreen(WizardScreen):
         table.show(hits)
         if exact:
             table.move_cursor(row=table.get_row_index(exact))
+        nomatch = self.query_one("#hw-nomatch", ErrorLine)
+        if text.strip() and not hits:
+            nomatch.show(no_match_text("card", text, "h100, a100, rtx4090 or cpu"))
+        else:
+            nomatch.clear()
         self._update_total()
 
     @on(Input.Changed, "#hw-query")
     def _changed(self, event: Input.Changed) -> None:
-        self.query_one(ErrorLine).clear()
+        self.query_one("#hw-error", ErrorLine).clear()
         self._filter(event.value)
 
     @on(Input.Changed, "#hw-gpus, #hw-nodes, #hw-price")
     def _form_changed(self) -> None:
-        self.query_one(ErrorLine).clear()
+        self.query_one("#hw-error", ErrorLine).clear()
         self._update_total()
 
     def _selected_profile(self):
@@ -144,6 +150,7 @@ class HardwareScreen(WizardScreen):
             n = parse_number(self.query_one("#hw-nodes", Input).value, "nodes", integer=True, minimum=1) or 1
         except FtAdvisorError:
             total.update("")
+            self.query_one("#hw-price", Input).placeholder = "-"
             return
         total.update(f"= {g * n} × {hw.id}")
         self.query_one("#hw-price", Input).placeholder = f"{hw.hourly_price_usd:.2f}" if hw.hourly_price_usd is not None else "-"
@@ -156,7 +163,9 @@ class HardwareScreen(WizardScreen):
     # --- committing --------------------------------------------------------------------------------
 
     def commit(self, leaving: bool = False) -> bool:
-        errors = self.query_one(ErrorLine)
+        errors = self.query_one("#hw-error", ErrorLine)
+        if leaving and not self.query_one("#hw-query", Input).value.strip():
+            return True  # jumping away with the search cleared: keep the card chosen before, pick none
         try:
             hw = self._selected_profile()
             g = parse_number(self.query_one("#hw-gpus", Input).value, "GPUs per node", integer=True, minimum=1,

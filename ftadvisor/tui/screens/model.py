@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Input, Static
 
 from ftadvisor.errors import FtAdvisorError
 from ftadvisor.tui.screens.base import WizardScreen
-from ftadvisor.tui.widgets.common import ErrorLine
+from ftadvisor.tui.widgets.common import SearchInput, ErrorLine, no_match_text
 from ftadvisor.tui.widgets.model import ModelSummary, ModelTable, search_models
 
 
@@ -31,8 +31,9 @@ class ModelScreen(WizardScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static("Which model? Type to search, ↑↓ to pick, Enter to choose.", classes="heading")
-        yield Input(placeholder="name, Hugging Face id, or path to a model directory / config.json", id="model-query")
+        yield SearchInput(placeholder="name, Hugging Face id, or path to a model directory / config.json", id="model-query")
         yield ErrorLine(id="model-error")
+        yield ErrorLine(id="model-nomatch")
         yield ModelTable(id="model-table")
         yield ModelSummary(id="model-summary")
 
@@ -53,10 +54,15 @@ class ModelScreen(WizardScreen):
         hits = search_models(text, self._profiles)
         table.show(hits)
         self.query_one(ModelSummary).show(hits[0] if hits else None)
+        nomatch = self.query_one("#model-nomatch", ErrorLine)
+        if text.strip() and not hits and not _looks_like_path(text.strip()):
+            nomatch.show(no_match_text("model profile", text, "llama, qwen 7b, moe, or a local model directory"))
+        else:
+            nomatch.clear()
 
     @on(Input.Changed, "#model-query")
     def _changed(self, event: Input.Changed) -> None:
-        self.query_one(ErrorLine).clear()
+        self.query_one("#model-error", ErrorLine).clear()
         self._filter(event.value)
 
     @on(DataTable.RowHighlighted, "#model-table")
@@ -83,7 +89,7 @@ class ModelScreen(WizardScreen):
         """Resolve ``ref`` (profile id, HF id or path) and make it the wizard's model."""
         from ftadvisor.profiles import resolve_model
 
-        errors = self.query_one(ErrorLine)
+        errors = self.query_one("#model-error", ErrorLine)
         try:
             profile = resolve_model(ref)
         except FtAdvisorError as err:
@@ -105,7 +111,7 @@ class ModelScreen(WizardScreen):
         if not text:
             pid = self._highlighted_id()
             if pid is None:
-                self.query_one(ErrorLine).show("model: type a model name or a path")
+                self.query_one("#model-error", ErrorLine).show("model: type a model name or a path")
                 return False
             return self.choose(pid)
         from ftadvisor.profiles import resolve_model
@@ -115,7 +121,7 @@ class ModelScreen(WizardScreen):
         except FtAdvisorError as err:
             pid = self._highlighted_id()
             if _looks_like_path(text) or pid is None:
-                self.query_one(ErrorLine).show(str(err))
+                self.query_one("#model-error", ErrorLine).show(str(err))
                 return False
             return self.choose(pid)
         return self.choose(text)

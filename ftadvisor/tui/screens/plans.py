@@ -84,9 +84,13 @@ class PlansScreen(WizardScreen):
         fitting = sum(1 for r in advice.rows if r.fits)
         head = (f"{fitting} plan{'s' if fitting != 1 else ''} fit {s.num_gpus}× {s.hardware.id}"
                 + (f", {len(advice.rows) - fitting} greyed out" if len(advice.rows) > fitting else ""))
+        hw = s.planning_hardware()
+        if hw is not s.hardware and hw.node is not None and hw.node.host_ram_gib:
+            head += f" (this machine: {hw.node.host_ram_gib:,.0f} GiB host RAM, detected)"
         self.query_one("#plans-note", InfoLine).say("; ".join([head, *advice.notes]), "" if fitting else "warn")
         table = self.query_one(PlanTable)
         table.show(advice.rows, self.capacity)
+        self._update_memory_chart()
         detail = self.query_one(PlanDetail)
         detail.display = bool(advice.rows)
         if advice.rows:
@@ -97,7 +101,7 @@ class PlansScreen(WizardScreen):
 
     @property
     def capacity(self) -> float:
-        return float(self.state.hardware.memory_bytes)
+        return float(self.state.planning_hardware().memory_bytes)
 
     @property
     def selected(self) -> PlanRow | None:
@@ -111,6 +115,26 @@ class PlansScreen(WizardScreen):
         row = self.rows.get(key)
         if row is not None:
             self.query_one(PlanDetail).show(row, self.capacity, self.state.hardware.name)
+            self._update_throughput(row)
+
+    # --- charts (redrawn from the same events as the detail pane: selection and knobs) --------------
+
+    def _update_memory_chart(self) -> None:
+        from ftadvisor.tui.widgets.charts import MemoryChart
+        from ftadvisor.tui.widgets.plans import memory_parts
+
+        plans = [(f"{r.rank or '-'} {r.estimate.technique}" + (" *" if r.edited else ""), memory_parts(r.estimate), r.fits)
+                 for r in self.rows.values()]
+        self.query_one(MemoryChart).set_plans(plans, self.capacity)
+
+    def _update_throughput(self, row: PlanRow) -> None:
+        from ftadvisor.tui.widgets.charts import ThroughputChart
+
+        try:
+            points = self.app.throughput(self.state, row)
+        except FtAdvisorError:
+            points = []
+        self.query_one(ThroughputChart).set_points(points)
 
     @on(DataTable.RowHighlighted, "#plans-table")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -133,6 +157,8 @@ class PlansScreen(WizardScreen):
         self.rows[row.key] = new
         self.query_one(PlanTable).update_plan(new, self.capacity)
         self.query_one(PlanDetail).show(new, self.capacity, self.state.hardware.name)
+        self._update_memory_chart()
+        self._update_throughput(new)
 
     # --- launching ----------------------------------------------------------------------------------
 

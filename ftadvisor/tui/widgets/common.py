@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual import events
 from textual.markup import escape
-from textual.widgets import Static
+from textual.widgets import DataTable, Input, Static
 
 STEPS: tuple[tuple[str, str, str], ...] = (
     # (mode, key, label)
@@ -104,3 +105,66 @@ class InfoLine(Static):
         self.set_class(kind == "ok", "-ok")
         self.set_class(kind == "warn", "-warn")
         self.update(Text(message))
+
+
+class SearchInput(Input):
+    """The search field of a :class:`FilterTable`. Focused from the list while the user types, it
+    keeps the cursor at the end of what was typed (an Input selects all of its text on focus
+    otherwise, and the next key would replace it)."""
+
+    _typing_from_list = False
+
+    def continue_typing(self, text: str) -> None:
+        self.value = text
+        self.cursor_position = len(text)
+        self._typing_from_list = True
+        self.focus()
+
+    def _on_focus(self, event: events.Focus) -> None:
+        # textual runs this before Input's own focus handler (which selects all): switch that off
+        # for this one focus, and back on once the event is handled
+        if self._typing_from_list:
+            self._typing_from_list = False
+            keep, self.select_on_focus = self.select_on_focus, False
+            self.call_later(setattr, self, "select_on_focus", keep)
+
+
+class FilterTable(DataTable):
+    """A list that filters as the user types, also while the list itself has the focus: a printable
+    key (or Backspace) goes to the list's search field (``FILTER_INPUT``, an Input id on the same
+    screen), which filters the list. When the field shows the highlighted row's own key (a choice
+    made earlier, such as the detected card), the first key starts a new search instead of
+    appending to it."""
+
+    FILTER_INPUT = ""
+
+    def _search_field(self) -> Input | None:
+        found = self.screen.query(f"#{self.FILTER_INPUT}") if self.FILTER_INPUT else []
+        return found.first() if found else None
+
+    async def on_key(self, event: events.Key) -> None:
+        field = self._search_field()
+        if field is None or not (event.is_printable or event.key == "backspace"):
+            return
+        event.stop()
+        event.prevent_default()
+        chosen = None
+        if self.row_count:
+            chosen = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        text = field.value
+        if event.key == "backspace":
+            text = text[:-1]
+        elif text.strip() and text.strip() == chosen:
+            text = event.character or ""
+        else:
+            text += event.character or ""
+        if isinstance(field, SearchInput):
+            field.continue_typing(text)
+        else:
+            field.value = text
+            field.focus()
+
+
+def no_match_text(what: str, query: str, examples: str) -> str:
+    """The line shown when a search matches nothing (nothing is picked then)."""
+    return f"no {what} matches {query.strip()!r}: nothing picked; try {examples}"

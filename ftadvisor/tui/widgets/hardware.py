@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rich.text import Text
-from textual.widgets import DataTable
-
 from ftadvisor.schema import HardwareProfile
+from ftadvisor.tui.widgets.common import FilterTable
 
 
 def search_hardware(query: str, profiles: Iterable[HardwareProfile]) -> list[HardwareProfile]:
@@ -22,8 +21,10 @@ def search_hardware(query: str, profiles: Iterable[HardwareProfile]) -> list[Har
     return sorted(hits, key=lambda h: h.id != q and q not in h.aliases)
 
 
-class HardwareTable(DataTable):
-    """Cards: memory, dense BF16 throughput, memory bandwidth, default price."""
+class HardwareTable(FilterTable):
+    """Cards: memory, dense BF16 throughput, memory bandwidth, default price (typing filters it)."""
+
+    FILTER_INPUT = "hw-query"
 
     DEFAULT_CSS = """
     HardwareTable {

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rich.text import Text
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from ftadvisor.schema import ModelProfile
 from ftadvisor.tui.format import count
+from ftadvisor.tui.widgets.common import FilterTable
 
 
 def _haystack(p: ModelProfile) -> str:
@@ -38,8 +39,10 @@ def arch_summary(p: ModelProfile) -> str:
     return f"{a.model_type}, {a.num_layers}×{a.hidden_size}, {moe}"
 
 
-class ModelTable(DataTable):
-    """Matching model profiles: id, size, family, depth × width, MoE or dense."""
+class ModelTable(FilterTable):
+    """Matching model profiles: id, size, family, depth × width, MoE or dense (typing filters it)."""
+
+    FILTER_INPUT = "model-query"
 
     DEFAULT_CSS = """
     ModelTable {

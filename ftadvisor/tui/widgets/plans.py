@@ -94,10 +94,52 @@ class PlanRow:
     reasons: tuple[str, ...] = ()
     rejected: bool = False
     edited: bool = False
+    base: PlanRow | None = None
+    """The row as the recommender gave it, before any knob was turned (None: not edited)."""
 
     @property
     def fits(self) -> bool:
         return fits_card(self.estimate) and not self.rejected
+
+
+# Knobs and figures compared between a recommended plan and its edited copy: (label, getter, format).
+KNOB_FIELDS = (("seq_len", "seq_len"), ("micro-batch", "micro_batch_size"), ("LoRA r", "lora_r"),
+               ("checkpointing", "gradient_checkpointing"), ("sharding", "sharding"), ("optimizer", "optimizer"),
+               ("accumulation", "gradient_accumulation_steps"))
+
+
+def _fit_word(est: Estimate) -> str:
+    if fits_card(est):
+        return "fits"
+    return f"does not fit with {MEMORY_HEADROOM:.0%} kept free" if est.fits else "does not fit"
+
+
+def edit_lines(row: PlanRow) -> list[str]:
+    """What the knobs changed against the recommended plan, in the two estimates' own figures:
+    the knob values, memory per GPU and whether it fits, tokens/s, time, cost and quality."""
+    base = row.base
+    if base is None:
+        return []
+    old, new = base.estimate, row.estimate
+    out = []
+    knobs = [f"{label} {getattr(base.plan, f)} → {getattr(row.plan, f)}" for label, f in KNOB_FIELDS
+             if getattr(base.plan, f) != getattr(row.plan, f)]
+    if knobs:
+        out.append(", ".join(knobs))
+    a, b = old.memory.device_total_bytes, new.memory.device_total_bytes
+    out.append(f"memory per GPU {size(a)} → {size(b)} ({'+' if b > a else '−'}{size(abs(b - a))}): {_fit_word(new)}"
+               if a != b else f"memory per GPU unchanged at {size(b)}: {_fit_word(new)}")
+    s0, s1 = _attr(_attr(old, "speed"), "tokens_per_second_total"), _attr(_attr(new, "speed"), "tokens_per_second_total")
+    if s0 is not None and s1 is not None:
+        out.append(f"throughput {rate(s0)} → {rate(s1)} tokens/s")
+    t0, t1 = _attr(old, "time_cost"), _attr(new, "time_cost")
+    if t0 is not None and t1 is not None:
+        out.append(f"time {duration(t0.wall_clock_hours)} → {duration(t1.wall_clock_hours)}, "
+                   f"cost {money(t0.cost_usd)} → {money(t1.cost_usd)}")
+    q0, q1 = quality_text(_attr(old, "quality")), quality_text(_attr(new, "quality"))
+    if q0 != q1:
+        out.append(f"quality {q0} → {q1}")
+    return out
 
 
 class PlanTable(DataTable):
@@ -374,17 +416,25 @@ class PlanDetail(VerticalScroll):
         padding: 0 1;
         border-top: solid $primary-darken-2;
     }
+    PlanDetail:focus { border-top: solid $accent; }  /* the app's focus ring (ftadvisor/tui/app.py) */
     PlanDetail #detail-head { height: auto; }
     PlanDetail #detail-perf { height: auto; color: $text-muted; }
     PlanDetail #detail-why { height: auto; margin-top: 1; }
+    PlanDetail #detail-throughput { margin-top: 1; }
+    PlanDetail .chart-title { height: 1; margin-top: 1; text-style: bold; }
     """
 
     def compose(self) -> ComposeResult:
+        from ftadvisor.tui.widgets.charts import MemoryChart, ThroughputChart
+
         yield Static("", id="detail-head")
         yield MemoryBar(id="detail-bar")
         yield MemoryLegend(id="detail-legend")
         yield Static("", id="detail-perf")
         yield PlanKnobs(id="detail-knobs")
+        yield ThroughputChart(id="detail-throughput")
+        yield Static("memory per GPU, every plan (│ = the card's memory)", classes="chart-title")
+        yield MemoryChart(id="detail-memory-chart")
         yield Static("", id="detail-why")
 
     def show(self, row: PlanRow, capacity: float, hardware_name: str) -> None:
@@ -438,10 +488,17 @@ class PlanDetail(VerticalScroll):
         self.query_one(PlanKnobs).load(row.plan, parse_technique(row.plan.technique).method.lora)
 
         why = Text()
+        edits = edit_lines(row)
+        if edits:
+            # the recommender's reasons were written for the plan before the edit: its figures and
+            # knob choices are kept for reference, dimmed, under what the edit changed
+            why.append("Your edits\n", style="bold")
+            for line in edits:
+                why.append(f" • {line}\n")
         if row.reasons:
-            why.append("Why\n", style="bold")
+            why.append("Why (as recommended, before your edits)\n" if edits else "Why\n", style="bold")
             for r in row.reasons:
-                why.append(f" • {r}\n")
+                why.append(f" • {r}\n", style="dim" if edits else "")
         if q is not None:
             why.append("Expected quality\n", style="bold")
             strength = _attr(q, "evidence_strength")

@@ -11,10 +11,11 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Label, Log, ProgressBar, Sparkline, Static
+from textual.widgets import Label, ProgressBar, RichLog, Sparkline, Static
 
 from ftadvisor.tui.format import duration, rate
 from ftadvisor.tui.runs import Run
+from ftadvisor.tui.widgets.charts import CurveChart
 
 
 def steps(run: Run) -> list[dict]:
@@ -64,6 +65,29 @@ def status_text(run: Run) -> Text:
     return out
 
 
+MAX_SIGNAL_CURVES = 3
+"""Signal curves shown under the loss (the objective's first ones, in ftadvisor.train.signals order)."""
+
+
+def signal_series(run: Run) -> list[tuple[str, list[float]]]:
+    """The objective's training signal per step, ``[(label, values), ...]``: the names the start
+    record declares (``signals``, ftadvisor/train/signals.py) in its order, values from each step's
+    ``signal`` dict (a step without a name is skipped for that curve)."""
+    declared: list[tuple[str, str]] = []
+    for r in run.records:
+        if r.get("event") == "start" and isinstance(r.get("signals"), list):
+            declared = [(d["name"], d.get("label") or d["name"]) for d in r["signals"]
+                        if isinstance(d, dict) and isinstance(d.get("name"), str)]
+    out = []
+    for name, label in declared:
+        vals = [float(st["signal"][name]) for st in steps(run)
+                if isinstance(st.get("signal"), dict) and isinstance(st["signal"].get(name), (int, float))
+                and not isinstance(st["signal"][name], bool)]
+        if vals:
+            out.append((label, vals))
+    return out[:MAX_SIGNAL_CURVES]
+
+
 class RunMonitor(Vertical):
     """Status line, progress bar, loss curve and the tail of the process's output."""
 
@@ -79,7 +103,9 @@ class RunMonitor(Vertical):
     RunMonitor #loss-row { height: 3; margin: 1 0 0 0; }
     RunMonitor #loss-row Label { width: 12; color: $text-muted; }
     RunMonitor #run-loss { height: 3; width: 1fr; }
+    RunMonitor #run-curves { margin: 1 0 0 0; }
     RunMonitor #run-log { height: 1fr; min-height: 3; border: round $primary-darken-2; }
+    RunMonitor #run-log:focus { border: round $accent; }  /* the app's focus ring (ftadvisor/tui/app.py) */
     """
 
     def compose(self) -> ComposeResult:
@@ -89,7 +115,9 @@ class RunMonitor(Vertical):
         with Horizontal(id="loss-row"):
             yield Label("loss", id="loss-label")
             yield Sparkline([], id="run-loss")
-        yield Log(id="run-log", max_lines=500, auto_scroll=True)
+        yield CurveChart(id="run-curves")
+        # wrapped, so a long error line ("fsdp needs CUDA GPUs …") reads in full; scrollable (focus it, ↑↓ PgUp)
+        yield RichLog(id="run-log", max_lines=500, auto_scroll=True, wrap=True, markup=False, highlight=False)
 
     def on_mount(self) -> None:
         self._shown_lines: list[str] = []
@@ -108,12 +136,15 @@ class RunMonitor(Vertical):
         self.query_one(Sparkline).data = losses
         label = f"loss\n{losses[0]:.3g}→{losses[-1]:.3g}" if losses else "loss"
         self.query_one("#loss-label", Label).update(label)
+        # the objective's own signal (DPO rewards and accuracy, GRPO reward and KL …), one curve each
+        self.query_one(CurveChart).set_series(signal_series(run))
         tail = run.output_tail(200)
         if tail != self._shown_lines:
-            log = self.query_one(Log)
-            if tail[: len(self._shown_lines)] == self._shown_lines:
-                log.write_lines(tail[len(self._shown_lines):])
-            else:
+            log = self.query_one(RichLog)
+            new = tail[len(self._shown_lines):]
+            if tail[: len(self._shown_lines)] != self._shown_lines:
                 log.clear()
-                log.write_lines(tail)
+                new = tail
+            for line in new:
+                log.write(Text(line))
             self._shown_lines = tail
