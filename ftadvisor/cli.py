@@ -50,9 +50,10 @@ def _root(ctx: typer.Context,
 
 
 def _bar(frac: float, width: int = 16) -> str:
+    if frac > 1:  # over the card: full bar whose last cell is a red ">" (the width stays fixed)
+        return "[red]" + "█" * (width - 1) + ">[/]"
     filled = min(width, int(round(frac * width)))
-    over = frac > 1
-    return ("[red]" if over else "[green]") + "█" * filled + "[/]" + "·" * (width - filled) + (" [red]>[/]" if over else "")
+    return "[green]" + "█" * filled + "[/]" + "·" * (width - filled)
 
 
 # short labels for the table's narrow "largest" column
@@ -236,7 +237,7 @@ def _estimate_table(mp, hw, results: list):
     table.add_column(f"of {hw.memory_gib:.0f}", no_wrap=True)
     table.add_column("fits", no_wrap=True)
     if not compact:
-        table.add_column("largest GiB", no_wrap=True)
+        table.add_column("largest", no_wrap=True)
     table.add_column("host", justify="right", no_wrap=True)
     table.add_column("tok/s", justify="right", no_wrap=True)
     if timed:

@@ -21,6 +21,19 @@ def test_default_table():
     assert "Llama 3.1 8B" in out.stdout and "qlora" in out.stdout and "fits" in out.stdout
 
 
+@pytest.mark.parametrize("args", [(), ("-m", "llama-3.1-405b", "-g", "h100", "-n", "8", "-t", "full,dpo,ppo",
+                                       "--set", "sharding=fsdp", "--set", "cpu_offload=true")])
+def test_table_fits_80_columns_without_cutting_numbers(args):
+    # a pipe gives rich 80 columns: every cell must be whole (stop 16 cut tok/s "1,737" to "1,7…" once the host
+    # RAM column arrived; 405B full: trainable "405.85B", host "7,563", PPO's 281.8 GiB are the widest cells)
+    out = subprocess.run([sys.executable, "-m", "ftadvisor.cli", "estimate", *args], capture_output=True, text=True,
+                         cwd=ROOT, env={**__import__("os").environ, "COLUMNS": "80"})
+    assert out.returncode == 0, out.stderr
+    table = [line for line in out.stdout.splitlines() if line.startswith("│")]
+    assert table and all(len(line) <= 80 for line in table)
+    assert not any("…" in line for line in table), "\n".join(table)
+
+
 def test_json_and_csv():
     out = run("estimate", "-m", "qwen2.5-7b", "-g", "a100", "-t", "lora", "-t", "dpo+qlora", "--json",
               "--set", "seq_len=1024", "--set", "gradient_checkpointing=true")
