@@ -393,6 +393,10 @@ def recommend(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
     framework: str = typer.Option("hf-trl", "--framework",
                                   help="Training stack: hf-trl, axolotl, llama-factory, torchtune, litgpt, unsloth."),
+    save_plan: Optional[Path] = typer.Option(None, "--save-plan", help="Write plan #N (--pick) as the plan file "
+                                             "ftadvisor launch and ftadvisor export read (replaces the file)."),
+    pick: int = typer.Option(1, "--pick", help="Which ranked plan --save-plan writes (1 = the top one)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Training data to name in the --save-plan file."),
 ) -> None:
     """Ranked fine-tuning plans that fit, with time, cost, expected quality and the reasons."""
     from ftadvisor.recommend import recommend as run_recommend
@@ -402,11 +406,14 @@ def recommend(
                             examples=examples, avg_tokens=avg_tokens, dataset_tokens=dataset_tokens, epochs=epochs,
                             budget_hours=budget_hours, budget_usd=budget_usd, hourly_price_usd=price,
                             seq_len=seq_len, top=top, risk_aversion=risk_aversion, framework=framework)
+        saved = _save_recommended(rec, save_plan, pick, model, gpu, data, epochs) if save_plan is not None else None
     except FtAdvisorError as err:
         fail(err)
         return
     if as_json:
         typer.echo(rec.model_dump_json(indent=2))
+        if saved is not None:
+            typer.echo(f"saved plan #{pick} to {saved}", err=True)
         return
     from rich.console import Console
     from rich.table import Table
@@ -472,12 +479,54 @@ def recommend(
         if n not in shown:  # said once: a note already printed as a plan's reason is not repeated
             console.print(f"[yellow]note:[/] {n}")
     console.print("[dim]Prices are profile defaults; pass --price for yours. Quality is relative to full fine-tuning (1.0).[/]")
-    if rec.plans:  # the hand-over (ftadvisor/export.py): plan #1 as the user's framework's config
+    if saved is not None:  # the hand-over: the saved plan file, to launch here or export (ftadvisor/export.py)
+        console.print(_next_step_saved(saved, rec.plans[pick - 1].plan, data), markup=False, soft_wrap=True)
+    elif rec.plans:  # the hand-over (ftadvisor/export.py): plan #1 as the user's framework's config
         from ftadvisor.export import FRAMEWORKS
 
-        console.print(f"next step: ftadvisor export PLAN.yaml --to {'|'.join(FRAMEWORKS)} --model {rec.model_id} "
-                      f"--data DATA  (PLAN.yaml: plan #1's fields, e.g. technique: {rec.plans[0].plan.technique})",
+        console.print(f"next step: add --save-plan PLAN.yaml [--pick N], then: ftadvisor export PLAN.yaml --to "
+                      f"{'|'.join(FRAMEWORKS)} --data DATA  (or ftadvisor launch PLAN.yaml --data DATA)",
                       markup=False, soft_wrap=True)
+
+
+def _save_recommended(rec, path: Path, pick: int, model: str, gpu: str, data: Optional[str], epochs: float) -> Path:
+    """``recommend --save-plan``: plan #``pick`` written as a plan file (ftadvisor.planfile) naming the
+    model and card as given (local files made absolute), the data if given, and the epochs."""
+    import shlex
+
+    from ftadvisor import validate
+    from ftadvisor.planfile import plan_file_text, write_plan_file
+
+    if not rec.plans:
+        raise FtAdvisorError("--save-plan", "no plan fits, so there is none to save (see 'Not recommended')")
+    if not 1 <= pick <= len(rec.plans):
+        raise FtAdvisorError("--pick", f"must be a rank shown, 1 to {len(rec.plans)}, got {pick}")
+    chosen = rec.plans[pick - 1]
+    local = [str(Path(x).expanduser().resolve()) if x and validate.exists(x) else x for x in (model, gpu, data)]
+    model_s, gpu_s, data_s = local[0], local[1] if validate.exists(gpu) else rec.hardware_id, local[2]
+    e, f = chosen.estimate, shlex.quote(str(Path(path).expanduser().absolute()))
+    head = [f"written by: ftadvisor recommend -m {model} -g {gpu} (plan #{pick} of {len(rec.plans)}, "
+            f"goal {rec.goal}, {rec.data_kind} data)",
+            f"predicted: {e.memory.device_total_bytes / GIB:.1f} GiB per GPU"
+            + (f", {e.time_cost.wall_clock_hours:.3g} h" if e.time_cost else ""),
+            f"train it:  ftadvisor launch {f}" + ("" if data_s else " --data DATA"),
+            f"or hand it to another framework:  ftadvisor export {f} --to FRAMEWORK" + ("" if data_s else " --data DATA")]
+    text = plan_file_text(chosen.plan, model=model_s, gpu=gpu_s, data=data_s, run={"num_epochs": epochs}, header=head)
+    return write_plan_file(path, text)
+
+
+def _next_step_saved(path: Path, plan, data: Optional[str]) -> str:
+    """The next-step line after ``--save-plan``: launch the file (hf-trl plans), or export it."""
+    import shlex
+
+    from ftadvisor.export import FRAMEWORKS
+
+    f, tail = shlex.quote(str(path)), "" if data else " --data DATA"
+    to = plan.framework if plan.framework in FRAMEWORKS else "|".join(FRAMEWORKS)
+    export = f"ftadvisor export {f} --to {to}{tail}"
+    if plan.framework != "hf-trl":  # launch trains with hf-trl only (launch.build_spec)
+        return f"saved {f}; next step: {export}"
+    return f"saved {f}; next step: ftadvisor launch {f}{tail}  (or: {export})"
 
 
 @app.command()
@@ -635,11 +684,16 @@ def profiles_show(name: str = typer.Argument(..., help="A model or hardware id/a
 
 
 @app.command()
-def tui() -> None:
+def tui(model: Optional[str] = typer.Option(None, "--model", "-m", help="Start with this model (as estimate takes it)."),
+        gpu: Optional[str] = typer.Option(None, "--gpu", "-g", help="Start with this card: an id or a card YAML file.")
+        ) -> None:
     """Open the interactive wizard: model, hardware, goal and data, ranked plans, launch."""
     from ftadvisor.tui import main as run_tui
 
-    run_tui()
+    try:
+        run_tui(model=model, gpu=gpu)
+    except FtAdvisorError as err:
+        fail(err)
 
 
 def main() -> None:

@@ -19,6 +19,28 @@ import typer
 from ftadvisor.errors import FtAdvisorError
 
 
+def _export_hint(err: FtAdvisorError, plan: Optional[Path], model: Optional[str], data: Optional[str],
+                 sets: list[str]) -> FtAdvisorError:
+    """launch trains with hf-trl only (launch.build_spec refuses another ``framework``): where that
+    framework has an exporter (ftadvisor.export), the one line says how to hand the plan over to it."""
+    if err.field != "framework" or plan is None:
+        return err
+    import shlex
+
+    from ftadvisor.cli_common import parse_sets
+    from ftadvisor.export import read_spec, resolve_framework
+
+    try:
+        spec = read_spec(plan, model=model, data=data, sets=parse_sets(sets))
+        to = resolve_framework(None, spec.plan)
+    except FtAdvisorError:
+        return err  # no exporter for it (unsloth), or the plan has other faults: the launcher's own line
+    cmd = ["ftadvisor", "export", str(plan), "--to", to] + (["--model", model] if model else []) \
+        + (["--data", data] if data else []) + [x for s in sets if not s.startswith("framework=") for x in ("--set", s)]
+    return FtAdvisorError("framework", f"launch trains with hf-trl only; this plan is for {spec.plan.framework}: "
+                          f"write its own config and command with  {shlex.join(cmd)}", ["hf-trl"])
+
+
 def launch(
     plan: Optional[Path] = typer.Argument(None, help="Plan YAML: plan fields, optionally model, data, gpu and a run: mapping."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data: .jsonl/.json/.csv/.parquet or a HF dataset id."),
@@ -53,7 +75,7 @@ def launch(
         try:
             output = _default_output(plan, model, sets, resume)
         except FtAdvisorError as err:
-            fail(err)
+            fail(_export_hint(err, plan, model, data, sets))
             return
 
     # Held from the first write into --output until the training process has ended: a second
@@ -68,7 +90,7 @@ def launch(
                 trust_remote_code=trust_remote_code, force=force, echo=typer.echo, lock=lock,
             )
         except FtAdvisorError as err:
-            fail(err)
+            fail(_export_hint(err, plan, model, data, sets))
             return
         except OSError as err:  # a write refused outside prepare's own writes (the lock file, say)
             refused = storage_error(err, output)

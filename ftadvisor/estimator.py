@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from ftadvisor import host, memory
+from ftadvisor import allocator, host, memory
 from ftadvisor.errors import FtAdvisorError
 from ftadvisor.profiles import resolve_hardware, resolve_model
 from ftadvisor.schema import (Estimate, HardwareProfile, MemoryBreakdown, ModelProfile, TrainingPlan,
@@ -46,7 +46,11 @@ def _pack(model: ModelProfile, hw: HardwareProfile, plan: TrainingPlan, lay: mem
     comps = {k: int(round(v)) for k, v in ev.phases[phase].items()}
     allocated = sum(comps.values())
     cpu = hw.vendor == "cpu"
-    slack = 0.0 if cpu else (fitted_slack if fitted_slack is not None else memory.DEFAULT_ALLOCATOR_SLACK)
+    # reserved = allocated x (1 + slack): the fixed-length slack (fitted, else the default) moved to the
+    # plan's allocator regime (ftadvisor.allocator.reserved_slack)
+    slack = 0.0 if cpu else allocator.reserved_slack(
+        fitted_slack if fitted_slack is not None else memory.DEFAULT_ALLOCATOR_SLACK,
+        lay.framework.allocator.expandable(plan), plan.varying_lengths, lay.technique.method.base_training != "none")
     reserved = int(round(allocated * (1 + slack)))
     runtime = 0 if cpu else int(hw.runtime_overhead_gib * 2**30)
     paged = int(round(ev.paged_bytes))
@@ -270,7 +274,8 @@ def _grid_namespace(tp: TrainingPlan, tech: Any, axes: dict[str, list], flat: di
     return ns
 
 
-def _grid_memory_columns(hw: HardwareProfile, ev: memory.Evaluation, n_num: int) -> dict[str, Any]:
+def _grid_memory_columns(hw: HardwareProfile, ev: memory.Evaluation, n_num: int, expandable: bool = False,
+                         varying: bool = False, trains_base: bool = False) -> dict[str, Any]:
     """The memory columns (peaks, device total, fits, trainable params, peak phase) of one evaluation."""
     import numpy as np
 
@@ -280,7 +285,8 @@ def _grid_memory_columns(hw: HardwareProfile, ev: memory.Evaluation, n_num: int)
     allocated = stacked.max(axis=0)
     cpu = hw.vendor == "cpu"
     fitted = _fitted_slack(hw)
-    reserved = allocated * (1 + (0.0 if cpu else (fitted if fitted is not None else memory.DEFAULT_ALLOCATOR_SLACK)))
+    base = fitted if fitted is not None else memory.DEFAULT_ALLOCATOR_SLACK
+    reserved = allocated * (1 + (0.0 if cpu else allocator.reserved_slack(base, expandable, varying, trains_base)))
     runtime = 0.0 if cpu else hw.runtime_overhead_gib * 2**30
     paged = np.broadcast_to(np.asarray(ev.paged_bytes, dtype=np.float64), (n_num,))
     total = reserved + runtime + paged
@@ -307,7 +313,8 @@ def _combo_columns(mp: ModelProfile, hw: HardwareProfile, axes: dict[str, list],
     lay = memory.build_layout(mp.arch, tech, hw, tp)
     ev = memory.evaluate(lay, _grid_namespace(tp, tech, axes, flat))
     _corrected(hw, lay, ev)
-    memory_columns = _grid_memory_columns(hw, ev, n_num)
+    memory_columns = _grid_memory_columns(hw, ev, n_num, lay.framework.allocator.expandable(tp), tp.varying_lengths,
+                                          lay.technique.method.base_training != "none")
     # the node's host RAM and NVMe, as estimate() checks them (ftadvisor.host)
     host_ok, host_need = host.host_fits(
         hw, tp, host_parts=ev.host_parts, trainable_params=ev.trainable_params, total_params=float(ev.params.total),

@@ -196,9 +196,10 @@ def _steps_or_epochs(job: _Job) -> tuple[int | None, float]:
 def _script(lines: list[str], job: _Job) -> str:
     head = ["#!/usr/bin/env bash", f"# Written by ftadvisor export --to {job.framework}: runs the config next to this file.",
             "set -euo pipefail", 'cd "$(dirname "$0")"']
-    if job.nodes > 1:
-        head.append(f"# {job.nodes} nodes: run this on every node with NODE_RANK=0..{job.nodes - 1} and "
-                    "MASTER_ADDR=<first node's address> in the environment")
+    if job.nodes > 1:  # NODE_RANK, MAIN_ADDR, MAIN_PORT: the convention of every multi-node script (multinode.py)
+        from ftadvisor.multinode import node_env_lines
+
+        head += node_env_lines(job.nodes)
     return "\n".join(head + lines) + "\n"
 
 
@@ -302,7 +303,11 @@ def _trl(job: _Job) -> str:
         launch += ["--accelerate_config", acc or "multi_gpu", "--num_processes", str(plan.num_gpus)]
         if job.nodes > 1:
             launch += ["--num_machines", str(job.nodes)]
-    return shlex.join(launch) + (' --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR"' if job.nodes > 1 else "")
+    return shlex.join(launch) + (_ACCELERATE_NODE if job.nodes > 1 else "")
+
+
+_ACCELERATE_NODE = ' --machine_rank "$NODE_RANK" --main_process_ip "$MAIN_ADDR" --main_process_port "$MAIN_PORT"'
+"""accelerate launch's per-node arguments (accelerate/commands/launch.py), from multinode's variables."""
 
 
 _TRL_CFG = {"sft": "SFTConfig", "dpo": "DPOConfig", "kto": "KTOConfig", "grpo": "GRPOConfig"}
@@ -412,7 +417,7 @@ def _axolotl(job: _Job) -> str:
     cmd = "axolotl train axolotl.yaml"
     if job.nodes > 1:  # docs/multi-node.qmd: launcher arguments after "--", c10d rendezvous on the first node
         cmd += (f" --launcher torchrun -- --nnodes {job.nodes} --nproc_per_node {job.gpus_per_node}"
-                ' --rdzv_id ftadvisor --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:29500"')
+                ' --rdzv_id ftadvisor --rdzv_backend c10d --rdzv_endpoint "$MAIN_ADDR:$MAIN_PORT"')
     return cmd
 
 
@@ -523,13 +528,14 @@ def _llama_factory(job: _Job) -> str:
         # FSDP through accelerate (LLaMA-Factory examples/accelerate/fsdp_config.yaml and examples/README.md)
         cmd = f"accelerate launch --config_file {shlex.quote(acc)} -m llamafactory.launcher llamafactory.yaml"
         if job.nodes > 1:
-            cmd += ' --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR"'
+            cmd += _ACCELERATE_NODE
         return cmd
     env = ""
     if plan.num_gpus > 1:  # examples/README.md: torchrun for several GPUs and nodes
         env = "FORCE_TORCHRUN=1 "
         if job.nodes > 1:
-            env += f'NNODES={job.nodes} NODE_RANK="$NODE_RANK" MASTER_ADDR="$MASTER_ADDR" MASTER_PORT=29500 '
+            # LLaMA-Factory's launcher reads torchrun's names (src/llamafactory/cli.py): given from ours
+            env += f'NNODES={job.nodes} NODE_RANK="$NODE_RANK" MASTER_ADDR="$MAIN_ADDR" MASTER_PORT="$MAIN_PORT" '
     return env + "llamafactory-cli train llamafactory.yaml"
 
 
@@ -739,7 +745,7 @@ def _torchtune(job: _Job) -> str:
     if distributed:
         run_cmd += f" --nproc_per_node {job.gpus_per_node}"
         if job.nodes > 1:
-            run_cmd += f' --nnodes {job.nodes} --node_rank "$NODE_RANK" --rdzv_endpoint "$MASTER_ADDR:29500"'
+            run_cmd += f' --nnodes {job.nodes} --node_rank "$NODE_RANK" --rdzv_endpoint "$MAIN_ADDR:$MAIN_PORT"'
     return "\n".join(lines + [f"{run_cmd} {recipe} --config {name}{overrides}"])
 
 
@@ -866,7 +872,10 @@ def _litgpt(job: _Job) -> str:
     lines = []
     if not Path(job.model).expanduser().is_dir():
         lines.append(f"litgpt download {shlex.quote(job.model)}")  # writes checkpoints/<repo id>
-    return "\n".join(lines + [f"litgpt {cmd_name} --config litgpt.yaml"])
+    # several nodes: Lightning Fabric reads NODE_RANK, MASTER_ADDR and MASTER_PORT from the environment
+    # (lightning/fabric/plugins/environments/lightning.py LightningEnvironment), given from ours
+    env = 'MASTER_ADDR="$MAIN_ADDR" MASTER_PORT="$MAIN_PORT" ' if job.nodes > 1 else ""
+    return "\n".join(lines + [f"{env}litgpt {cmd_name} --config litgpt.yaml"])
 
 
 def _single_turn(r: dict) -> dict:

@@ -65,6 +65,7 @@ FINAL_DIR = "final"
 CHECKPOINT_DIR = "checkpoints"
 FINAL_PARTIAL = ".final.partial"  # final/ is written here, then renamed into place
 MERGED_DIR = "merged"  # with run.merge: final/'s adapter merged into its base
+MERGED_PARTIAL = ".merged.partial"  # merged/ is written here, then renamed into place
 FINAL_OLD = ".final.old"  # the previous final/ while the new one is renamed in
 LOCK_FILE = "run.lock"
 """Who is running this directory: JSON with pid, host and start time (see :class:`RunLock`)."""
@@ -73,7 +74,7 @@ SUPERVISOR_ENV = "FTADVISOR_SUPERVISOR_PID"
 and whose death must end the training (see :func:`_bind_to_supervisor`)."""
 # What a run writes; ``--overwrite`` removes these and nothing else (never the lock).
 RUN_ARTIFACTS = (PLAN_FILE, ACCELERATE_FILE, DEEPSPEED_FILE, COMMAND_FILE, ESTIMATE_FILE, LOG_FILE, RESULT_FILE,
-                 FINAL_DIR, CHECKPOINT_DIR, FINAL_PARTIAL, FINAL_OLD, MERGED_DIR,
+                 FINAL_DIR, CHECKPOINT_DIR, FINAL_PARTIAL, FINAL_OLD, MERGED_DIR, MERGED_PARTIAL,
                  "nodes", "sbatch.sh")  # multi-node scripts (ftadvisor.multinode.NODES_DIR, SBATCH_FILE)
 
 
@@ -1234,7 +1235,7 @@ def _merge_final(final: Path, run_dir: Path) -> str:
     to RUN_DIR/merged (as final/ is)."""
     from ftadvisor.train.engine import merge_adapter
 
-    partial = run_dir / f".{MERGED_DIR}.partial"
+    partial = run_dir / MERGED_PARTIAL
     shutil.rmtree(partial, ignore_errors=True)
     try:
         _, note = merge_adapter(final, partial)
@@ -1508,6 +1509,16 @@ def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = T
     spec = load_spec(run_dir)
     rank0 = _rank() == 0
     done = finished_run(run_dir, spec) if resume else None
+    if done is not None and rank0 and spec.run.merge and done.get("merge_error"):
+        # Training finished but its merge failed (result.json says so): --resume retries the merge only.
+        done = {k: v for k, v in done.items() if k != "merge_error"}
+        try:
+            done["merged_dir"] = _merge_final(run_dir / FINAL_DIR, run_dir)
+        except Exception as err:  # noqa: BLE001 - result.json keeps the first error; say this one in one line
+            raise FtAdvisorError("merge", f"merging {run_dir / FINAL_DIR} failed again ({type(err).__name__}: "
+                                 f"{err})") from None
+        _write_atomic(run_dir / RESULT_FILE, json.dumps(done, indent=2) + "\n")
+        return done
     if done is not None:
         # Nothing to resume: training again would run one more step and overwrite final/.
         if rank0:
@@ -1530,13 +1541,24 @@ def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = T
     if rank0:
         est: Estimate = pre["estimate"]
         summary = _run_summary(spec, est, session, result, final, resume)
+        merge_error = None
         if spec.run.merge:
-            summary["merged_dir"] = _merge_final(final, run_dir)
+            try:
+                summary["merged_dir"] = _merge_final(final, run_dir)
+            except Exception as err:  # noqa: BLE001 - training succeeded: record it, then report the merge
+                from ftadvisor.errors import one_line
+
+                merge_error = err
+                summary["merge_error"] = one_line(f"{type(err).__name__}: {err}")[-2000:]
         if spec.run.record_calibration:
             path = _record(spec, pre, session, result, "ok", None, time.perf_counter() - t0, started)
             summary["calibration_record"] = str(path)
         _write_atomic(run_dir / RESULT_FILE, json.dumps(summary, indent=2) + "\n")  # written last: "finished"
         _print_done(result, est, final)
+        if merge_error is not None:
+            raise FtAdvisorError("merge", f"training finished and {final} is saved, but merging failed "
+                                 f"({summary['merge_error']}); result.json records both, and --resume "
+                                 "retries the merge") from None
     return summary
 
 

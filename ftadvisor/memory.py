@@ -141,6 +141,8 @@ class Layout:
         (peft/utils/other.py: 'cast all non INT8 parameters to fp32'), as trl does."""
         if self.quantization != "none" and self.precision != "bf16-true" and self.kbit_fp32_upcast:
             return 4
+        if self.precision in ("bf16-mixed", "fp16-mixed") and self.framework.dtypes.mixed_frozen_fp32:
+            return 4  # the framework keeps the unconverted fp32 module (its dtypes declaration)
         return self.c
 
     @property
@@ -511,6 +513,11 @@ def count_params(lay: Layout, plan) -> Params:
         cast = cast + emb
     if added.layers:
         cast = cast - (added.params - added.matmul_params)  # biases are added, not cast for a matmul
+    if lay.frozen_bytes == 4 and lay.quantization == "none" and lay.precision in ("bf16-mixed", "fp16-mixed"):
+        # fp32 frozen linears and lm_head under autocast: cast per matmul, the cast saved for backward
+        # (aten/src/ATen/autocast_mode.cpp cached_cast caches only leaves that require grad)
+        cast = cast + sum(r_.spec.params_total * (1 - r_.trained_fraction) for r_ in lay.roles)
+        cast = cast + (0 if lay.lm_head_trained else (head or emb))
     return Params(
         total=arch.total_params,
         trainable=t.trainable,
@@ -592,6 +599,8 @@ class _Saved:
         if lay.quantization != "none" and lay.precision != "bf16-true" and lay.kbit_fp32_upcast:
             resid = 4  # prepare_model_for_kbit_training upcasts the embeddings to fp32
         self.resid = resid
+        # bytes of the normalised input a trained RMSNorm weight keeps (framework ``dtypes.norm_scale_fp32``)
+        self.norm_kept = 4 if lay.framework.dtypes.norm_scale_fp32 else resid
         self.norm_trains = lay.norm_trained_fraction > 0
         self.norm_out_fp32 = lay.precision == "fp32" or (self.mixed_fp32_weights and (self.norm_trains or resid == 4))
         self.roles_by_source: dict[str, list[LinearRole]] = {}
@@ -605,7 +614,7 @@ class _Saved:
         an fp32 op under autocast, keeps its input."""
         arch, h, c = self.arch, self.h, self.c
         base = 4 * h if arch.norm == "rmsnorm" else (4 if self.mixed_fp32_weights else c) * h
-        return base + (self.resid * h * self.lay.norm_trained_fraction if arch.norm == "rmsnorm" else 0)
+        return base + (self.norm_kept * h * self.lay.norm_trained_fraction if arch.norm == "rmsnorm" else 0)
 
     def inputs(self, source: str, width: int, fp32_source: bool) -> tuple[float, float]:
         """Bytes/token kept for the linears reading ``source``: (constant, per unit of LoRA rank)."""
@@ -613,21 +622,25 @@ class _Saved:
         const = 0.0
         per_r = 0.0
         saving_weights = 0.0  # how many consumers keep an input for a trained weight
-        for role in self.roles_by_source.get(source, []):
+        roles = self.roles_by_source.get(source, [])
+        # q, k and v fused into one linear with one LoRA A (framework ``attention.fused_qkv``) are one consumer
+        n_qkv = sum(r_.spec.group == "attention" for r_ in roles) if lay.framework.attention.fused_qkv else 1
+        for role in roles:
             lin = role.spec
             # instances per layer holding this input (experts counted elsewhere)
             inst = lin.count / max(self.source_layers.get(source, self.arch.num_layers), 1)
             if lin.group in ("expert",):
                 continue
+            inst_in = inst / n_qkv if lin.group == "attention" and n_qkv > 1 else inst
             if role.trained_fraction:
-                saving_weights += role.trained_fraction * (inst if fp32_source else 1)
+                saving_weights += role.trained_fraction * (inst_in if fp32_source else 1)
             if role.adapted:
                 if self.share_adapter_input:
                     saving_weights = max(saving_weights, 1)
                 else:
-                    const += inst * c * width
+                    const += inst_in * c * width
                 if lay.dropout:
-                    const += inst * width * (c + 1)
+                    const += inst_in * width * (c + 1)
                 per_r += inst * c
                 if lay.technique.method.dora:
                     const += inst * 2 * c * lin.out_features
@@ -655,7 +668,7 @@ class _Saved:
         else:
             const += c * a * d + 4 * a  # output + logsumexp
         oc, o_r = self.inputs("attn_out", a * d, False)
-        if lay.attention != "eager":
+        if lay.attention != "eager" and not lay.framework.attention.output_copied:
             # SDPA/flash return (B, S, H, D)-contiguous output, so HF's transpose(1, 2).contiguous() is a
             # no-op and a trained o_proj keeps the same storage the kernel already keeps (measured on CPU
             # with a storage-tracking dispatch mode, scripts/check_memory_cpu.py).
@@ -789,7 +802,7 @@ def activation_coefficients(lay: Layout) -> ActivationCoefficients:
     moe_const, moe_r = sv.moe()
     # (Modules a method adds -- adapters, memory experts -- declare their own saved bytes:
     # Method.added() in ftadvisor/techniques/.)
-    top = 4 * h + (sv.resid * h if sv.norm_trains else 0) + (c * h if lay.lm_head_trained else 0)
+    top = 4 * h + (sv.norm_kept * h if sv.norm_trains else 0) + (c * h if lay.lm_head_trained else 0)
     # LoRA on the lm_head keeps its own cast of the final hidden state (plus the dropout copy and
     # mask) for A's gradient; the rank-r intermediate is kept for B's gradient (peft lora.Linear), and
     # so is the embedding LoRA's rank-r lookup (peft lora.Embedding: after_A for lora_embedding_B).
@@ -951,6 +964,8 @@ class _States:
     host: float = 0.0
     host_parts: dict = field(default_factory=dict)  # host bytes by kind: params, optimizer, grads (ftadvisor.host)
     copies: float = 0.0  # autocast's bf16 weight copies kept for backward (torch AMP, none/ddp)
+    grads_resident: float = 0.0  # gradient storage alive through forward and backward (ZeRO-3's partition buffer)
+    comm_backward: float = 0.0  # buffers alive only while layers run backward, not at the loss (FSDP2)
 
 
 def _replicated_states(lay: Layout, plan, p: Params, cp: _Copies, opt_dev, paged) -> _States:
@@ -994,14 +1009,20 @@ def _zero_states(lay: Layout, plan, p: Params, cp: _Copies, opt_dev, paged) -> _
     else:
         grads = trainable * wt / N + fp32_grad_part
     # HF's "auto" DeepSpeed config: reduce_bucket_size = h^2, stage3_prefetch_bucket_size = 0.9 h^2
-    # (transformers/integrations/deepspeed.py); stage 3 also holds the gathered layer in flight and
-    # the prefetched next one.
+    # (transformers/integrations/deepspeed.py); stage 3 also holds gathered parameters (below).
     bucket = _num.minimum(h * h, trainable + 1)
     comm = c * 2 * bucket
     if stage3:
-        comm = comm + c * (2 * p.largest_layer_params + 0.9 * h * h)
+        # Gathered parameters (compute dtype): those kept for reuse (zero3_gathered_params), at least
+        # the layer in flight and the prefetched one, plus the prefetch bucket.
+        comm = comm + c * (_num.maximum(zero3_gathered_params(lay, p), 2 * p.largest_layer_params) + 0.9 * h * h)
     st = _States(weights=weights, grads=grads, master=master, opt_dev=opt_dev / N, paged=paged / N, comm=comm,
                  extra=cp.extra / N if stage3 else cp.extra)
+    if stage3:
+        # Stage 3 allocates the gradient partitions of all parameters once, in the gradient-accumulation
+        # dtype (the compute dtype unless data_types.grad_accum_dtype says otherwise), and keeps them
+        # (deepspeed/runtime/zero/stage3.py grad_partitions_flat_buffer; on the host under offload).
+        st.grads_resident = 0.0 if lay.cpu_offload else trainable * wt / N
     if lay.cpu_offload:
         st.host = st.master + st.opt_dev + st.paged + fp32_grad_part
         # ZeRO-Offload (Ren et al. 2021, section 4): fp32 master + optimizer moments and the fp32
@@ -1016,6 +1037,42 @@ def _zero_states(lay: Layout, plan, p: Params, cp: _Copies, opt_dev, paged) -> _
     return st
 
 
+ZERO3_MAX_REUSE_DISTANCE = 1e9  # stage3_max_reuse_distance default (deepspeed/runtime/zero/config.py); HF's
+# "auto" values and the launcher's ds_config leave it unset
+
+
+def zero3_gathered_params(lay: Layout, p: Params, max_reuse: float = ZERO3_MAX_REUSE_DISTANCE):
+    """Parameters ZeRO-3 keeps gathered (whole, compute dtype) at the loss, the turn from forward to
+    backward. A module's parameters are released after use unless they reappear in the recorded
+    module trace within the next ``max_reuse`` parameter elements (deepspeed/runtime/zero/
+    partitioned_param_coordinator.py ``__params_to_release``). The layer k places from the output
+    is next used in backward after the later layers' forward, the head's forward and backward, and
+    each later layer's backward (and recomputed forward under checkpointing): about r * (k l + head)
+    elements with r = 2 (3 with checkpointing). Kept: the head (reused at once), the n last layers
+    with r (k l + head) < max_reuse, and the embedding when every layer is kept and still within
+    reach. Below the default 1e9 elements a small model therefore stays gathered whole."""
+    arch = lay.arch
+    r = 3.0 if lay.checkpointing else 2.0
+    l = p.largest_layer_params
+    L = arch.num_layers
+    emb = arch.embedding_params if arch.lm_head_params else 0.0  # tied: the embedding is the head
+    head = p.root_params - emb
+    room = _num.maximum(max_reuse - r * head, 0.0)
+    n = _num.minimum(float(L), _num_ceil(room / (r * l)))
+    all_kept = (n >= L) & (r * (L * l + head) < max_reuse)
+    return head + n * l + _num.where(all_kept, emb, 0.0)
+
+
+def _num_ceil(x):
+    if _num._is_array(x):
+        import numpy as np  # a grid brings numpy along (ftadvisor/_num.py)
+
+        return np.ceil(x)
+    import math
+
+    return float(math.ceil(x))
+
+
 def _fsdp_states(lay: Layout, plan, p: Params, cp: _Copies, opt_dev, paged) -> _States:
     """FSDP FULL_SHARD (= stage 3 with fp32 sharded FlatParameters, Zhao et al. 2023 section 3),
     with optional CPU offload."""
@@ -1025,9 +1082,16 @@ def _fsdp_states(lay: Layout, plan, p: Params, cp: _Copies, opt_dev, paged) -> _
     # gradient of the layer being reduce-scattered (torch/distributed/fsdp).
     largest_layer = p.largest_layer_params
     trained_share = _num.minimum(1.0, p.trainable / lay.arch.total_params)
-    comm = c * (p.root_params + 2 * largest_layer) + c * largest_layer * trained_share
+    # At the loss only the root unit is gathered: the root never reshards after forward, the layers do
+    # (reshard_after_forward=True; torch/distributed/fsdp/_fully_shard/_fsdp_state.py _lazy_init).
+    comm = c * p.root_params
+    # While a layer runs backward: it and the prefetched next one unsharded, its unsharded gradient and
+    # the reduce-scatter input the gradients are copied into (torch/distributed/fsdp/_fully_shard/
+    # _fsdp_collectives.py foreach_reduce), both in the compute dtype: accelerate's FSDP2 policy sets
+    # reduce_dtype = param_dtype (accelerate/utils/dataclasses.py set_mixed_precision).
+    comm_bwd = c * 2 * largest_layer + 2 * c * largest_layer * trained_share
     st = _States(weights=p.stored_bytes / N, grads=cp.trainable * tb / N, master=0.0, opt_dev=opt_dev / N,
-                 paged=paged / N, comm=comm, extra=cp.extra / N)
+                 paged=paged / N, comm=comm, extra=cp.extra / N, comm_backward=comm_bwd)
     if lay.cpu_offload:
         st.host = st.weights + st.grads + st.opt_dev + st.paged
         # FSDP CPUOffload(offload_params=True): sharded params, their grads and the optimizer state on CPU
@@ -1090,7 +1154,7 @@ def offloaded_checkpoint_bytes(lay: Layout, plan, T, copies_trained=1):
     return T * lay.arch.num_layers * activation_coefficients(lay).checkpoint_per_layer * copies_trained
 
 
-def framework_logits_bytes(lay: Layout, T, T_loss):
+def framework_logits_bytes(lay: Layout, T, T_loss, S=None):
     """5. The loss' logits as the framework computes them: trl's and transformers' paths
     (:func:`loss_logits_bytes`), or the framework's own chunked or fused loss for the SFT objective
     (its ``loss`` declaration, ``ftadvisor/frameworks/``)."""
@@ -1098,7 +1162,9 @@ def framework_logits_bytes(lay: Layout, T, T_loss):
     if loss.kind == "trl" or not lay.technique.objective.sft_loss:
         return loss_logits_bytes(lay, T, T_loss)
     a = lay.arch
-    return loss.logits_bytes(T_loss, a.vocab_size, a.hidden_size, lay.c, lay.precision in ("bf16-mixed", "fp16-mixed"))
+    return loss.logits_bytes(T_loss, a.vocab_size, a.hidden_size, lay.c, lay.precision in ("bf16-mixed", "fp16-mixed"),
+                             sequences=1 if S is None else T_loss / S,
+                             trains_base=lay.technique.method.base_training != "none")
 
 
 def _workspace_bytes(lay: Layout, p: Params):
@@ -1150,7 +1216,7 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     T_loss = plan.micro_batch_size * obj.sequences_per_example * plan.rl_max_new_tokens if obj.generation else T
 
     saved, recompute, bws = _activations(lay, plan, T, S, cp.copies_trained)
-    logits_total = framework_logits_bytes(lay, T, T_loss)  # 5. (see loss_logits_bytes)
+    logits_total = framework_logits_bytes(lay, T, T_loss, S)  # 5. (see loss_logits_bytes)
     qws = _workspace_bytes(lay, p)
     if lay.optimizer_in_backward:
         # Each parameter steps in its post-accumulate-grad hook and drops its gradient, so at most
@@ -1178,11 +1244,14 @@ def evaluate(lay: Layout, plan) -> Evaluation:
     # Peak of forward+backward: all saved activations, then either the loss' logits tensors (at the
     # end of forward) or the recomputed layer and the gradient working set (in backward). The
     # lm_head's gradient appears only after the loss' backward has released the logits.
-    act_branch = recompute + bws + head_grad
+    # Sharded layouts hold some buffers only while layers run backward (st.comm_backward, FSDP2).
+    act_branch = recompute + bws + head_grad + st.comm_backward
     use_logits = logits_total >= act_branch
     grads_fb = _num.where(plan.gradient_accumulation_steps > 1, st.grads, _num.where(use_logits, 0.0, head_grad))
+    grads_fb = _num.maximum(grads_fb, st.grads_resident)  # ZeRO-3's partition buffer holds the head's share too
     fb = dict(static, **zero)
     fb.update(
+        communication=st.comm + _num.where(use_logits, 0.0, st.comm_backward),
         gradients=grads_fb,
         master_weights=st.master + st.copies,
         activations=saved + _num.where(use_logits, 0.0, recompute + bws),

@@ -39,6 +39,13 @@ DEFAULT_PORT = 29500
 """torchrun's and accelerate's default rendezvous port (torch/distributed/run.py ``--master_port``)."""
 PYTHON_ENV = "FTADVISOR_PYTHON"
 """Names the Python interpreter for the run scripts, over the venv and PATH search."""
+# The one convention of every multi-node command ftadvisor writes (launch's nodes/*.sh and command.sh,
+# export's run.sh): the user sets NODE_RANK (where a script is not per node), MAIN_ADDR and optionally
+# MAIN_PORT. Not torchrun's MASTER_ADDR/MASTER_PORT: torchrun (torch/distributed/run.py) sets those in
+# its workers' environment itself; a framework that reads them (LLaMA-Factory) is given them from these.
+NODE_RANK_VAR = "NODE_RANK"
+ADDR_VAR = "MAIN_ADDR"
+PORT_VAR = "MAIN_PORT"
 
 
 def launch_nodes(plan: TrainingPlan, hw: HardwareProfile | None) -> int:
@@ -148,6 +155,15 @@ def _head(title: str, usage: str) -> list[str]:
 def _main_addr_lines() -> list[str]:
     return [': "${MAIN_ADDR:?set MAIN_ADDR to the address of node 0 (reachable from every node)}"',
             f'MAIN_PORT="${{MAIN_PORT:-{DEFAULT_PORT}}}"']
+
+
+def node_env_lines(nodes: int) -> list[str]:
+    """Shell lines for a script that every node runs: require NODE_RANK (0..nodes-1) and MAIN_ADDR,
+    default MAIN_PORT (the convention above; ftadvisor.export's run.sh)."""
+    return [f"# {nodes} nodes: run this on every node with {NODE_RANK_VAR}=0..{nodes - 1}, {ADDR_VAR}=<node 0 "
+            f"address> and optionally {PORT_VAR} (default {DEFAULT_PORT})",
+            f': "${{{NODE_RANK_VAR}:?set {NODE_RANK_VAR} to the rank of this node, 0..{nodes - 1}}}"',
+            *_main_addr_lines()]
 
 
 def _exports(env: dict[str, str]) -> list[str]:

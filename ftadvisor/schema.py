@@ -216,6 +216,10 @@ class NodeSpec(_Frozen):
     """Aggregate NVMe sequential read bandwidth of one node, GB/s."""
     nvme_write_gbps: float | None = Field(default=None, gt=0, le=1e5)
     """Aggregate NVMe sequential write bandwidth of one node, GB/s."""
+    host_link_gbps: float | None = Field(default=None, gt=0, le=1e5)
+    """GPU<->host-memory link of one GPU, GB/s per direction (PCIe x16, NVLink-C2C); None: from the card's PCIe generation."""
+    host_mem_gbps: float | None = Field(default=None, gt=0, le=1e5)
+    """Peak DRAM bandwidth of one node's CPUs, GB/s (channels x MT/s x 8 B); CPU optimizers and host-staged collectives share it."""
     source: str | None = None
     """Where the figures come from (instance pages, system datasheets)."""
 
@@ -439,6 +443,10 @@ class TrainingPlan(_Frozen):
     """nf4 double quantization of the block constants (QLoRA paper section 3)."""
     packing: bool = False
     """Sequences packed to seq_len with no padding (affects throughput, not peak memory)."""
+    varying_lengths: bool = False
+    """Batches padded to their own longest sequence, so tensor sizes change from step to step
+    (dynamic padding, trl's default collator); False: every batch is seq_len long (packing, or
+    padding to max_length). Changes reserved memory, not allocated (ftadvisor.allocator)."""
     sft_chunked_loss: bool = True
     """SFT loss in chunks of 256 tokens (trl SFTConfig loss_type="chunked_nll", trl's default) instead of full logits ("nll")."""
     moe_train: MoeTrain = "all"
@@ -544,7 +552,8 @@ class MemoryBreakdown(_Frozen):
     peak_allocated_bytes: int
     """What ``torch.cuda.max_memory_allocated`` reports."""
     peak_reserved_bytes: int
-    """What ``torch.cuda.max_memory_reserved`` reports (allocated plus caching-allocator slack)."""
+    """What ``torch.cuda.max_memory_reserved`` reports: allocated plus caching-allocator slack, which
+    depends on the framework's expandable_segments and on ``varying_lengths`` (ftadvisor.allocator)."""
     runtime_overhead_bytes: int
     """CUDA context and library workspaces outside the allocator."""
     paged_bytes: int

@@ -32,6 +32,9 @@ are; this module turns that into work and time:
    (DDP all-reduce, ZeRO reduce-scatter/all-gather, ZeRO-3/FSDP parameter gathers) with
    the overlap each framework achieves, CPU-offload and paged-optimizer traffic over the
    host link, and RL generation (decoding reads all weights and the KV cache per token).
+   The links themselves -- the ring's bus bandwidth inside a node, without peer-to-peer and
+   across nodes, NCCL's latency per call, the host link and the CPU optimizer's share of the
+   node's DRAM -- are :mod:`ftadvisor.links` (calibration/benchmarks/regimes.py prints them).
 
 MFU is an output (model FLOPs / (time x peak), PaLM App. B). The numbers describe the
 Hugging Face stack (transformers + peft + trl, eager, no torch.compile); fused stacks
@@ -68,6 +71,8 @@ SOURCES: dict[str, str] = {
     "mamf": "S. Bekman, ml-engineering, compute/accelerator/README.md 'Maximum Achievable Matmul FLOPS' table "
             "(bf16 matmul, best shape): A100 SXM 271.2 of 312 (86.9%), H100 SXM 794.5 of 989 (80.3%), "
             "A100 PCIe 252.9 of 312 (81.1%), B200 1745 of 2250 (77.6%), MI300X 668.4 of 1300 (51.4%)",
+    "mamf_v1": "S. Bekman, ml-engineering, compute/accelerator/README.md, the older v1 MAMF table (no cache "
+               "reset): AMD MI250X 147.0 of 191.5 TFLOP/s (76.7%, ROCm-6.2, one GCD), MI300X 781.9 of 1300 (60.1%)",
     "fa2": "Dao 2023, FlashAttention-2 (arXiv 2307.08691), section 4.1: forward+backward reaches 50-73% "
            "of the A100 peak; backward does 2.5x the forward's matmul FLOPs (recomputes S = QK^T)",
     "fa3": "Shah et al. 2024, FlashAttention-3 (arXiv 2407.08608), Fig. 5-6: FlashAttention-2 reaches "
@@ -150,6 +155,10 @@ EFFICIENCY: dict[str, Efficiency] = {
                    "attention: FA2 on Ampere [fa2]; bandwidth fractions from the H200 measurement"),
         Efficiency("amd_cdna3", 0.514, 0.35, ELEMENTWISE_FRACTION, DEQUANT_FRACTION,
                    "matmul: MAMF MI300X 51.4% [mamf]; attention and bandwidth fractions taken from Hopper"),
+        Efficiency("amd_cdna2", 0.767, 0.35, ELEMENTWISE_FRACTION, DEQUANT_FRACTION,
+                   "matmul: MAMF MI250X 147.0 of 191.5 TFLOP/s per GCD = 76.7% (ROCm 6.2, the v1 table that did "
+                   "not reset caches, so perhaps a few % high) [mamf_v1]; attention and bandwidth fractions taken "
+                   "from Hopper"),
         Efficiency("cpu", 0.70, 0.50, 1.0, 1.0,
                    "order-of-magnitude placeholders like the cpu profile itself: its bandwidth is already an "
                    "achieved figure (fraction 1); kernels run on the cores that dispatch them (no overlap)"),
@@ -198,7 +207,9 @@ def hardware_class(hw: HardwareProfile) -> str:
     if hw.vendor == "cpu":
         return "cpu"
     if hw.vendor == "amd":
-        return "amd_cdna3"
+        # CDNA 3 (MI300X/MI325X) added FP8 matrix units; a profile without them is CDNA 2 (MI250X/MI210),
+        # whose MAMF efficiency differs (76.7% vs 51.4%) [mamf, mamf_v1]. A capability, not a name.
+        return "amd_cdna3" if hw.fp8_dense_tflops else "amd_cdna2"
     cc = hw.compute_capability or ""
     major = int(cc.split(".")[0]) if cc.split(".")[0].isdigit() else 0
     if major == 9:
@@ -226,29 +237,23 @@ def peak_flops(hw: HardwareProfile, precision: str) -> tuple[float, str]:
     return hw.fp32_tflops * 1e12, "fp32_tflops"
 
 
-def host_link_gbps(hw: HardwareProfile) -> tuple[float, str]:
-    """GPU<->host bandwidth per direction used for CPU offload and paged optimizers (an assumption:
-    hardware profiles carry no host-link field). PCIe x16 per direction: Gen5 64 GB/s (Hopper,
-    Blackwell), Gen4 32 GB/s (Ampere, Ada, CDNA3), Gen3 16 GB/s (Volta, Turing) -- PCI-SIG rates."""
-    if hw.vendor == "cpu":
-        return hw.hbm_bandwidth_gbps, "host memory (no link)"
-    if "pcie" in hw.intra_node_link.lower():
-        return hw.intra_node_bandwidth_gbps, f"the profile's {hw.intra_node_link}"
-    cc = hw.compute_capability or ""
-    if cc.startswith(("9", "10")):
-        return 64.0, "PCIe 5.0 x16 (assumed for a Hopper/Blackwell host)"
-    if cc.startswith("7"):
-        return 16.0, "PCIe 3.0 x16 (assumed for a Volta/Turing host)"
-    return 32.0, "PCIe 4.0 x16 (assumed)"
+def host_link_gbps(hw: HardwareProfile, plan: TrainingPlan | None = None) -> tuple[float, str]:
+    """GPU<->host bandwidth per direction used for CPU offload and paged optimizers: the node's
+    host_link_gbps (profiles/nodes.yaml; NVLink-C2C 450 GB/s on GH200), else the card's PCIe
+    generation -- :func:`ftadvisor.links.host_link`."""
+    from ftadvisor.host import node_for
+    from ftadvisor.links import host_link
+
+    return host_link(hw, node_for(hw, plan) if hw.vendor != "cpu" else None)
 
 
-# Host DRAM bandwidth that DeepSpeed's CPU-Adam streams its state through (assumption: a
-# two-socket server reaches ~100 GB/s; desktop hosts much less). Hardware profiles carry none.
+# Host DRAM bandwidth of a node whose profile gives no host_mem_gbps (a user's own node file): a
+# two-socket server sustains ~100 GB/s (assumption); profiles/nodes.yaml gives every form factor its own.
 HOST_DRAM_GBPS = 100.0
 
-# NCCL bus bandwidth reaches about 80% of the NVLink/NIC per-direction rate in all-reduce
-# benchmarks (assumption from nccl-tests' busbw definition; calibration should replace it).
-LINK_FRACTION = 0.80
+# NCCL bus bandwidth over NVLink/PCIe P2P: 80% of the per-direction rate (ftadvisor/links.py, nccl-tests
+# figures); across nodes NIC_FRACTION of the node's NICs, without P2P the SHM path (links.collective_path).
+from ftadvisor.links import LINK_FRACTION  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -1065,11 +1070,11 @@ def _optimizer_host_seconds(lay: memory.Layout, tp: TrainingPlan, copies_trained
 
 
 def _optimizer_step_seconds(mach: _Machine, lay: memory.Layout, tp: TrainingPlan, hw: HardwareProfile, p: Any,
-                            copies_trained: int, adamw_kernel: str, assumptions: list[str]) -> tuple[float, float]:
+                            copies_trained: int, adamw_kernel: str, assumptions: list[str],
+                            parts: _Parts | None = None, mb_times: int = 1) -> tuple[float, float]:
     """(optimizer, offload) seconds of one optimizer step: on the device, or under CPU offload on the
-    host with gradients and parameters over the host link [zero_offload]."""
+    host (:func:`_cpu_offload_seconds`)."""
     N = tp.num_gpus
-    c = lay.c
     sharded_opt = lay.sharding in ("zero1", "zero2", "zero3", "fsdp")
     P_tr = p.trainable * copies_trained
     P_local = P_tr / N if sharded_opt else P_tr
@@ -1077,19 +1082,105 @@ def _optimizer_step_seconds(mach: _Machine, lay: memory.Layout, tp: TrainingPlan
     opt_host = _optimizer_host_seconds(lay, tp, copies_trained)
     if not lay.cpu_offload:
         return _simulate(mach, [([Op(1.0, mem_bytes=opt_bytes)], opt_host, 1)])[3], 0.0
-    optimizer = opt_bytes / (HOST_DRAM_GBPS * 1e9)
-    link, link_name = host_link_gbps(hw)
-    # gradients down (c per parameter of this rank's shard), updated parameters back up [zero_offload]
-    offload = 2.0 * c * P_local / (link * 1e9)
-    if lay.sharding in ("zero3", "fsdp"):
-        # parameters live on the host: each gather first copies this rank's shard up (forward, backward)
-        passes = 2 + (1 if lay.checkpointing and lay.sharding == "fsdp" else 0)
-        offload += tp.gradient_accumulation_steps * passes * c * p.total / N / (link * 1e9)
-    assumptions.append(f"CPU offload: optimizer on the host at {HOST_DRAM_GBPS:g} GB/s DRAM (assumed), "
-                       f"host link {link:g} GB/s ({link_name})")
+    compute_mb = ((parts.compute + parts.memory) / max(mb_times, 1)) if parts is not None else 0.0
+    optimizer, offload = _cpu_offload_seconds(lay, tp, hw, p, copies_trained, compute_mb, mb_times, assumptions)
     if tp.offload_device == "nvme":
         offload += _nvme_seconds(lay, tp, hw, p, P_local, assumptions)
     return optimizer, offload
+
+
+def cpu_optimizer_bytes_per_param(lay: memory.Layout, tp: TrainingPlan) -> float:
+    """Host DRAM bytes one CPU optimizer step touches per trainable parameter of the rank.
+
+    1. the update on fp32 state: :func:`optimizer_bytes_per_param` with 4-byte params and grads
+       (Adam: read param, grad, exp_avg, exp_avg_sq, write param and both moments = 28 B) --
+       DeepSpeed CPUAdam and torch's fused CPU AdamW are single-pass and memory-bound
+       [zero_offload_step, cpu_adam_measured];
+    2. gradients: DeepSpeed receives compute-dtype gradients and widens them into its fp32 buffer
+       (read c, write 4) on every micro-batch; FSDP receives fp32 gradients and accumulates them
+       beyond the first micro-batch (read 8, write 4) [ds_grad_accum, fsdp_offload];
+    3. parameters: DeepSpeed narrows the updated fp32 masters to its compute-dtype copies (read 4,
+       write c); FSDP updates its fp32 shard in place (nothing more);
+    4. gradient clipping: a norm pass and a scaling pass over fp32 gradients (read 4; read 4, write 4)."""
+    c = lay.c
+    G = tp.gradient_accumulation_steps
+    b = optimizer_bytes_per_param(tp.optimizer, 4, 4, "fused")
+    if lay.sharding == "fsdp":
+        b += 12.0 * (G - 1)
+    else:
+        b += G * (c + 4) + (4 + c)
+    if tp.max_grad_norm:
+        b += 12.0
+    return b
+
+
+def _cpu_offload_seconds(lay: memory.Layout, tp: TrainingPlan, hw: HardwareProfile, p: Any, copies: int,
+                         compute_mb: float, mb_times: int, assumptions: list[str]) -> tuple[float, float]:
+    """(CPU optimizer, exposed host-link traffic) seconds of one step under CPU offload.
+
+    Traffic over the pinned host link (links.copy_gbps; DeepSpeed and FSDP pin by default [ds_pinned]):
+    - zero2 (ZeRO-Offload [zero_offload_step]): every micro-batch sends this rank's gradient partition
+      down in the compute dtype (c B/param; beyond the first the accumulated partition also comes up
+      and goes down again [ds_grad_accum], on the other direction of the link); after the CPU step
+      the updated compute-dtype partition comes up (c B/param) and is then all-gathered on the GPUs.
+    - zero3 (offload_param + offload_optimizer): parameters live on the host; each micro-batch fetches
+      this rank's compute-dtype shard of every parameter in forward and again in backward; gradient
+      shards go down per micro-batch; nothing comes up after the step.
+    - fsdp (CPUOffload(offload_params=True)): as zero3, but the shard moves in its fp32 dtype (trained
+      parameters under *-mixed; frozen ones in c) and gradients come down in fp32 [fsdp_offload].
+    Overlap (explicit): gradient copies run on a side stream during backward (2/3 of a micro-batch's
+    compute, Kaplan) and parameter fetches are prefetched during their pass (forward 1/3, backward
+    2/3) -- only what exceeds that compute is exposed (the copy engine runs beside the compute and
+    the NVLink collectives). The upload after the step and the CPU optimizer step are exposed: the
+    delayed parameter update of ZeRO-Offload (section 4.2) is off by default.
+    CPU optimizer: cpu_optimizer_bytes_per_param x this rank's parameters, with every rank of the node
+    streaming through the same host DRAM at once (links.cpu_optimizer_seconds)."""
+    from ftadvisor import links
+    from ftadvisor.host import node_for
+
+    N = tp.num_gpus
+    G = tp.gradient_accumulation_steps
+    c = lay.c
+    node = node_for(hw, tp)
+    link, link_name = links.host_link(hw, node)
+    bw = links.copy_gbps(link, pinned=True) * 1e9
+    P_tr = p.trainable * copies
+    P_local = P_tr / N
+    mixed = _dtypes(lay).mixed
+    s = lay.sharding
+    fwd_c, bwd_c = compute_mb / 3.0, 2.0 * compute_mb / 3.0
+    if s == "zero2":
+        grad_mb = c * P_local / bw
+        exposed = mb_times * max(0.0, grad_mb - bwd_c) + c * P_local / bw
+        what = "gradients down per micro-batch (hidden behind backward), parameters up after the step"
+    else:
+        frozen_local = (p.total * copies - P_tr) / N
+        if s == "fsdp":
+            pb = 4 if mixed else lay.trainable_bytes
+            shard = pb * P_local + c * frozen_local
+            gb = 4 if mixed else lay.trainable_bytes
+        else:
+            shard = c * (P_local + frozen_local)
+            gb = c
+        fetch = shard / bw
+        bwd_fetches = 2 if (lay.checkpointing and s == "fsdp") else 1  # FSDP re-gathers for recomputation
+        grad_mb = gb * P_local / bw
+        exposed = mb_times * (max(0.0, fetch - fwd_c) + max(0.0, bwd_fetches * fetch + grad_mb - bwd_c))
+        what = "parameter shards up in forward and backward, gradient shards down, each micro-batch (prefetched)"
+    host = links.host_mem_gbps(hw, node)
+    host_words = f"{host:.0f} GB/s sustained host DRAM"
+    if host is None:
+        host = HOST_DRAM_GBPS
+        host_words = f"{HOST_DRAM_GBPS:g} GB/s host DRAM (assumed: the node gives no host_mem_gbps)"
+    ranks = links.ranks_on_node(tp)
+    optimizer = links.cpu_optimizer_seconds(cpu_optimizer_bytes_per_param(lay, tp) * P_local, ranks, host)
+    threads = ("all cores" if ranks == 1 else
+               f"{links.LAUNCHER_THREADS_PER_RANK} thread per rank at {links.CPU_OPT_THREAD_GBPS:g} GB/s "
+               "(launcher default OMP_NUM_THREADS=1; set it higher to lift this)")
+    assumptions.append(f"CPU offload ({s}): optimizer on the host, {host_words} shared by {ranks} GPU process(es), "
+                       f"{threads}, not overlapped; {what}; host link {link:g} GB/s ({link_name}) at the pinned "
+                       f"rate {links.PINNED_FRACTION:.0%}")
+    return optimizer, exposed
 
 
 def _nvme_seconds(lay: memory.Layout, tp: TrainingPlan, hw: HardwareProfile, p: Any, P_local: float,
@@ -1119,7 +1210,7 @@ def _paged_optimizer_seconds(lay: memory.Layout, tp: TrainingPlan, hw: HardwareP
     spill = _paged_spill_bytes(lay, tp, hw)
     if spill <= 0:
         return 0.0
-    link, link_name = host_link_gbps(hw)
+    link, link_name = host_link_gbps(hw, tp)
     assumptions.append(f"{spill / 2**30:.1f} GiB of paged optimizer state does not fit on the device and "
                        f"moves over {link_name} twice per step")
     return 2.0 * spill / (link * 1e9)
@@ -1138,7 +1229,7 @@ def _checkpoint_offload_seconds(lay: memory.Layout, tp: TrainingPlan, hw: Hardwa
     if not (lay.checkpointing and lay.checkpoint_offload):
         return 0.0
     host = memory.offloaded_checkpoint_bytes(lay, tp, T)
-    link, link_name = host_link_gbps(hw)
+    link, link_name = host_link_gbps(hw, tp)
     transfer = 2.0 * host * mb_times / (link * 1e9)
     assumptions.append(f"{fw.name} offloads checkpointed layer inputs ({host / 2**30:.2f} GiB per micro-batch) over "
                        f"{link_name} at {link:g} GB/s, overlapped with compute")
@@ -1180,12 +1271,21 @@ def _speed_sources(lay: memory.Layout, tp: TrainingPlan, meth: Any, obj: Any) ->
         srcs.append("bnb_adam8")
     if tp.num_gpus > 1:
         srcs += ["ring", "ddp" if lay.sharding == "ddp" else ("fsdp" if lay.sharding == "fsdp" else "zero")]
+    if tp.num_gpus > 1:
+        from ftadvisor.links import collective_path
+
+        srcs += list(collective_path(lay.hardware, tp).sources)
     if lay.cpu_offload:
-        srcs.append("zero_offload")
+        srcs += ["zero_offload", "zero_offload_step", "ds_pinned", "pcie_measured", "ddr_peak", "stream",
+                 "cpu_adam_measured", "omp_threads", "fsdp_offload" if lay.sharding == "fsdp" else "ds_grad_accum"]
     if obj.generation:
         srcs += ["kv_decode", "trl_rl"]
     srcs.append("device_h200")
-    return tuple(f"{k}: {SOURCES[k]}" for k in dict.fromkeys(srcs))
+    if hardware_class(lay.hardware) == "amd_cdna2":
+        srcs.append("mamf_v1")
+    from ftadvisor.links import SOURCES as LINK_SOURCES
+
+    return tuple(f"{k}: {SOURCES.get(k) or LINK_SOURCES[k]}" for k in dict.fromkeys(srcs))
 
 
 def _part_seconds(parts: _Parts) -> dict[str, Any]:
@@ -1230,7 +1330,8 @@ def _estimate(mp: ModelProfile, hw: HardwareProfile, tp: TrainingPlan, tech: Tec
         gen, gen_tokens_per_s, samples_local = _generation_seconds(mach, lay, tp, obj, flash_bwd, assumptions)
         parts.generation += gen
     # 4. optimizer step, CPU offload, paged optimizer state
-    opt_s, offload_s = _optimizer_step_seconds(mach, lay, tp, hw, p, copies_trained, adamw_kernel, assumptions)
+    opt_s, offload_s = _optimizer_step_seconds(mach, lay, tp, hw, p, copies_trained, adamw_kernel, assumptions,
+                                               parts, mb_times)
     parts.optimizer += opt_s
     parts.offload += offload_s
     parts.offload += _paged_optimizer_seconds(lay, tp, hw, assumptions)
@@ -1294,60 +1395,70 @@ def _paged_spill_bytes(lay: memory.Layout, tp: TrainingPlan, hw: HardwareProfile
     return max(0.0, min(ev.paged_bytes, total - hw.memory_bytes))
 
 
+# Bucket sizes that set how many collective calls (each paying NCCL's latency) a step makes:
+# DDP bucket_cap_mb = 25 (torch nn/parallel/distributed.py); DeepSpeed reduce_bucket_size and
+# allgather_bucket_size = 5e8 elements (deepspeed runtime/zero/config.py); ZeRO-3/FSDP gather and
+# reduce one decoder layer (one FSDP unit / module) at a time.
+DDP_BUCKET_BYTES = 25e6
+ZERO_BUCKET_ELEMENTS = 5e8
+
+
 def _communication_seconds(lay: memory.Layout, tp: TrainingPlan, p: Any, hw: HardwareProfile, parts: _Parts,
                            mb_times: int, copies: int, assumptions: list[str]) -> float:
     """Exposed data-parallel communication per optimizer step.
 
-    Link: intra-node bandwidth on one node; with several nodes a ring crosses the network, so the
-    per-GPU inter-node bandwidth bounds it -- both at LINK_FRACTION of the profile figure.
-    - DDP: all-reduce of the gradients once per step (no_sync on accumulation micro-batches),
-      bucketed and overlapped with the last micro-batch's backward [ddp]; the last bucket
-      (25 MB) is exposed.
+    The ring and its bus bandwidth come from :func:`ftadvisor.links.collective_path` (intra-node
+    link, host-memory path without P2P, the node's NICs across nodes), each call paying NCCL's
+    latency. Overlap with compute, stated per framework:
+    - DDP: all-reduce of the gradients once per step (no_sync on accumulation micro-batches) in
+      25 MB buckets launched as backward produces them, so the last micro-batch's backward hides
+      the all-reduce and the last bucket is exposed [ddp].
     - ZeRO-1: reduce-scatter of gradients (overlapped with backward) + all-gather of the updated
       parameters after the step (exposed) [zero].
     - ZeRO-2: reduce-scatter on every micro-batch (partitioned gradients), all-gather after the step.
     - ZeRO-3 / FSDP: every micro-batch all-gathers the parameters in forward and again in backward
-      and reduce-scatters the gradients; prefetch overlaps them with compute [fsdp], so only what
-      exceeds the compute of the pass is exposed. Frozen weights are gathered too.
+      and reduce-scatters the gradients, one layer at a time; prefetch overlaps them with compute
+      [fsdp], so only what exceeds the compute of the pass is exposed. Frozen weights are gathered too.
     """
-    N = tp.num_gpus
-    G = tp.gradient_accumulation_steps
-    from ftadvisor.host import inter_node_gbps
+    from ftadvisor.links import collective_path, describe
 
-    multi = (tp.num_nodes or 1) > 1
-    gbps = (inter_node_gbps(hw, tp) if multi else hw.intra_node_bandwidth_gbps) * LINK_FRACTION
-    link = f"{'inter' if multi else 'intra'}-node {gbps / LINK_FRACTION:g} GB/s x {LINK_FRACTION:.0%}"
+    path = collective_path(hw, tp)
+    G = tp.gradient_accumulation_steps
     c = lay.c
     mixed = lay.precision in ("bf16-mixed", "fp16-mixed")
     P_tr = p.trainable * copies
     compute_mb = (parts.compute + parts.memory) / max(mb_times, 1)  # one micro-batch of compute
     bwd_share = 2.0 / 3.0  # backward is ~2/3 of a micro-batch's work (Kaplan: backward = 2x forward)
     s = lay.sharding
+    assumptions.append(describe(path))
     if s == "ddp":
         gb = (4 if mixed or lay.precision == "fp32" else lay.trainable_bytes) * P_tr
-        t = ring_allreduce_seconds(gb, N, gbps)
-        exposed = max(0.0, t - bwd_share * compute_mb) + ring_allreduce_seconds(min(gb, 25e6), N, gbps)
-        assumptions.append(f"DDP: gradient all-reduce once per step over {link}, overlapped with backward")
+        t = path.allreduce_seconds(gb, calls=math.ceil(gb / DDP_BUCKET_BYTES))
+        exposed = max(0.0, t - bwd_share * compute_mb) + path.allreduce_seconds(min(gb, DDP_BUCKET_BYTES))
+        assumptions.append("DDP: gradient all-reduce once per step in 25 MB buckets, overlapped with the last "
+                           "micro-batch's backward; the last bucket exposed")
         return exposed
     if s in ("zero1", "zero2"):
-        rs = ring_gather_seconds(c * P_tr, N, gbps)
-        ag = ring_gather_seconds(c * P_tr, N, gbps)
+        calls = math.ceil(P_tr / ZERO_BUCKET_ELEMENTS)
+        rs = path.gather_seconds(c * P_tr, calls)
+        ag = path.gather_seconds(c * P_tr, calls)
         if s == "zero2":
             exposed = G * max(0.0, rs - bwd_share * compute_mb) + ag
         else:
             exposed = max(0.0, rs - bwd_share * compute_mb) + ag
         assumptions.append(f"{s}: gradient reduce-scatter overlapped with backward, parameter all-gather after "
-                           f"the step exposed, over {link}")
+                           "the step exposed")
         return exposed
     # zero3 / fsdp
+    L = lay.arch.num_layers
     total_w = c * p.total * copies
-    ag = ring_gather_seconds(total_w, N, gbps)
-    rs = ring_gather_seconds(c * P_tr, N, gbps)
+    ag = path.gather_seconds(total_w, calls=L)
+    rs = path.gather_seconds(c * P_tr, calls=L)
     fwd_c = compute_mb / 3.0
     bwd_c = compute_mb - fwd_c
     per_mb = max(0.0, ag - fwd_c) + max(0.0, ag + rs - bwd_c)
-    assumptions.append(f"{s}: parameters all-gathered in forward and backward on every micro-batch, gradients "
-                       f"reduce-scattered, prefetched and overlapped with compute, over {link}")
+    assumptions.append(f"{s}: parameters all-gathered layer by layer in forward and backward on every micro-batch, "
+                       "gradients reduce-scattered, prefetched and overlapped with compute")
     return mb_times * per_mb
 
 

@@ -244,7 +244,7 @@ def test_dry_run_marks_cases_recorded_by_another_machine(tmp_path):
                              env={"FTADVISOR_MACHINE_ID": "this-machine"})
     assert out.exit_code == 0, out.output
     lines = out.output.strip().splitlines()
-    assert len(lines) == 17 and all(" todo " in ln and "recorded by another machine" in ln for ln in lines)
+    assert len(lines) == 16 and all(" todo " in ln and "recorded by another machine" in ln for ln in lines)
 
 
 def test_machine_id_is_created_once_and_kept(tmp_path, monkeypatch):

@@ -483,12 +483,29 @@ def test_evaluate_deepspeed_stages(stage):
     bf16_grads = 2 * P if stage == "zero1" else 2 * P / N
     assert st["gradients"] == bf16_grads + 4 * P / N
     assert st["optimizer_state"] == 8 * P / N
-    # reduce bucket h^2 elements, double-buffered, in bf16; stage 3 also holds the gathered layer and
-    # the prefetched one (2 x 1132 params) and a 0.9 h^2 prefetch bucket
+    # reduce bucket h^2 elements, double-buffered, in bf16; stage 3 also holds the parameters kept
+    # gathered for reuse -- all P = 5,796 of TINY, far below stage3_max_reuse_distance = 1e9 elements
+    # (more than 2 x 1132 of the layer in flight and the prefetched one) -- and a 0.9 h^2 prefetch bucket
     comm = 2 * 2 * H * H
     if stage == "zero3":
-        comm += 2 * (2 * (1104 + 28) + 0.9 * H * H)
+        comm += 2 * (P + 0.9 * H * H)
     assert st["communication"] == pytest.approx(comm)
+
+
+def test_zero3_keeps_parameters_gathered_within_the_reuse_distance():
+    # deepspeed partitioned_param_coordinator.__params_to_release: a module's parameters stay gathered
+    # if they reappear within max_reuse elements of the module trace. With checkpointing (r = 3 passes
+    # per later layer) the lm_head (V h = 1200) is always kept; the k-th layer from the top needs
+    # 3 (1200 + k 1132) < max_reuse; the embedding (1200) only when every layer is kept.
+    lay, tp = layout("full", num_gpus=2, sharding="zero3")
+    p = memory.count_params(lay, tp)
+    assert memory.zero3_gathered_params(lay, p, max_reuse=0) == HEAD
+    assert memory.zero3_gathered_params(lay, p, max_reuse=3 * 1200 + 1) == HEAD + 1132
+    assert memory.zero3_gathered_params(lay, p, max_reuse=3 * (1200 + 1132) + 1) == HEAD + 2 * 1132
+    assert memory.zero3_gathered_params(lay, p, max_reuse=1e9) == P
+    # ZeRO-3 keeps its gradient partitions (compute dtype, 2 P / N) through forward and backward
+    # (stage3.py grad_partitions_flat_buffer): the forward/backward gradients are at least that
+    assert phase("full", "forward_backward", num_gpus=2, sharding="zero3")["gradients"] >= 2 * P / 2
 
 
 def test_evaluate_zero_bucket_is_capped_by_the_trainable_count():
@@ -518,19 +535,27 @@ def test_evaluate_fsdp():
     st = phase("full", "optimizer_step", num_gpus=N, sharding="fsdp")
     assert st["weights"] == 4 * P / N and st["gradients"] == 4 * P / N and st["optimizer_state"] == 8 * P / N
     assert st["master_weights"] == 0
-    # unsharded in bf16: root unit (embedding + lm_head) + current and prefetched layer, + the
-    # unsharded gradient of the layer being reduce-scattered (all of it trains)
+    # unsharded in bf16 between steps and at the loss: only the root unit (embedding + lm_head); the
+    # layers reshard after forward. In backward also the current and prefetched layer and, per
+    # trained layer, its unsharded gradient and the reduce-scatter input (both bf16)
     layer = 1104 + 28
-    assert st["communication"] == pytest.approx(2 * (EMB + HEAD + 2 * layer) + 2 * layer)
+    assert st["communication"] == pytest.approx(2 * (EMB + HEAD))
+    lay, tp = layout("full", num_gpus=N, sharding="fsdp")
+    p = memory.count_params(lay, tp)
+    cp = memory._model_copies(lay, tp, p)
+    assert memory._sharded_states(lay, tp, p, cp).comm_backward == pytest.approx(2 * 2 * layer + 2 * 2 * layer)
     lay, tp = layout("full", num_gpus=N, sharding="fsdp", cpu_offload=True)
     ev = memory.evaluate(lay, tp)
     assert ev.host_bytes == 4 * P / N + 4 * P / N + 8 * P / N
     st = ev.phases["optimizer_step"]
     assert st["weights"] == st["gradients"] == st["optimizer_state"] == 0
     # LoRA under FSDP: the gradient buffer scales with the trained share of a layer
-    st = phase("lora", "optimizer_step", lora_r=2, num_gpus=N, sharding="fsdp")
+    lay, tp = layout("lora", lora_r=2, num_gpus=N, sharding="fsdp")
+    p = memory.count_params(lay, tp)
+    st = memory._sharded_states(lay, tp, p, memory._model_copies(lay, tp, p))
     share = lora_params(2) / P
-    assert st["communication"] == pytest.approx(2 * (EMB + HEAD + 2 * layer) + 2 * layer * share)
+    assert st.comm == pytest.approx(2 * (EMB + HEAD))
+    assert st.comm_backward == pytest.approx(2 * 2 * layer + 2 * 2 * layer * share)
 
 
 def test_evaluate_sharded_lm_head_gradient():
@@ -782,9 +807,15 @@ def test_parts_total_adds_every_part():
 
 # --- speed: exposed data-parallel communication ----------------------------------------------------
 #
-# H100-SXM profile: 450 GB/s NVLink within a node, 50 GB/s per GPU across nodes, both at
-# LINK_FRACTION = 80% (nccl-tests bus bandwidth): 360 and 40 GB/s. One trained copy, 1e9 trainable
-# of 2e9 parameters, bf16-mixed (gradients reduced in fp32 by DDP, bf16 by DeepSpeed/FSDP).
+# H100-SXM profile: 450 GB/s NVLink within a node at LINK_FRACTION = 80% (nccl-tests bus bandwidth):
+# 360 GB/s; across nodes the ring runs at min(360, 8 GPUs x 50 GB/s NIC x 92%) = 360 (ftadvisor/links.py).
+# One trained copy, 1e9 trainable of 2e9 parameters, bf16-mixed (gradients reduced in fp32 by DDP, bf16 by
+# DeepSpeed/FSDP). Changed pins (task W3): every collective call now also pays NCCL's ring latency
+# (src/graph/tuning.cc, Ring/Simple): 8.4 us + 3.4 us per NVLink step (2(n-1) steps for an all-reduce,
+# n-1 for a gather), 9.6 us per network step, x1.9 for a multi-node all-reduce; calls are DDP's 25 MB
+# buckets, DeepSpeed's 5e8-element buckets, and one gather/reduce-scatter per layer under ZeRO-3/FSDP.
+LAT_AR2 = (8.4 + 2 * 3.4) * 1e-6  # one all-reduce call over 2 GPUs
+LAT_G2 = (8.4 + 1 * 3.4) * 1e-6  # one reduce-scatter / all-gather call over 2 GPUs
 
 
 def _comm(sharding, compute=0.0, mb_times=1, G=1, nodes=1, copies=1, N=2):
@@ -798,22 +829,24 @@ def _comm(sharding, compute=0.0, mb_times=1, G=1, nodes=1, copies=1, N=2):
 
 def test_communication_ddp_allreduce_overlaps_backward():
     bw = 450e9 * 0.8
-    allreduce = 2 * (2 - 1) / 2 * 4e9 / bw  # fp32 gradients of 1e9 parameters
-    last_bucket = 2 * (2 - 1) / 2 * 25e6 / bw  # the last 25 MB bucket is always exposed
+    allreduce = 160 * LAT_AR2 + 2 * (2 - 1) / 2 * 4e9 / bw  # fp32 gradients of 1e9 parameters, 160 buckets
+    last_bucket = LAT_AR2 + 2 * (2 - 1) / 2 * 25e6 / bw  # the last 25 MB bucket is always exposed
     assert _comm("ddp") == pytest.approx(allreduce + last_bucket)
     # backward (2/3 of one micro-batch's compute) hides the all-reduce
     assert _comm("ddp", compute=1.0) == pytest.approx(last_bucket)
     assert _comm("ddp", compute=3 * allreduce / 2 / 2) == pytest.approx(allreduce / 2 + last_bucket)
-    # across two nodes the ring runs at the per-GPU network bandwidth
+    # across two nodes: 8 NICs of 50 GB/s x 92% = 368 GB/s per node, so NVLink (360) still bounds the
+    # ring; latency 28 NVLink steps + 2 network steps, x1.9 (was: the per-GPU NIC, 50 x 0.8 = 40 GB/s)
+    lat16 = (8.4 + 28 * 3.4 + 2 * 9.6) * 1.9e-6
     assert _comm("ddp", N=16, nodes=2) == pytest.approx(
-        2 * 15 / 16 * 4e9 / (50e9 * 0.8) + 2 * 15 / 16 * 25e6 / (50e9 * 0.8))
-    # two trained copies (PPO's policy and value model) double the gradient buffer
-    assert _comm("ddp", copies=2) == pytest.approx(2 * allreduce + last_bucket)
+        160 * lat16 + 2 * 15 / 16 * 4e9 / bw + lat16 + 2 * 15 / 16 * 25e6 / bw)
+    # two trained copies (PPO's policy and value model) double the gradient buffer (320 buckets)
+    assert _comm("ddp", copies=2) == pytest.approx(320 * LAT_AR2 + 8e9 / bw + last_bucket)
 
 
 def test_communication_zero_stages():
     bw = 450e9 * 0.8
-    half = (2 - 1) / 2 * 2e9 / bw  # reduce-scatter or all-gather of 1e9 bf16 values over 2 ranks
+    half = 2 * LAT_G2 + (2 - 1) / 2 * 2e9 / bw  # reduce-scatter or all-gather of 1e9 bf16 values, 2 buckets
     # ZeRO-1/2 without compute: the reduce-scatter and the all-gather after the step
     assert _comm("zero1") == pytest.approx(2 * half)
     assert _comm("zero2") == pytest.approx(2 * half)
@@ -827,8 +860,8 @@ def test_communication_zero_stages():
 
 def test_communication_zero3_and_fsdp_gather_every_micro_batch():
     bw = 450e9 * 0.8
-    ag = (2 - 1) / 2 * 2 * 2e9 / bw  # all-gather of all 2e9 bf16 weights (frozen ones too)
-    rs = (2 - 1) / 2 * 2 * 1e9 / bw  # reduce-scatter of the 1e9 trained gradients
+    ag = 3 * LAT_G2 + (2 - 1) / 2 * 2 * 2e9 / bw  # all-gather of all 2e9 bf16 weights (frozen too), 3 layers
+    rs = 3 * LAT_G2 + (2 - 1) / 2 * 2 * 1e9 / bw  # reduce-scatter of the 1e9 trained gradients, 3 layers
     for s in ("zero3", "fsdp"):
         assert _comm(s) == pytest.approx(ag + ag + rs), s  # forward gather, backward gather + reduce
         assert _comm(s, mb_times=3) == pytest.approx(3 * (2 * ag + rs)), s

@@ -581,3 +581,35 @@ def test_recommend_points_to_export():
     assert res.exit_code == 0, res.output
     hint = [ln for ln in res.output.splitlines() if ln.startswith("next step:")]
     assert len(hint) == 1 and "ftadvisor export PLAN.yaml --to axolotl|llama-factory|torchtune|litgpt|trl" in hint[0]
+
+
+def test_multi_node_scripts_use_the_launchers_convention(tmp_path):
+    """Every export's run.sh for 2 nodes reads the variables launch's nodes/*.sh read (ftadvisor.multinode:
+    NODE_RANK, MAIN_ADDR, MAIN_PORT), requires the first two before running anything, and never reads
+    torchrun's MASTER_ADDR/MASTER_PORT from the user (it may only set them, from MAIN_ADDR/MAIN_PORT)."""
+    import os
+    import re
+
+    from ftadvisor.export import read_spec
+    from ftadvisor.multinode import ADDR_VAR, NODE_RANK_VAR, PORT_VAR
+
+    assert (NODE_RANK_VAR, ADDR_VAR, PORT_VAR) == ("NODE_RANK", "MAIN_ADDR", "MAIN_PORT")
+    spec = read_spec(PLANS / FSDP[0], model=FSDP[1], data=str(DATA / FSDP[2]), sets={"num_gpus": 16, "num_nodes": 2})
+    env = {k: v for k, v in os.environ.items() if k not in ("NODE_RANK", "MAIN_ADDR", "MAIN_PORT")}
+    checked = 0
+    for fw in FRAMEWORKS:
+        try:
+            res = export_plan(spec, fw, tmp_path / fw)
+        except FtAdvisorError:
+            continue  # a framework that cannot run this plan (checked elsewhere)
+        script = (tmp_path / fw / "run.sh").read_text()
+        assert not re.search(r"\$\{?MASTER_(ADDR|PORT)", script), (fw, script)
+        assert '"$MAIN_ADDR' in script or "$MAIN_ADDR:" in script, (fw, script)
+        for missing, extra in (("NODE_RANK", {}), ("MAIN_ADDR", {"NODE_RANK": "1"})):
+            # the guards stop the script before the framework's command (which is not installed here)
+            run = subprocess.run(["bash", str(tmp_path / fw / "run.sh")], capture_output=True, text=True,
+                                 env={**env, **extra}, timeout=30)
+            assert run.returncode != 0 and f"set {missing}" in run.stderr, (fw, run.stderr)
+        checked += 1
+        assert res.framework == fw
+    assert checked >= 3  # trl, axolotl, llama-factory, torchtune, litgpt: full fine-tuning with FSDP

@@ -91,13 +91,18 @@ def test_torchtune_chunked_output_loss():
 
 
 def test_litgpt_chunked_lm_head_keeps_logits_through_backward():
-    """lm_head in 128-token chunks; cross_entropy under bf16-mixed autocast keeps an fp32 log-softmax;
-    fit() still holds the bf16 logits in backward: 6 B per logit + one chunk's two fp32 gradients
-    (128 x V x 8) = 1,576,009,728 + 131,334,144 = 1,707,343,872 bytes (at 2048 tokens the same as
-    torchtune's by coincidence); at 4096 tokens 24576 x V + 1024 x V = 3,283,353,600."""
+    """lm_head in 128-token chunks; Fabric casts the chunks to fp32 (convert_output), the cross-entropy
+    keeps an fp32 log-softmax and fit() still holds the fp32 logits in backward: 8 B per logit + one
+    chunk's two fp32 gradients (128 x V x 8) = 2,101,346,304 + 131,334,144 = 2,232,680,448 bytes; at
+    4096 tokens 32768 x V + 1024 x V = 4,334,026,752. Two sequences of 2048: a chunk holds 128 positions
+    of both (256 tokens): 32768 x V + 2048 x V = 4,465,360,896. Full fine-tuning runs the lm_head whole:
+    the backward concatenation of the chunk gradients makes it 12 B per logit = 3,152,019,456 at 2048."""
     lay, _ = _layout(framework="litgpt")
-    assert memory.framework_logits_bytes(lay, T, T) == T * V * 6 + 128 * V * 8 == 1_707_343_872
-    assert memory.framework_logits_bytes(lay, 4096, 4096) == 3_283_353_600
+    assert memory.framework_logits_bytes(lay, T, T) == T * V * 8 + 128 * V * 8 == 2_232_680_448
+    assert memory.framework_logits_bytes(lay, 4096, 4096) == 4_334_026_752
+    assert memory.framework_logits_bytes(lay, 4096, 4096, 2048) == 4_465_360_896
+    full, _ = _layout("full", framework="litgpt")
+    assert memory.framework_logits_bytes(full, T, T, T) == 12 * T * V == 3_152_019_456
 
 
 def test_unsloth_fused_loss_chunks():

@@ -691,3 +691,23 @@ def test_fsdp_and_zero_refused_on_cpu(tmp_path, config_dir):
         assert not (tmp_path / sharding).exists()
     prepare(None, output=tmp_path / "dry", sets={"sharding": "fsdp"}, dry_run=True, **kw)
     assert yaml.safe_load((tmp_path / "dry" / "accelerate.yaml").read_text())["distributed_type"] == "FSDP"
+
+
+def test_other_framework_dry_run_points_to_export(tmp_path):
+    """launch trains with hf-trl only: a plan for another framework is refused in one line that gives the
+    ftadvisor export command for that framework (where it has an exporter), and nothing is written."""
+    from typer.testing import CliRunner
+
+    from ftadvisor.cli import app
+
+    base = ["launch", str(PLANS / "lora-tiny-cpu.yaml"), "--data", str(DATA / "chat.jsonl"), "--model",
+            "llama-3.2-1b", "--dry-run", "--output", str(tmp_path / "run")]
+    res = CliRunner().invoke(app, [*base, "--set", "framework=axolotl"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    line = res.output.strip()
+    assert "\n" not in line and line.startswith("error: framework:") and "hf-trl" in line
+    assert (f"ftadvisor export {PLANS / 'lora-tiny-cpu.yaml'} --to axolotl --model llama-3.2-1b --data "
+            f"{DATA / 'chat.jsonl'}") in line
+    assert not (tmp_path / "run").exists()
+    res = CliRunner().invoke(app, [*base, "--set", "framework=unsloth"])  # estimated, but no exporter
+    assert res.exit_code == 2 and "ftadvisor export" not in res.output and "unsloth" in res.output

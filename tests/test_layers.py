@@ -30,14 +30,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("profiles", ("ftadvisor.profiles", "ftadvisor.hub")),  # YAML data -> profiles; Hub config.json -> a profile
     ("techniques", ("ftadvisor.techniques", "ftadvisor.frameworks", "ftadvisor.plans")),  # what each technique
     # and training framework declares; plans
-    ("cost", ("ftadvisor.host", "ftadvisor.memory", "ftadvisor.speed", "ftadvisor.quality", "ftadvisor.calibration.corrections")),
+    ("cost", ("ftadvisor.allocator", "ftadvisor.host", "ftadvisor.links", "ftadvisor.memory", "ftadvisor.speed", "ftadvisor.quality", "ftadvisor.calibration.corrections")),
     ("api", ("ftadvisor.estimator",)),  # the only place user strings become profiles and plans
     ("recommend", ("ftadvisor.recommend",)),
     ("facade", ("ftadvisor",)),  # ``import ftadvisor``: the public names of the layers above
     ("data", ("ftadvisor.datasets", "ftadvisor.datastats", "ftadvisor.detect", "ftadvisor.stack")),
     ("train", ("ftadvisor.train",)),  # torch, transformers, peft, trl (imported lazily)
     ("run", ("ftadvisor.launch", "ftadvisor.calibration", "ftadvisor.plots", "ftadvisor.multinode", "ftadvisor.runs",
-             "ftadvisor.export")),  # plots: matplotlib, lazily
+             "ftadvisor.export", "ftadvisor.planfile")),  # plots: matplotlib, lazily
     ("faces", ("ftadvisor.cli", "ftadvisor.cli_common", "ftadvisor.cli_launch", "ftadvisor.cli_calibrate", "ftadvisor.cli_extras", "ftadvisor.cli_export",
                "ftadvisor.tui", "ftadvisor.__main__")),
 ]

@@ -111,3 +111,46 @@ def test_launch_merge_flag(tiny_model, tmp_path):
     assert "merged:" in res.stderr
     model = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert sum(p.numel() for p in model.parameters()) > 0 and (out / "merged" / "tokenizer_config.json").is_file()
+
+
+def test_merge_failure_keeps_the_training_result(tiny_model, tmp_path, monkeypatch):
+    """A merge that fails after training: result.json records the training (steps, final/) and the merge
+    error, the launch ends with one line naming the merge, no .merged.partial is left, and --resume then
+    retries only the merge."""
+    from ftadvisor.launch import MERGED_PARTIAL, RUN_ARTIFACTS, clear_run_artifacts, execute, prepare
+    from ftadvisor.train import engine
+
+    run = tmp_path / "run"
+    prepare(ROOT / "examples" / "plans" / "lora-tiny-cpu.yaml", data=str(ROOT / "examples" / "data" / "chat.jsonl"),
+            model=tiny_model, output=run, gpu="cpu", max_steps=2, dry_run=True, echo=lambda *_: None,
+            sets={"merge": True, "results_root": str(tmp_path / "results")})
+
+    def broken_merge(adapter_dir, out_dir):
+        (out_dir / "config.json").parent.mkdir(parents=True)
+        (out_dir / "config.json").write_text("{")  # half-written, as a full disk would leave it
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine, "merge_adapter", broken_merge)
+    with pytest.raises(FtAdvisorError) as err:
+        execute(run, progress=False)
+    assert err.value.field == "merge" and "No space left on device" in str(err.value)
+    result = json.loads((run / "result.json").read_text())
+    assert result["steps"] == 2 and result["final_dir"] == str(run / "final")
+    assert "No space left on device" in result["merge_error"] and "merged_dir" not in result
+    assert (run / "final" / "adapter_config.json").is_file()
+    assert not (run / "merged").exists() and not (run / MERGED_PARTIAL).exists()
+    rec = json.loads((tmp_path / "results" / "cpu" / "launch.jsonl").read_text().splitlines()[-1])
+    assert rec["status"] == "ok"  # the training itself is a measured, successful run
+
+    monkeypatch.undo()
+    again = execute(run, resume=True, progress=False)  # retries the merge; trains nothing more
+    assert again["merged_dir"] == str(run / "merged") and "merge_error" not in again and again["steps"] == 2
+    assert json.loads((run / "result.json").read_text()) == again
+    assert (run / "merged" / "config.json").is_file()
+
+    # a merge killed half-way (SIGKILL: no clean-up) leaves .merged.partial: --overwrite removes it
+    assert MERGED_PARTIAL in RUN_ARTIFACTS
+    (run / MERGED_PARTIAL).mkdir()
+    (run / MERGED_PARTIAL / "model.safetensors").write_bytes(b"\0")
+    clear_run_artifacts(run)
+    assert not (run / MERGED_PARTIAL).exists() and not (run / "merged").exists()

@@ -64,9 +64,12 @@ def test_16_h100_are_two_nodes_and_use_the_inter_node_path():
     assert derived.speed.tokens_per_second_total == explicit.speed.tokens_per_second_total
     assert any("inter-node" in a or "inter" in a for a in derived.speed.assumptions)
     assert any("spans 2 nodes" in w and "50 GB/s" in w for w in derived.warnings)
-    # one 16-GPU node (declared so) takes the NVLink path: faster collectives
+    # one 16-GPU node (declared so) takes the NVLink path: collectives no slower. (Task W3: two DGX
+    # H100 nodes have 8 x 400 Gb/s NICs = 368 GB/s of ring bandwidth, above NVLink's 360, so the ring is
+    # NVLink-bound either way and FSDP hides both behind compute; tests/test_speed_regimes.py checks
+    # the network-bound cases.)
     one = estimate("llama-3.1-8b", "h100", "full", gpus_per_node=16, **kw)
-    assert one.plan.num_nodes == 1 and one.speed.communication_seconds < derived.speed.communication_seconds
+    assert one.plan.num_nodes == 1 and one.speed.communication_seconds <= derived.speed.communication_seconds
     assert not any("GPUs on a node" in w for w in one.warnings)
 
 

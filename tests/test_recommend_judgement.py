@@ -195,7 +195,8 @@ def test_one_headroom_default_everywhere():
     # the TUI's rows fit by the same rule
     from ftadvisor.tui.widgets.plans import PlanRow
 
-    est = fa.estimate("llama-3.1-70b", "h100-sxm", "full", num_gpus=16, num_nodes=2, sharding="zero3")
+    est = fa.estimate("llama-3.1-70b", "h100-sxm", "full", num_gpus=16, num_nodes=2, sharding="zero3",
+                      micro_batch_size=1, seq_len=512)
     assert est.fits and not fits_card(est)  # 79.46 of 79.65 GiB: the bare card, not the headroom
     assert not PlanRow("k", 1, est.plan, est).fits
 
@@ -208,7 +209,9 @@ def test_node_sized_steps():
 def test_capacity_finds_24_where_powers_of_two_said_32():
     g = lambda n: fa.estimate("llama-3.1-70b", "h100-sxm", "full", num_gpus=n, num_nodes=n // 8, sharding="zero3")
     assert not fits_card(g(16)) and fits_card(g(24)) and fits_card(g(32))
-    assert g(16).memory.device_total_bytes / GIB == pytest.approx(79.46, abs=0.01)
+    # 83.25 GiB (79.46 before ZeRO-3's gradient partition buffer, held through forward and backward,
+    # was counted: deepspeed stage3.py grad_partitions_flat_buffer, measured in cpu-sharded.jsonl)
+    assert g(16).memory.device_total_bytes / GIB == pytest.approx(83.25, abs=0.01)
     assert min_gpus("llama-3.1-70b", "h100-sxm", "full") == (24, "zero3")
     out = cli("capacity", "-m", "llama-3.1-70b", "-g", "h100", "-t", "full", "--json")
     d = json.loads(out.stdout)

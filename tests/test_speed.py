@@ -391,13 +391,18 @@ def test_decoding_matches_the_h200_generate_measurement():
 
 
 def test_ddp_over_the_network_exposes_the_gradient_all_reduce():
-    # 16 A100s on 2 nodes: fp32 gradients of 8.03e9 parameters all-reduced at 25 GB/s x 0.8;
-    # only the last micro-batch's backward can hide it.
+    # 16 A100s on 2 nodes: fp32 gradients of 8.03e9 parameters all-reduced; only the last
+    # micro-batch's backward can hide it. Changed pin (task W3, ftadvisor/links.py): the ring's
+    # network part runs at the node's 8 NICs, 8 x 25 GB/s x 92% = 184 GB/s (nccl-tests #290/#119:
+    # bus bandwidth ~ NICs per node x 46-48 GB/s per 400 Gb/s NIC), below NVLink's 300 x 80% = 240;
+    # was 25 GB/s x 80% = 20 GB/s per GPU (3.01 s). Plus NCCL's ring latency per 25 MB bucket
+    # (tuning.cc: (8.4 + 28 x 3.4 + 2 x 9.6) us x 1.9 = 233 us, 1,285 buckets).
     plan = make_plan("full", num_gpus=16, num_nodes=2, sharding="ddp", seq_len=2048, micro_batch_size=1,
                      gradient_accumulation_steps=8, gradient_checkpointing=True, optimizer="adamw_8bit")
     sp = estimate_speed(LLAMA31_8B, "a100", plan)
-    t = 2 * 15 / 16 * 4 * 8_030_261_248 / (25e9 * speed.LINK_FRACTION)
-    assert t == pytest.approx(3.01, abs=0.01)
+    lat = (8.4 + 28 * 3.4 + 2 * 9.6) * 1.9e-6
+    t = 1285 * lat + 2 * 15 / 16 * 4 * 8_030_261_248 / (8 * 25e9 * 0.92)
+    assert t == pytest.approx(0.627, abs=0.001)
     per_mb = (sp.compute_seconds + sp.memory_bound_seconds + sp.launch_overhead_seconds) / 8
     assert t - per_mb <= sp.communication_seconds <= t + 0.01
     one_node = estimate_speed(LLAMA31_8B, "a100", make_plan(plan=plan, num_gpus=8, num_nodes=1))
@@ -408,7 +413,11 @@ def test_fsdp_and_offload_and_paging():
     z3 = estimate_speed(LLAMA31_8B, "a100", make_plan("full", num_gpus=8, sharding="zero3", seq_len=2048))
     off = estimate_speed(LLAMA31_8B, "a100", make_plan("full", num_gpus=8, sharding="zero3", cpu_offload=True,
                                                        seq_len=2048))
-    assert off.offload_seconds > 0 and off.tokens_per_second_per_gpu < z3.tokens_per_second_per_gpu
+    # Changed pin (task W3): parameter fetches are prefetched behind compute, so at 2,048 tokens per
+    # micro-batch the host link hides (offload 0); the CPU optimizer step, exposed, is what slows the step
+    # (tests/test_speed_regimes.py has the numbers).
+    assert off.optimizer_seconds > 10 * z3.optimizer_seconds
+    assert off.tokens_per_second_per_gpu < z3.tokens_per_second_per_gpu
     assert any("CPU offload" in a for a in off.assumptions)
     # A paged 8-bit optimizer that does not fit a 24 GB card pages over PCIe every step (the memory
     # model says the plan fits only by paging); on an 80 GB card it stays resident.

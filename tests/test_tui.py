@@ -1042,3 +1042,23 @@ def test_snapshot_run_and_quit(fake_train, tmp_path, monkeypatch):
             slow.cancel(grace_s=5)
 
     asyncio.run(walk())
+
+
+def test_default_run_root_is_the_runs_folder(tmp_path, monkeypatch):
+    """Without run_root the wizard's runs and saved plans go to ``ftadvisor launch``'s runs folder
+    ($FTADVISOR_RUNS, else ~/ftadvisor-runs: ftadvisor.runs.runs_dir), never ./runs in the current directory."""
+    from types import SimpleNamespace
+
+    import ftadvisor
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FTADVISOR_RUNS", str(tmp_path / "my-runs"))
+    app = make_app(detector=None)
+    assert app.run_root == tmp_path / "my-runs"
+    run_dir = app.default_run_dir(SimpleNamespace(plan=ftadvisor.make_plan("lora")))
+    assert run_dir.parent == tmp_path / "my-runs" and run_dir.name.startswith("model-lora-")
+    monkeypatch.delenv("FTADVISOR_RUNS")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert make_app(detector=None).run_root == tmp_path / "home" / "ftadvisor-runs"
+    assert make_app(detector=None, run_root=tmp_path / "x").run_root == tmp_path / "x"  # as the tests pass it
+    assert not (tmp_path / "runs").exists()

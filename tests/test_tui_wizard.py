@@ -448,3 +448,37 @@ def test_snapshot_focus_help_and_charts(monkeypatch):
             assert "Keys" in screen_text(app) and "Everywhere" in screen_text(app)
 
     asyncio.run(walk())
+
+
+# ------------------------------------------------------------------------------------------------
+# Host RAM in the plan detail (issue 10, part 5: "show it in the tables and the TUI")
+# ------------------------------------------------------------------------------------------------
+
+
+def test_plan_detail_names_host_ram_when_it_is_the_limit():
+    """405B full fine-tuning with FSDP + CPU offload on one 8×H100 node: the GPUs hold their shard, the
+    node's 2,048 GiB of host RAM do not hold fp32 parameters, gradients and Adam state (16 B/param ×
+    405.85e9 = 6,047 GiB before the rank-0 save copy), so the detail says so with both figures."""
+    import ftadvisor
+    from ftadvisor.tui.advice import Advice
+    from ftadvisor.tui.widgets.plans import PlanRow
+
+    est = ftadvisor.estimate("llama-3.1-405b", "h100", technique="full", num_gpus=8,
+                             sharding="fsdp", cpu_offload=True)
+    assert est.host is not None and not est.host.fits  # independent of the widget
+    need = est.host.bytes_per_node / GIB
+    assert need > 16 * 405.85e9 / GIB  # at least the offloaded fp32 state (hand count above)
+
+    def advisor(state):
+        return Advice(rows=[PlanRow("r0", None, est.plan, est, ("host RAM",), rejected=True)])
+
+    async def look():
+        app = plans_app(state=_state("llama-3.1-405b", "h100", gpus_per_node=8), advisor=advisor)
+        async with app.run_test(size=(140, 40)) as pilot:
+            await settle(pilot)
+            text = screen_text(app)
+            assert "does not fit the node's host RAM" in text
+            # 7,563 GiB (the CLI's figure for this plan) = 7.4 TiB; the HGX node's 2,048 GiB = 2.0 TiB
+            assert f"host RAM {need / 1024:.1f} TiB of 2.0 TiB per node" in " ".join(text.split()), text
+
+    asyncio.run(look())

@@ -21,7 +21,7 @@ case's ``timeout_s``, and appends one record whatever happened:
   send (on Linux, the kernel's OOM killer);
 - ``crash``: any other exception (its last lines are kept) or fatal signal (SIGSEGV, SIGABRT ...);
 - ``timeout``: the runner killed the child's process group at ``timeout_s``;
-- ``skipped``: the case cannot be measured here (e.g. FSDP on CPU, two GPUs on a one-GPU box).
+- ``skipped``: the case cannot be measured here (e.g. two GPUs on a one-GPU box).
 
 The append itself is ``store.record_once``: one line, under the file's lock, and only if this
 machine has not recorded the case yet.
@@ -148,6 +148,10 @@ def child_command(case, case_file: Path, out_file: Path, python: str, backend: s
     args = ["-m", "ftadvisor.calibration.runner", "--case", str(case_file), "--out", str(out_file)]
     if case.num_processes <= 1:
         return [python, *args]
+    from ftadvisor.calibration.sharded import is_direct, launch_command
+
+    if is_direct(case, backend):  # ZeRO / FSDP2 on CPU: torchrun + the direct path, no accelerate
+        return [*launch_command(case, python, _free_port()), *args[2:]]
     # accelerate launch, torchrun-style (one process per rank); on CPU it uses gloo.
     launch = [python, "-m", "accelerate.commands.launch", "--num_processes", str(case.num_processes),
               "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
@@ -159,12 +163,13 @@ def _skip_reason(case, backend: str) -> str | None:
     """Why a case cannot run on this machine (None if it can)."""
     if case.num_processes > 1:
         sharding = case.plan.get("sharding")
-        if backend == "cpu" and sharding == "fsdp":
-            # accelerate switches to DistributedType.FSDP only for accelerator multi-process types
-            # (MULTI_GPU, MULTI_NPU, MULTI_XPU ...), not MULTI_CPU: accelerate/state.py
-            # AcceleratorState.__init__. On CPU the Trainer would silently run plain DDP.
-            return ("fsdp on CPU: accelerate enables FSDP only for GPU-class distributed types, not "
-                    "MULTI_CPU (gloo), so the run would be DDP; measure FSDP on >= 2 GPUs")
+        # FSDP on CPU: accelerate would run it as DDP (it enables FSDP only for GPU-class types, not
+        # MULTI_CPU: accelerate/state.py AcceleratorState.__init__), so CPU sharded cases take the
+        # direct path (ftadvisor/calibration/sharded.py: torchrun, fully_shard / deepspeed over gloo).
+        from ftadvisor.calibration.sharded import is_direct
+
+        if is_direct(case, backend) and case.plan.get("technique") != "full":
+            return f"{sharding} on CPU runs through the direct path, which trains technique 'full' only"
         if sharding in ("zero1", "zero2", "zero3"):
             import importlib.util
 
@@ -664,9 +669,11 @@ def _child_main(argv: list[str] | None = None) -> int:
         out = out.with_name(out.name + f".rank{rank}")
     try:
         from ftadvisor.calibration.measure import Unsupported, measure_case
+        from ftadvisor.calibration.sharded import is_direct, measure_sharded
 
         try:
-            meas = measure_case(case)
+            # ZeRO / FSDP2 ranks on CPU (started by torchrun, see child_command): the direct path
+            meas = measure_sharded(case) if is_direct(case, case.backend) else measure_case(case)
             if rank is not None:
                 meas["rank"] = int(rank)
             res = {"status": "ok", "measurement": meas}

@@ -67,16 +67,28 @@ class Loss:
     """The training loop still references the compute-dtype logits while backward runs."""
     fused_chunk_cap_bytes: float = 0.0
     """Fused loss: the most fp32 chunk-logit bytes one chunk may take (unsloth's target)."""
+    output_bytes: int = 0
+    """Bytes per logit of the model output the loss receives and the loop keeps, where the framework
+    casts it (Lightning Fabric's convert_output: fp32, 4); 0: the compute dtype."""
+    chunk_per_sequence: bool = False
+    """The chunks split the sequence dimension of the (B, S, V) output, so one chunk holds
+    ``chunk_tokens`` positions of every sequence in the micro-batch (litgpt ``x.split(n, dim=1)``)."""
+    head_whole_when_base_trains: bool = False
+    """Full fine-tuning runs the lm_head on the whole micro-batch and chunks only the cross-entropy
+    (rows of the flattened logits): the chunk gradients are concatenated in backward (split's backward),
+    so the kept logits, the held chunk gradients and their concatenation are alive together."""
 
-    def chunk_token_count(self, T, V):
-        """Tokens in one chunk for ``T`` loss tokens."""
+    def chunk_token_count(self, T, V, sequences=1, trains_base: bool = False):
+        """Tokens in one chunk for ``T`` loss tokens in ``sequences`` sequences."""
         if self.kind == "fused":
             return T / fused_chunks(T, V, self.fused_chunk_cap_bytes)
         if self.chunks:
             return _ceil(T / self.chunks)
+        if self.chunk_per_sequence and not (trains_base and self.head_whole_when_base_trains):
+            return _num.minimum(T, sequences * self.chunk_tokens)
         return _num.minimum(T, self.chunk_tokens)
 
-    def logits_bytes(self, T, V, h, c, mixed: bool):
+    def logits_bytes(self, T, V, h, c, mixed: bool, sequences=1, trains_base: bool = False):
         """Peak bytes of logits and loss tensors for ``T`` loss tokens (kinds ``chunked`` and ``fused``).
 
         chunked (all chunks' log-softmax outputs are kept for backward; F.log_softmax saves its
@@ -87,14 +99,20 @@ class Loss:
                        incoming and outgoing log-softmax gradients (2 ls).
         fused: one chunk's compute-dtype logits, their fp32 copy and the fp32 gradient (c + 8 per
         chunk logit), plus the hidden-state gradient allocated up front (T x h x c).
+        ``output_bytes`` replaces ``c`` for the logits the loss receives; with a whole lm_head in full
+        fine-tuning (``head_whole_when_base_trains``) backward also reaches the concatenation of all
+        chunk gradients while they and the kept logits are alive: T x V x (logits + 2 ls).
         """
-        Tc = self.chunk_token_count(T, V)
+        Tc = self.chunk_token_count(T, V, sequences, trains_base)
         if self.kind == "fused":
             return Tc * V * (c + 4 + 4) + T * h * c
-        ls = 4 if (self.upcast == "always" or mixed or c == 4) else c
-        up = 4 if (ls == 4 and c < 4) else 0
-        fwd = T * V * (c + ls) + Tc * V * up
-        bwd = T * V * (ls + (c if self.logits_kept_in_backward else 0)) + Tc * V * 2 * ls
+        cl = self.output_bytes or c
+        ls = 4 if (self.upcast == "always" or mixed or cl == 4) else cl
+        up = 4 if (ls == 4 and cl < 4) else 0
+        fwd = T * V * (cl + ls) + Tc * V * up
+        bwd = T * V * (ls + (cl if self.logits_kept_in_backward else 0)) + Tc * V * 2 * ls
+        if trains_base and self.head_whole_when_base_trains:
+            bwd = _num.maximum(bwd, T * V * (cl + 2 * ls))
         return _num.maximum(fwd, bwd)
 
 
@@ -160,6 +178,12 @@ class AttentionKV:
     kv_expanded: bool
     """K and V are copied to all query heads before the kernel (which then saves the copies)."""
     source: str
+    fused_qkv: bool = False
+    """q, k and v are one linear (and one LoRA A over its input), so their input is kept once, not per
+    projection (the autocast cast of an fp32 input, or the input of each trained weight)."""
+    output_copied: bool = False
+    """The kernel's output is (B, H, S, D)-contiguous and is copied back to (B, S, H*D) for the output
+    projection, so a trained o_proj keeps a copy beside the output the kernel saves."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +198,12 @@ class Dtypes:
     mixed_with_quantized: bool
     """Runs *-mixed precision over a quantized base."""
     source: str
+    norm_scale_fp32: bool = False
+    """RMSNorm multiplies by its weight in fp32, so a trained norm weight keeps the fp32 normalised input
+    (instead of its cast to the residual dtype)."""
+    mixed_frozen_fp32: bool = False
+    """Under *-mixed the frozen parameters stay fp32 too (the module is not converted), so autocast casts
+    each frozen matmul weight in every forward and the matmul saves that cast for the input gradient."""
 
     def precision(self, requested: str, quantized: bool) -> str:
         """The precision the framework really trains in for the plan's request."""

@@ -165,6 +165,23 @@ def _plan(plan):
     raise FtAdvisorError("plan", f"expected a TrainingPlan or a dict of plan fields, got {type(plan).__name__}")
 
 
+def pretrained_source(source: str | os.PathLike) -> tuple[str, dict[str, str]]:
+    """``(name, extra from_pretrained kwargs)`` for a weights/tokenizer/config source: a Hub id with a
+    revision, ``org/name@rev`` (as ftadvisor.hub.parse_hub_id reads it, the form ``ftadvisor launch -m``
+    accepts), becomes ``("org/name", {"revision": "rev"})``; transformers takes the revision only as that
+    keyword (``revision=`` of PreTrainedModel/AutoTokenizer/AutoConfig.from_pretrained). A path that
+    exists, and anything else, is passed on unchanged."""
+    from ftadvisor.hub import parse_hub_id
+
+    text = str(source)
+    if Path(text).expanduser().exists():
+        return text, {}
+    parsed = parse_hub_id(text)
+    if parsed is None or parsed[1] is None:
+        return text, {}
+    return parsed[0], {"revision": parsed[1]}
+
+
 def _resolve_source(job: TrainJob) -> tuple[dict, str | None, str | None]:
     """(config fields, weights dir or hub id or None, tokenizer dir or hub id or None)."""
     from ftadvisor.profiles import model_profiles, resolve_model
@@ -202,12 +219,15 @@ def _resolve_source(job: TrainJob) -> tuple[dict, str | None, str | None]:
         prof = None
     if prof is not None and prof.id in model_profiles():
         return dict(prof.config), prof.hf_id, prof.hf_id
-    if text.count("/") == 1 and not text.startswith((".", "/")):
-        # A Hugging Face hub id: fetch its config (needs the network or the local HF cache).
+    from ftadvisor.hub import parse_hub_id
+
+    if parse_hub_id(text) is not None:
+        # A Hugging Face hub id (org/name[@revision]): fetch its config (needs the network or the local HF cache).
         try:
             from transformers import AutoConfig
 
-            cfg = AutoConfig.from_pretrained(text, trust_remote_code=job.trust_remote_code).to_dict()
+            repo, rev = pretrained_source(text)
+            cfg = AutoConfig.from_pretrained(repo, trust_remote_code=job.trust_remote_code, **rev).to_dict()
         except Exception as err:  # noqa: BLE001 - network/auth errors have many types
             raise FtAdvisorError("model", f"cannot fetch {text!r} from the Hugging Face hub ({type(err).__name__}: {err})") from None
         return cfg, text, text
@@ -285,7 +305,8 @@ def _tokenizer(tok_source: str | None, config: dict, job: TrainJob):
 
     if tok_source is not None:
         try:
-            tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=job.trust_remote_code)
+            repo, rev = pretrained_source(tok_source)
+            tok = AutoTokenizer.from_pretrained(repo, trust_remote_code=job.trust_remote_code, **rev)
         except Exception as err:  # noqa: BLE001
             raise FtAdvisorError("model", f"cannot load the tokenizer of {tok_source!r} ({type(err).__name__}: {err})") from None
     else:
@@ -373,7 +394,9 @@ def _load_model(session: Session, weights: str | None, attn: str, head: str = "c
             session.tokenizer.save_pretrained(session._base_dir)
         del model
         weights = session._base_dir
-    kw: dict[str, Any] = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=job.trust_remote_code, **extra)
+    weights, rev = pretrained_source(weights)  # org/name@rev: revision= (a local path: unchanged)
+    kw: dict[str, Any] = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=job.trust_remote_code,
+                              **extra, **rev)
     if job.num_layers is not None:
         kw["num_hidden_layers"] = job.num_layers
     if session.quantization != "none":
@@ -1211,7 +1234,8 @@ def load_trained(path: str | os.PathLike, device: str = "cpu", dtype=None, quant
             plan = TrainingPlan(double_quant=meta.get("double_quant", True))
             kw["quantization_config"] = _bnb_config(quant, plan, compute)
             kw["device_map"] = {"": device if device != "cuda" else 0}
-        base = AutoModelForCausalLM.from_pretrained(base_ref, **kw)
+        base_ref, rev = pretrained_source(base_ref)  # the base trained on, revision included
+        base = AutoModelForCausalLM.from_pretrained(base_ref, **kw, **rev)
         model = PeftModel.from_pretrained(base, path)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kw)

@@ -1,7 +1,8 @@
 """The ftadvisor wizard in the terminal (Textual): model → hardware → goal & data → plans → run.
 
     ftadvisor tui            # or plain `ftadvisor` in a terminal
-    python -m ftadvisor.tui
+    ftadvisor tui -m Qwen/Qwen3-8B -g my-card.yaml    # start with a model and a card (as `estimate` takes them)
+    python -m ftadvisor.tui [-m MODEL] [-g GPU]
 
 A thin face over the public API (``ftadvisor.recommend``, ``ftadvisor.estimate``, the profiles and
 ``ftadvisor launch``): no estimation happens here. Importing this package loads nothing; the app
@@ -11,8 +12,15 @@ A thin face over the public API (``ftadvisor.recommend``, ``ftadvisor.estimate``
 from __future__ import annotations
 
 
-def main() -> None:
-    """Run the wizard in this terminal (exits with status 2 and one line of help if textual is missing)."""
+def main(model: str | None = None, gpu: str | None = None) -> None:
+    """Run the wizard in this terminal (exits with status 2 and one line of help if textual is missing).
+    ``model`` / ``gpu`` pre-fill those steps and the wizard opens at the first step still open; a bad one
+    raises FtAdvisorError (one line naming the field) before anything is drawn."""
+    state, start = None, "model"
+    if model or gpu:
+        from ftadvisor.tui.state import initial_state
+
+        state, start = initial_state(model, gpu)
     try:
         from ftadvisor.tui.app import FtAdvisorApp
     except ModuleNotFoundError as err:
@@ -23,4 +31,4 @@ def main() -> None:
                   file=sys.stderr)
             raise SystemExit(2) from None
         raise
-    FtAdvisorApp().run()
+    FtAdvisorApp(state=state, start=start).run()

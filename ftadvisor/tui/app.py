@@ -75,13 +75,15 @@ class FtAdvisorApp(App[None]):
         *,
         state: WizardState | None = None,
         detector: Callable[[], Detection] | None = detect,
-        run_root: str | Path = "runs",
+        run_root: str | Path | None = None,
         start: str = "model",
         advisor: Callable[[WizardState], Advice] = advise,
         throughput: Callable[[WizardState, PlanRow], list] = throughput_by_micro_batch,
     ) -> None:
-        """``detector`` finds the local GPUs (None skips detection); ``run_root`` is where runs go by
-        default; ``advisor`` turns the wizard state into plan rows (the recommender; replaceable for tests);
+        """``detector`` finds the local GPUs (None skips detection); ``run_root`` is where runs (and saved
+        plans) go by default, None: the runs folder of ``ftadvisor launch`` (ftadvisor.runs.runs_dir:
+        ``$FTADVISOR_RUNS``, else ~/ftadvisor-runs), never the current directory; ``advisor`` turns the
+        wizard state into plan rows (the recommender; replaceable for tests);
         ``throughput`` gives the plans screen's tokens/s-by-micro-batch chart (the estimator; replaceable too)."""
         super().__init__()
         self.advisor = advisor
@@ -90,6 +92,10 @@ class FtAdvisorApp(App[None]):
         self.detector = detector
         self.detection: Detection | None = None
         self.job: Run | None = None
+        if run_root is None:
+            from ftadvisor.runs import runs_dir
+
+            run_root = runs_dir()
         self.run_root = Path(run_root)
         self.start_mode = start
         self._run_timer = None

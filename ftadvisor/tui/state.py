@@ -26,6 +26,8 @@ class WizardState:
     model_ref: str | None = None
     """What the user chose, as the launcher takes it: a profile id or a local path."""
     hardware: HardwareProfile | None = None
+    hardware_ref: str | None = None
+    """The card file typed (``my-card.yaml``), as ``-g`` takes it; None for a shipped profile."""
     gpus_per_node: int = 1
     num_nodes: int = 1
     hourly_price_usd: float | None = None
@@ -91,3 +93,19 @@ class WizardState:
         if price is not None:
             kw["hourly_price_usd"] = price
         return kw
+
+
+def initial_state(model: str | None = None, gpu: str | None = None) -> tuple[WizardState, str]:
+    """The wizard's state from ``ftadvisor tui -m MODEL -g GPU`` (what ``estimate`` takes: a profile, a Hub id
+    ``org/name[@rev]``, a config path; a card id or a card YAML file), and the first step still to answer.
+    Raises FtAdvisorError naming the field, before any screen is drawn."""
+    from ftadvisor.profiles import resolve_hardware, resolve_model
+
+    state = WizardState()
+    if model:
+        state.model, state.model_ref = resolve_model(model), model
+    if gpu:
+        state.hardware = resolve_hardware(gpu)
+        state.hardware_ref = gpu if gpu.strip().lower().endswith((".yaml", ".yml")) else None
+    start = "model" if state.model is None else "hardware" if state.hardware is None else "goal"
+    return state, start

@@ -1,4 +1,5 @@
-"""Step 2: which hardware. The GPUs found on this machine are pre-filled; any profile can be picked."""
+"""Step 2: which hardware. The GPUs found on this machine are pre-filled; any profile can be picked, or a
+card described in a YAML file typed as its path (``my-card.yaml``, as ``-g`` takes it on the command line)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def parse_number(text: str, field: str, *, integer: bool = False, minimum: float
     return val
 
 
+def _is_card_file(text: str) -> bool:
+    """A path to a YAML card file (ftadvisor.profiles.resolve_hardware reads those, as ``-g`` does)."""
+    return text.strip().lower().endswith((".yaml", ".yml"))
+
+
 class HardwareScreen(WizardScreen):
     STEP = "hardware"
     BINDINGS = [
@@ -49,7 +55,7 @@ class HardwareScreen(WizardScreen):
     def compose_body(self) -> ComposeResult:
         yield Static("Which hardware? Type a card, ↑↓ to pick, set the count, Enter to go on.", classes="heading")
         yield InfoLine("looking for GPUs on this machine…", id="hw-detect")
-        yield SearchInput(placeholder="card: h100, a100-80gb, rtx4090, cpu …", id="hw-query")
+        yield SearchInput(placeholder="card: h100, a100-80gb, rtx4090, cpu … or my-card.yaml", id="hw-query")
         yield ErrorLine(id="hw-nomatch")
         yield HardwareTable(id="hw-table")
         with Horizontal(id="hw-form"):
@@ -78,7 +84,7 @@ class HardwareScreen(WizardScreen):
         s = self.state
         q = self.query_one("#hw-query", Input)
         if s.hardware is not None and not q.value:
-            q.value = s.hardware.id
+            q.value = s.hardware_ref or s.hardware.id
         self.query_one("#hw-gpus", Input).value = str(s.gpus_per_node)
         self.query_one("#hw-nodes", Input).value = str(s.num_nodes)
         self.query_one("#hw-price", Input).value = "" if s.hourly_price_usd is None else f"{s.hourly_price_usd:g}"
@@ -100,6 +106,9 @@ class HardwareScreen(WizardScreen):
         from ftadvisor.profiles import resolve_hardware
 
         table = self.query_one(HardwareTable)
+        if _is_card_file(text):
+            self._filter_file(text.strip())
+            return
         try:
             exact = resolve_hardware(text.strip()).id if text.strip() else None
         except FtAdvisorError:
@@ -116,6 +125,21 @@ class HardwareScreen(WizardScreen):
             nomatch.clear()
         self._update_total()
 
+    def _filter_file(self, path: str) -> None:
+        """A card file typed: every shipped card stays listed, the total line names the file's card
+        (``= 8 × my-card from my-card.yaml``), and the line under the search says why it cannot be read."""
+        from ftadvisor.profiles import hardware_from_file
+
+        self.query_one(HardwareTable).show(self._profiles)
+        line = self.query_one("#hw-nomatch", ErrorLine)
+        try:
+            hardware_from_file(path)
+        except FtAdvisorError as err:
+            line.show(str(err))
+        else:
+            line.clear()
+        self._update_total()
+
     @on(Input.Changed, "#hw-query")
     def _changed(self, event: Input.Changed) -> None:
         self.query_one("#hw-error", ErrorLine).clear()
@@ -130,6 +154,8 @@ class HardwareScreen(WizardScreen):
         from ftadvisor.profiles import hardware_profiles, resolve_hardware
 
         text = self.query_one("#hw-query", Input).value.strip()
+        if _is_card_file(text):  # a card file is what was asked for: its error, never a highlighted row instead
+            return resolve_hardware(text)
         if text:
             try:
                 return resolve_hardware(text)
@@ -152,7 +178,8 @@ class HardwareScreen(WizardScreen):
             total.update("")
             self.query_one("#hw-price", Input).placeholder = "-"
             return
-        total.update(f"= {g * n} × {hw.id}")
+        text = self.query_one("#hw-query", Input).value.strip()
+        total.update(f"= {g * n} × {hw.id}" + (f" from {text}" if _is_card_file(text) else ""))
         self.query_one("#hw-price", Input).placeholder = f"{hw.hourly_price_usd:.2f}" if hw.hourly_price_usd is not None else "-"
 
     def action_move(self, step: int) -> None:
@@ -178,9 +205,11 @@ class HardwareScreen(WizardScreen):
             return False
         errors.clear()
         s = self.state
-        new = (hw.id, g, n, price)
-        if (s.hardware.id if s.hardware else None, s.gpus_per_node, s.num_nodes, s.hourly_price_usd) != new:
-            s.hardware, s.gpus_per_node, s.num_nodes, s.hourly_price_usd = hw, g, n, price
+        text = self.query_one("#hw-query", Input).value.strip()
+        ref = text if _is_card_file(text) else None
+        new = (hw, g, n, price, ref)
+        if (s.hardware, s.gpus_per_node, s.num_nodes, s.hourly_price_usd, s.hardware_ref) != new:
+            s.hardware, s.gpus_per_node, s.num_nodes, s.hourly_price_usd, s.hardware_ref = new
             s.touch()
         self.refresh_bar()
         return True

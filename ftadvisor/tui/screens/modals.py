@@ -44,7 +44,7 @@ def plan_file_document(row: PlanRow, state: WizardState, model: str | None, data
     ftadvisor.plans.split_plan_file; a command-line value still wins over them)."""
     doc = plan_document(row, state)
     extra = {"model": model or state.launch_model, "data": data or state.data_path,
-             "gpu": state.hardware.id if state.hardware else None}
+             "gpu": (state.hardware_ref or state.hardware.id) if state.hardware else None}  # a card file: its path
     return {**{k: v for k, v in extra.items() if v}, **doc}
 
 
@@ -257,7 +257,8 @@ class LaunchScreen(ModalScreen[Run | None]):
     # --- without launching: save the plan, write a dry run, export for another framework ----------
 
     def plan_path(self) -> Path:
-        """Where Save plan writes: next to the run directory, named after it (``runs/NAME.yaml``)."""
+        """Where Save plan writes: next to the run directory, named after it (``<runs folder>/NAME.yaml``,
+        the app's run_root: ftadvisor.runs.runs_dir by default)."""
         run_dir = self._values()[0]
         return run_dir.with_name(run_dir.name + ".yaml")
 

@@ -1,4 +1,5 @@
-"""Step 1: which model. Search the profiles as you type, or give a local model directory / config.json."""
+"""Step 1: which model. Search the profiles as you type, or give a local model directory / config.json,
+or a Hugging Face Hub id ``org/name[@revision]`` (its config.json is fetched: ftadvisor.hub)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", ".", "~")) or text.endswith(".json") or os.path.exists(text)
 
 
+def _looks_like_hub_id(text: str) -> bool:
+    """``org/name[@revision]`` that is not a local path: resolve_model fetches it from the Hub."""
+    from ftadvisor.hub import parse_hub_id
+
+    return not _looks_like_path(text) and parse_hub_id(text) is not None
+
+
 class ModelScreen(WizardScreen):
     STEP = "model"
     BINDINGS = [
@@ -31,7 +39,8 @@ class ModelScreen(WizardScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static("Which model? Type to search, ↑↓ to pick, Enter to choose.", classes="heading")
-        yield SearchInput(placeholder="name, Hugging Face id, or path to a model directory / config.json", id="model-query")
+        yield SearchInput(placeholder="name, Hub id org/name[@rev], or path to a model directory / config.json",
+                          id="model-query")
         yield ErrorLine(id="model-error")
         yield ErrorLine(id="model-nomatch")
         yield ModelTable(id="model-table")
@@ -55,7 +64,10 @@ class ModelScreen(WizardScreen):
         table.show(hits)
         self.query_one(ModelSummary).show(hits[0] if hits else None)
         nomatch = self.query_one("#model-nomatch", ErrorLine)
-        if text.strip() and not hits and not _looks_like_path(text.strip()):
+        if text.strip() and not hits and _looks_like_hub_id(text.strip()):
+            nomatch.show(f"no model profile matches {text.strip()!r}: Enter fetches its config.json from the "
+                         "Hugging Face Hub")
+        elif text.strip() and not hits and not _looks_like_path(text.strip()):
             nomatch.show(no_match_text("model profile", text, "llama, qwen 7b, moe, or a local model directory"))
         else:
             nomatch.clear()
@@ -120,7 +132,8 @@ class ModelScreen(WizardScreen):
             resolve_model(text)
         except FtAdvisorError as err:
             pid = self._highlighted_id()
-            if _looks_like_path(text) or pid is None:
+            # a path or a Hub id that fails says why (gated, not found, offline ...): no silent pick of a row
+            if _looks_like_path(text) or _looks_like_hub_id(text) or pid is None:
                 self.query_one("#model-error", ErrorLine).show(str(err))
                 return False
             return self.choose(pid)

@@ -451,11 +451,17 @@ class PlanDetail(VerticalScroll):
             head.append("fits", style="bold green")
         elif est.fits:
             head.append(f"does not fit with {MEMORY_HEADROOM:.0%} kept free", style="bold red")
+        elif est.host is not None and not est.host.fits:
+            head.append("does not fit the node's host RAM", style="bold red")
         else:
             head.append("does not fit", style="bold red")
         pct = m.device_total_bytes / capacity * 100 if capacity else 0
         head.append(f": {size(m.device_total_bytes)} of {size(capacity)} per GPU ({pct:.0f}%) on {hardware_name}, "
                     f"peak at {m.peak_phase.replace('_', ' ')}; {count(est.trainable_params)} trainable")
+        if est.host is not None:  # host RAM per node (ftadvisor.host): offloaded state, checkpoint copy, loaders
+            head.append("; host RAM ")
+            head.append(f"{size(est.host.bytes_per_node)} of {size(est.host.capacity_bytes)} per node",
+                        style="" if est.host.fits else "bold red")
         if row.rejected and fits_card(est):
             head.append("  over budget", style="yellow")
         self.query_one("#detail-head", Static).update(head)

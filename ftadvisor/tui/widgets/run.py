@@ -108,6 +108,10 @@ class RunMonitor(Vertical):
     RunMonitor #run-log:focus { border: round $accent; }  /* the app's focus ring (ftadvisor/tui/app.py) */
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._shown_lines: list[str] = []  # here, not in on_mount: show() may come before the mount (a fast run)
+
     def compose(self) -> ComposeResult:
         yield Static("", id="run-status")
         yield Static("", id="run-where")
@@ -118,9 +122,6 @@ class RunMonitor(Vertical):
         yield CurveChart(id="run-curves")
         # wrapped, so a long error line ("fsdp needs CUDA GPUs …") reads in full; scrollable (focus it, ↑↓ PgUp)
         yield RichLog(id="run-log", max_lines=500, auto_scroll=True, wrap=True, markup=False, highlight=False)
-
-    def on_mount(self) -> None:
-        self._shown_lines: list[str] = []
 
     def show(self, run: Run) -> None:
         self.query_one("#run-status", Static).update(status_text(run))
