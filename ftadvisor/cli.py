@@ -685,13 +685,15 @@ def profiles_show(name: str = typer.Argument(..., help="A model or hardware id/a
 
 @app.command()
 def tui(model: Optional[str] = typer.Option(None, "--model", "-m", help="Start with this model (as estimate takes it)."),
-        gpu: Optional[str] = typer.Option(None, "--gpu", "-g", help="Start with this card: an id or a card YAML file.")
+        gpu: Optional[str] = typer.Option(None, "--gpu", "-g", help="Start with this card: an id or a card YAML file."),
+        framework: Optional[str] = typer.Option(None, "--framework",
+                                                help="Plan for this training stack (default hf-trl, what launch runs).")
         ) -> None:
     """Open the interactive wizard: model, hardware, goal and data, ranked plans, launch."""
     from ftadvisor.tui import main as run_tui
 
     try:
-        run_tui(model=model, gpu=gpu)
+        run_tui(model=model, gpu=gpu, framework=framework)
     except FtAdvisorError as err:
         fail(err)
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m pytest tests/test_tui.py -q
     FTADVISOR_UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest tests/test_tui.py -q -k snapshot   # re-record SVGs
+    FTADVISOR_UPDATE_SNAPSHOT_INPUTS=1 ... # also re-record the recommender/throughput answers they are drawn from
 
 Pilot tests drive ``FtAdvisorApp.run_test`` with keys and clicks (no pytest-asyncio: each test runs its
 own event loop). GPU detection is replaced by a fixed answer so the screens do not depend on the
@@ -38,6 +39,9 @@ GIB = 2**30
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 SAMPLE_DATA = "tests/snapshots/chat-sample.jsonl"  # relative to ROOT: six chat records written for these tests
 UPDATE = os.environ.get("FTADVISOR_UPDATE_SNAPSHOTS") == "1"
+# The recorded recommender and throughput answers the pictures are drawn from change only on request: a picture
+# re-recorded for a layout change then keeps its numbers (plans-input.json, throughput-input.json).
+UPDATE_INPUTS = os.environ.get("FTADVISOR_UPDATE_SNAPSHOT_INPUTS") == "1"
 
 
 def cpu_only() -> Detection:
@@ -863,7 +867,7 @@ def frozen_advisor(state):
     from ftadvisor.recommend import Recommendation, recommend
     from ftadvisor.tui.advice import from_recommendation
 
-    if UPDATE:
+    if UPDATE_INPUTS:
         rec = recommend(state.model, state.hardware, **state.recommend_kwargs())
         PLANS_INPUT.write_text(rec.model_dump_json(indent=1) + "\n")
     else:
@@ -881,7 +885,7 @@ def frozen_throughput(state, row):
 
     key = f"{row.plan.technique}|{row.plan.seq_len}|{row.plan.micro_batch_size}|{row.plan.gradient_checkpointing}"
     stored = json.loads(THROUGHPUT_INPUT.read_text()) if THROUGHPUT_INPUT.exists() else {}
-    if UPDATE:
+    if UPDATE_INPUTS:
         stored[key] = throughput_by_micro_batch(state, row)
         THROUGHPUT_INPUT.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     return [tuple(p) for p in stored.get(key, [])]

@@ -482,3 +482,48 @@ def test_plan_detail_names_host_ram_when_it_is_the_limit():
             assert f"host RAM {need / 1024:.1f} TiB of 2.0 TiB per node" in " ".join(text.split()), text
 
     asyncio.run(look())
+
+
+def test_framework_knob_reestimates_the_plan_for_that_stack():
+    """Issue 11: the framework field flows through the wizard. Switching the selected plan to torchtune
+    re-estimates it with the torchtune declaration; the figure must equal an independent API call."""
+    import ftadvisor
+    from ftadvisor.recommend import Recommendation
+    from ftadvisor.tui.format import size
+
+    best = Recommendation.model_validate_json(PLANS_INPUT.read_text()).plans[0]
+
+    async def walk():
+        app = plans_app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, 3)
+            from textual.widgets import Select
+
+            knob = app.screen.query_one("#knob-framework", Select)
+            assert knob.value == "hf-trl"  # the recommended plan is for the launcher's own stack
+            knob.value = "torchtune"
+            await settle(pilot)
+            return str(app.screen.query_one("#detail-why").render())
+
+    why = asyncio.run(walk())
+    ref = ftadvisor.estimate("llama-3.1-8b", "rtx4090-24gb", plan=best.plan, framework="torchtune")
+    assert ref.plan.framework == "torchtune"
+    assert ref.memory.device_total_bytes != best.estimate.memory.device_total_bytes  # torchtune places memory differently
+    assert "framework hf-trl → torchtune" in why, why
+    assert f"→ {size(ref.memory.device_total_bytes)}" in why, why
+
+
+def test_wizard_framework_reaches_the_recommender_and_bad_names_fail_in_one_line():
+    import subprocess
+    import sys
+
+    from ftadvisor.tui.state import initial_state
+
+    state, start = initial_state("llama-3.1-8b", "rtx4090", framework="TorchTune")
+    assert state.framework == "torchtune" and start == "goal"
+    assert state.recommend_kwargs()["framework"] == "torchtune"
+    assert "framework" not in initial_state("llama-3.1-8b", "rtx4090")[0].recommend_kwargs()  # hf-trl: default
+    out = subprocess.run([sys.executable, "-m", "ftadvisor", "tui", "-m", "llama-3.1-8b", "--framework", "axolotll"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "framework" in out.stderr and "axolotl" in out.stderr, out.stderr

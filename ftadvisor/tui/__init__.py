@@ -12,15 +12,15 @@ A thin face over the public API (``ftadvisor.recommend``, ``ftadvisor.estimate``
 from __future__ import annotations
 
 
-def main(model: str | None = None, gpu: str | None = None) -> None:
+def main(model: str | None = None, gpu: str | None = None, framework: str | None = None) -> None:
     """Run the wizard in this terminal (exits with status 2 and one line of help if textual is missing).
     ``model`` / ``gpu`` pre-fill those steps and the wizard opens at the first step still open; a bad one
     raises FtAdvisorError (one line naming the field) before anything is drawn."""
     state, start = None, "model"
-    if model or gpu:
+    if model or gpu or framework:
         from ftadvisor.tui.state import initial_state
 
-        state, start = initial_state(model, gpu)
+        state, start = initial_state(model, gpu, framework)
     try:
         from ftadvisor.tui.app import FtAdvisorApp
     except ModuleNotFoundError as err:

@@ -42,6 +42,8 @@ class WizardState:
     seq_len: int | None = None
     budget_hours: float | None = None
     budget_usd: float | None = None
+    framework: str = "hf-trl"
+    """The training stack the plans are for (``ftadvisor tui --framework``; each plan's knob can change it)."""
     local_hardware_id: str | None = None
     """The hardware profile GPU detection matched on this machine (``cpu`` without a GPU); None: not detected."""
     host_ram_gib: float | None = None
@@ -83,6 +85,8 @@ class WizardState:
         """Keyword arguments for :func:`ftadvisor.recommend` (model and hardware apart)."""
         kw: dict[str, Any] = dict(num_gpus=self.num_gpus, num_nodes=self.num_nodes, goal=self.goal,
                                   data_kind=self.data_kind, epochs=self.epochs)
+        if self.framework != "hf-trl":  # the default is the launcher's own stack
+            kw["framework"] = self.framework
         for name in ("examples", "avg_tokens", "budget_hours", "budget_usd", "seq_len"):
             val = getattr(self, name)
             if val is not None:
@@ -95,13 +99,18 @@ class WizardState:
         return kw
 
 
-def initial_state(model: str | None = None, gpu: str | None = None) -> tuple[WizardState, str]:
+def initial_state(model: str | None = None, gpu: str | None = None,
+                  framework: str | None = None) -> tuple[WizardState, str]:
     """The wizard's state from ``ftadvisor tui -m MODEL -g GPU`` (what ``estimate`` takes: a profile, a Hub id
     ``org/name[@rev]``, a config path; a card id or a card YAML file), and the first step still to answer.
     Raises FtAdvisorError naming the field, before any screen is drawn."""
     from ftadvisor.profiles import resolve_hardware, resolve_model
 
     state = WizardState()
+    if framework:
+        from ftadvisor.frameworks import canonical_framework
+
+        state.framework = canonical_framework(framework)
     if model:
         state.model, state.model_ref = resolve_model(model), model
     if gpu:

@@ -105,7 +105,14 @@ class PlanRow:
 # Knobs and figures compared between a recommended plan and its edited copy: (label, getter, format).
 KNOB_FIELDS = (("seq_len", "seq_len"), ("micro-batch", "micro_batch_size"), ("LoRA r", "lora_r"),
                ("checkpointing", "gradient_checkpointing"), ("sharding", "sharding"), ("optimizer", "optimizer"),
-               ("accumulation", "gradient_accumulation_steps"))
+               ("accumulation", "gradient_accumulation_steps"), ("framework", "framework"))
+
+
+def _framework_names() -> list[str]:
+    """The registered training frameworks, the launcher's own first (ftadvisor.frameworks)."""
+    from ftadvisor.frameworks import DEFAULT_FRAMEWORK, FRAMEWORKS
+
+    return [DEFAULT_FRAMEWORK, *sorted(f for f in FRAMEWORKS if f != DEFAULT_FRAMEWORK)]
 
 
 def _fit_word(est: Estimate) -> str:
@@ -347,6 +354,8 @@ class PlanKnobs(Widget):
             yield KnobInput(id="knob-micro_batch_size")
             yield Label("LoRA r")
             yield KnobInput(id="knob-lora_r")
+            yield Label("framework")  # the stack the estimate is for (ftadvisor.frameworks): where memory goes
+            yield Select([(f, f) for f in _framework_names()], allow_blank=False, compact=True, id="knob-framework")
         with Horizontal():
             yield Checkbox("checkpointing", id="knob-gradient_checkpointing", compact=True)
             yield Label("sharding")
@@ -366,6 +375,7 @@ class PlanKnobs(Widget):
         self.query_one("#knob-gradient_checkpointing", Checkbox).value = plan.gradient_checkpointing
         self.query_one("#knob-sharding", Select).value = plan.sharding
         self.query_one("#knob-optimizer", Select).value = plan.optimizer
+        self.query_one("#knob-framework", Select).value = plan.framework
         self.show_error("")
 
     def show_error(self, message: str) -> None:
@@ -383,6 +393,7 @@ class PlanKnobs(Widget):
         out["gradient_checkpointing"] = self.query_one("#knob-gradient_checkpointing", Checkbox).value
         out["sharding"] = self.query_one("#knob-sharding", Select).value
         out["optimizer"] = self.query_one("#knob-optimizer", Select).value
+        out["framework"] = self.query_one("#knob-framework", Select).value
         return out
 
     def _changed(self) -> None:
