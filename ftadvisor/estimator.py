@@ -122,12 +122,14 @@ def estimate(
     dataset_tokens: float | None = None,
     epochs: float = 1.0,
     hourly_price_usd: float | None = None,
+    trust_remote_code: bool = False,
     **plan_fields: Any,
 ) -> Estimate:
     """Estimate per-GPU memory for fine-tuning ``model`` on ``hardware``; optionally speed, time,
     cost (given a dataset size) and expected quality (given a goal: chat, domain, code, math,
     preference, rl, facts). ``calibrated=False`` skips the hardware's calibration corrections
     (``calibration/corrections/<hardware>.yaml``) and returns the purely analytic figures.
+    ``trust_remote_code`` accepts a Hub config that asks for its repository's code (ftadvisor.hub; none is run).
 
     >>> est = estimate("llama-3.1-8b", "rtx4090-24gb", "qlora", seq_len=2048)
     >>> est.fits, est.memory.device_total_bytes / 2**30   # doctest: +SKIP
@@ -138,9 +140,10 @@ def estimate(
 
     validate.flag("calibrated", calibrated)
     validate.flag("with_speed", with_speed)
+    validate.flag("trust_remote_code", trust_remote_code)
     validate.job_options(goal=goal, examples=examples, avg_tokens=avg_tokens, dataset_tokens=dataset_tokens,
                          epochs=epochs, hourly_price_usd=hourly_price_usd)
-    mp = resolve_model(model)
+    mp = resolve_model(model, trust_remote_code=trust_remote_code)
     hw = resolve_hardware(hardware)
     tp = make_plan(technique, plan, **plan_fields)
     tp, node_warnings = host.resolve_nodes(hw, tp)

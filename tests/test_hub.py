@@ -312,6 +312,18 @@ def test_remote_code_is_refused_and_never_fetched_or_run(hub):
     assert _resolve("acme/remote-llama").config["model_type"] == "llama"
 
 
+def test_api_estimate_takes_trust_remote_code(hub):
+    import ftadvisor
+
+    with pytest.raises(FtAdvisorError, match="needs remote code"):  # refused by default, as in the CLI
+        ftadvisor.estimate("acme/remote", "h100", "lora")
+    with pytest.raises(FtAdvisorError) as info:  # let through: the architecture step names the missing code
+        ftadvisor.estimate("acme/remote", "h100", "lora", trust_remote_code=True)
+    assert "needs remote code" not in str(info.value) and "acme_secret" in str(info.value)
+    with pytest.raises(FtAdvisorError, match="trust_remote_code"):
+        ftadvisor.estimate("acme/remote", "h100", "lora", trust_remote_code="yes")
+
+
 def test_cli_trust_remote_code_flag(hub):
     env = {k: os.environ[k] for k in ("HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE")}
     res = _cli(["estimate", "-m", "acme/remote", "-g", "h100", "-t", "lora"], env)

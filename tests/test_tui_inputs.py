@@ -133,3 +133,14 @@ def test_tui_command_passes_model_and_gpu_through(tmp_path, monkeypatch):
         out = subprocess.run([sys.executable, "-m", "ftadvisor.cli", "tui", *args], capture_output=True, text=True,
                              cwd=ROOT, stdin=subprocess.DEVNULL)
         assert out.returncode == 2 and out.stderr.startswith(words) and "Traceback" not in out.stderr
+
+
+def test_launch_keeps_the_hub_revision_the_user_typed():
+    """A model fetched from the Hub as org/name@rev is launched at that revision, not at the branch head."""
+    from ftadvisor.profiles import resolve_model
+    from ftadvisor.tui.state import WizardState
+
+    fetched = resolve_model("llama-3.2-1b").model_copy(update={"id": "hub:someorg/tiny@v2.0", "hf_id": "someorg/tiny"})
+    assert WizardState(model=fetched, model_ref="someorg/tiny@v2.0").launch_model == "someorg/tiny@v2.0"
+    profile = resolve_model("llama-3.2-1b")  # a shipped profile still launches by its Hugging Face id
+    assert WizardState(model=profile, model_ref="llama-3.2-1b").launch_model == profile.hf_id

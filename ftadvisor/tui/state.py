@@ -77,8 +77,8 @@ class WizardState:
         """The ``--model`` the launcher gets: the local path typed, else the model's Hugging Face id."""
         if self.model is None:
             return None
-        if self.model_ref and self.model.id.startswith("config:"):
-            return self.model_ref
+        if self.model_ref and self.model.id.startswith(("config:", "hub:")):
+            return self.model_ref  # a local path, or a Hub id as typed, with its @revision (ftadvisor.hub)
         return self.model.hf_id or self.model.id
 
     def recommend_kwargs(self) -> dict[str, Any]:
