@@ -30,6 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from ftadvisor.errors import FtAdvisorError
+from ftadvisor.validate import write_text_atomic
 
 FRAMEWORKS: tuple[str, ...] = ("axolotl", "llama-factory", "torchtune", "litgpt", "trl")
 
@@ -1025,7 +1026,7 @@ def _write_all(out: Path, files: dict[str, str], overwrite: bool) -> None:
                                  f"{'it' if len(clash) == 1 else f'the {len(clash)} files ftadvisor writes there'}")
         out.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
-            _write_atomic(out / name, text)
+            write_text_atomic(out / name, text)
     except OSError as err:  # a full disk, a refused permission, a folder that cannot be made: one line
         refused = storage_error(err, out)
         if refused is None:
@@ -1033,15 +1034,3 @@ def _write_all(out: Path, files: dict[str, str], overwrite: bool) -> None:
         raise refused from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

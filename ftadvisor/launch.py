@@ -47,6 +47,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftadvisor.errors import FtAdvisorError, from_validation
+from ftadvisor.validate import write_text_atomic
 from ftadvisor.plans import read_plan_file
 from ftadvisor.detect import host_memory_bytes as _host_memory_bytes
 from ftadvisor.profiles import match_device as _match_device
@@ -1248,18 +1249,6 @@ def _merge_final(final: Path, run_dir: Path) -> str:
     return str(run_dir / MERGED_DIR)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``path`` under a temporary name, then rename it over the old one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def finished_run(run_dir: Path, spec: RunSpec) -> dict[str, Any] | None:
@@ -1517,7 +1506,7 @@ def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = T
         except Exception as err:  # noqa: BLE001 - result.json keeps the first error; say this one in one line
             raise FtAdvisorError("merge", f"merging {run_dir / FINAL_DIR} failed again ({type(err).__name__}: "
                                  f"{err})") from None
-        _write_atomic(run_dir / RESULT_FILE, json.dumps(done, indent=2) + "\n")
+        write_text_atomic(run_dir / RESULT_FILE, json.dumps(done, indent=2) + "\n")
         return done
     if done is not None:
         # Nothing to resume: training again would run one more step and overwrite final/.
@@ -1553,7 +1542,7 @@ def execute(run_dir: str | os.PathLike, resume: bool = False, progress: bool = T
         if spec.run.record_calibration:
             path = _record(spec, pre, session, result, "ok", None, time.perf_counter() - t0, started)
             summary["calibration_record"] = str(path)
-        _write_atomic(run_dir / RESULT_FILE, json.dumps(summary, indent=2) + "\n")  # written last: "finished"
+        write_text_atomic(run_dir / RESULT_FILE, json.dumps(summary, indent=2) + "\n")  # written last: "finished"
         _print_done(result, est, final)
         if merge_error is not None:
             raise FtAdvisorError("merge", f"training finished and {final} is saved, but merging failed "

@@ -19,6 +19,7 @@ from typing import Any
 
 from ftadvisor.errors import FtAdvisorError
 from ftadvisor.schema import TrainingPlan
+from ftadvisor.validate import write_text_atomic
 
 DATA_PLACEHOLDER = ("# data: your training data, a .jsonl/.json/.csv/.parquet file or a Hugging Face dataset id\n"
                     "#       (or pass --data to ftadvisor launch / ftadvisor export)\n")
@@ -79,18 +80,8 @@ def write_plan_file(path: str | os.PathLike, text: str, field: str = "--save-pla
     out = Path(path).expanduser()
     if out.is_dir():
         raise FtAdvisorError(field, f"{out} is a directory; name a file, e.g. {out / 'plan.yaml'}")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
+        write_text_atomic(out, text)
     except OSError as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise FtAdvisorError(field, f"cannot write {out}: {err.strerror or err}") from None
     return out.absolute()

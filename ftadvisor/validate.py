@@ -308,3 +308,21 @@ def recommend_options(*, num_gpus: Any, num_nodes: Any, goal: Any, data_kind: An
     real("quality_per_time_doubling", quality_per_time_doubling, low=0, high=1e6)
     real("risk_aversion", risk_aversion, low=0, high=1)
     job_options(**sizes)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` under a temporary name in the same folder (made if missing), fsynced,
+    then renamed over it: a reader sees the old file or the new one, never half of one."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -16,6 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Select, Static
 
 from ftadvisor.errors import FtAdvisorError
+from ftadvisor.validate import write_text_atomic
 from ftadvisor.tui.runs import Run, python_command
 from ftadvisor.tui.state import WizardState
 from ftadvisor.tui.widgets.common import ErrorLine
@@ -48,27 +49,13 @@ def plan_file_document(row: PlanRow, state: WizardState, model: str | None, data
     return {**{k: v for k, v in extra.items() if v}, **doc}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``path`` under a temporary name in the same directory, then rename it into place, so a
-    reader (a launch started meanwhile) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_plan(row: PlanRow, state: WizardState, path: Path, model: str | None = None, data: str | None = None) -> Path:
     """Write the plan file ``ftadvisor launch`` reads to ``path`` (atomically); returns the path."""
     head = ("# written by the ftadvisor TUI; train it with\n"
             f"#   ftadvisor launch {shlex.quote(str(path))} --output RUN_DIR\n")
-    write_atomic(path, head + yaml.safe_dump(plan_file_document(row, state, model, data), sort_keys=False))
+    write_text_atomic(path, head + yaml.safe_dump(plan_file_document(row, state, model, data), sort_keys=False))
     return path
 
 
@@ -297,7 +284,7 @@ class LaunchScreen(ModalScreen[Run | None]):
         lines: list[str] = []
         try:
             plan_file = run_dir / PLAN_NAME
-            write_atomic(plan_file, yaml.safe_dump(plan_document(self.row, self.state), sort_keys=False))
+            write_text_atomic(plan_file, yaml.safe_dump(plan_document(self.row, self.state), sort_keys=False))
             # --overwrite: the TUI's own plan file is the only thing in the directory (checked above)
             prepare(plan_file, data=data, model=model, output=run_dir, max_steps=steps, dry_run=True,
                     overwrite=True, echo=lines.append)
